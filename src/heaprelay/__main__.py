@@ -1,0 +1,3 @@
+from heaprelay.cli import main
+
+main()

@@ -1,0 +1,119 @@
+"""Configuration as frozen values: sources (write keys), their Heap destinations, and the
+relay's own settings. Built from ``heaprelay serve`` flags (one source, one destination) or
+from a TOML file (``heaprelay serve --config FILE``), with ``HEAPRELAY_*`` environment
+overrides. Loading and checking live in :mod:`heaprelay.config_file`; this module only
+holds the shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from heaprelay.transform import DestinationSettings
+
+DEFAULT_PORT = 8787
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_RETRY_WINDOW = 4 * 3600.0
+DEFAULT_DEDUPE_WINDOW = 24 * 3600.0
+
+Role = Literal["all", "api", "worker"]
+
+
+def default_data_dir() -> Path:
+    """``$HEAPRELAY_DATA_DIR``, else ``$XDG_DATA_HOME/heaprelay``, else ``~/.local/share/heaprelay``."""
+    import os
+
+    if env := os.environ.get("HEAPRELAY_DATA_DIR"):
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "heaprelay"
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """RudderStack's client-side events filtering, applied to track events by name."""
+
+    mode: Literal["disable", "allow", "deny"] = "disable"
+    events: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Consent:
+    """RudderStack consent management for one destination."""
+
+    provider: Literal["oneTrust", "ketch", "iubenda", "custom"] = "oneTrust"
+    categories: tuple[str, ...] = ()
+    resolution: Literal["and", "or"] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """One Heap destination of a source. ``id`` is unique in the whole config and is what
+    queued events refer to."""
+
+    id: str
+    settings: DestinationSettings
+    event_filter: EventFilter = field(default_factory=EventFilter)
+    consent: tuple[Consent, ...] = ()
+    retry_window: float = DEFAULT_RETRY_WINDOW
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Ingest size limits, in bytes of the (inflated) JSON. Defaults never refuse what a
+    supported SDK legitimately sends."""
+
+    max_request_bytes: int = 4 * 1024 * 1024 + 64 * 1024
+    max_message_bytes: int = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    name: str
+    write_key: str
+    destinations: tuple[Destination, ...]
+    limits: Limits = field(default_factory=Limits)
+    cors_origins: tuple[str, ...] = ("*",)
+    dedupe_window: float = DEFAULT_DEDUPE_WINDOW
+    #: False: a batch with one invalid message is refused whole (400). True: the valid
+    #: messages are stored and the answer lists the refused ones.
+    partial_batches: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverySettings:
+    batch_size: int = 1000
+    flush_interval: float = 0.2
+    #: Enforce Heap's documented rate limits (per app_id and per identity).
+    rate_limits: bool = True
+    app_events_per_minute: int = 15_000
+    identity_events_per_minute: int = 1_000
+    #: Divides every rate-limit window (benchmarks on a compressed time scale).
+    time_scale: float = 1.0
+    concurrency: int = 8
+    request_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    sources: tuple[Source, ...]
+    data_dir: Path = field(default_factory=default_data_dir)
+    #: ``None``: SQLite in ``data_dir``; else ``sqlite:///path`` or ``postgresql://…``.
+    queue_url: str | None = None
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    role: Role = "all"
+    sandbox: bool = False
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+
+    def source_for_key(self, write_key: str) -> Source | None:
+        for source in self.sources:
+            if source.write_key == write_key:
+                return source
+        return None
+
+    def destinations(self) -> dict[str, Destination]:
+        return {d.id: d for s in self.sources for d in s.destinations}

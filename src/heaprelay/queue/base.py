@@ -1,0 +1,179 @@
+"""The queue interface. Every backend implements exactly these semantics; the contract suite
+in :mod:`heaprelay.testing.queue_contract` checks them against each one.
+
+A *job* is one message for one destination (ingest fans a message out to every destination
+of its source). Its lifecycle::
+
+    pending --claim--> leased --Delivered--> delivered
+                         |  \\--RetryAt(t)--> retry --(t reached)--> claimable again
+                         |  \\--DeadLetter--> dead --replay--> pending
+                         |  \\--Skipped----> skipped (filtered, unsupported, duplicate, ...)
+                         |  \\--Release----> pending (not attempted; order kept)
+                         \\--lease expires (worker died)--> claimable again
+
+Ordering: jobs are numbered in append order (``id``). For one ``(destination, order_key)``
+a claim only hands out a contiguous run of that key's unfinished jobs, starting at its
+oldest, and never while another job of the key is leased (unexpired) or waiting for a retry.
+So a later user-property update is never sent before an earlier one, across any number of
+workers. ``dead`` and ``skipped`` jobs do not block their key.
+
+Durability: ``append`` returns only after the jobs are committed (acknowledge after it).
+Time is always passed in (``now``, seconds since the epoch): backends never read a clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from heaprelay.spec.reasons import Reason
+
+State = Literal["pending", "leased", "retry", "delivered", "dead", "skipped"]
+STATES: tuple[State, ...] = ("pending", "leased", "retry", "delivered", "dead", "skipped")
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    source: str
+    destination: str
+    message_id: str
+    #: Jobs with the same (destination, order_key) are delivered in append order.
+    order_key: str
+    #: The message, as UTF-8 JSON bytes, exactly as it will be transformed.
+    payload: bytes
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: int
+    source: str
+    destination: str
+    message_id: str
+    order_key: str
+    payload: bytes
+    received_at: float
+    #: Delivery attempts made before this claim.
+    attempts: int
+    first_attempt_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    #: Jobs stored for delivery.
+    stored: int
+    #: Jobs whose (source, message_id, destination) was seen within the dedupe window: stored
+    #: as ``skipped`` with reason ``duplicate`` (accepted, never delivered twice).
+    duplicates: int = 0
+
+
+# --- outcomes: what a worker reports for each job it claimed ------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    id: int
+    #: Heap's answer (status and a short body), kept for the debugger.
+    answer: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryAt:
+    id: int
+    at: float
+    reason: str
+    answer: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: int
+    reason: Reason
+    detail: str
+    #: Heap's answer (status line and body) when Heap refused the request.
+    answer: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    id: int
+    reason: Reason
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Give a claimed job back untried (e.g. an earlier job of its key must be retried first)."""
+
+    id: int
+
+
+Outcome = Delivered | RetryAt | DeadLetter | Skipped | Release
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    by_state: dict[str, int] = field(default_factory=dict)
+    #: Per destination: {state: count}.
+    by_destination: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: Skipped and dead jobs per reason.
+    by_reason: dict[str, int] = field(default_factory=dict)
+    oldest_pending_received_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRecord:
+    id: int
+    source: str
+    destination: str
+    message_id: str
+    payload: bytes
+    reason: str
+    detail: str
+    answer: str
+    attempts: int
+    received_at: float
+    dead_at: float
+
+
+class Queue(Protocol):
+    async def append(self, jobs: Sequence[NewJob], *, now: float) -> AppendResult:
+        """Store jobs durably (all or nothing); return only after the commit."""
+        ...
+
+    async def claim(
+        self, worker: str, *, limit: int, lease_seconds: float, now: float
+    ) -> list[Job]:
+        """Lease up to ``limit`` claimable jobs, oldest first, keeping per-key order (module doc)."""
+        ...
+
+    async def complete(self, outcomes: Sequence[Outcome], *, now: float) -> None:
+        """Record what happened to claimed jobs. Attempts count for Delivered/RetryAt/DeadLetter."""
+        ...
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return early when new jobs may have been appended (or at ``timeout`` seconds)."""
+        ...
+
+    async def stats(self) -> QueueStats: ...
+
+    async def dead_letters(
+        self, *, limit: int = 100, offset: int = 0, destination: str | None = None
+    ) -> list[DeadLetterRecord]: ...
+
+    async def dead_letter(self, job_id: int) -> DeadLetterRecord | None: ...
+
+    async def replay(self, ids: Sequence[int] | None, *, now: float) -> int:
+        """Dead jobs back to pending (``None``: all of them); attempts reset. Returns the count."""
+        ...
+
+    async def purge(self, ids: Sequence[int] | None) -> int:
+        """Delete dead jobs (``None``: all of them). Returns the count."""
+        ...
+
+    async def prune(self, *, delivered_before: float) -> int:
+        """Delete delivered/skipped jobs older than a time (retention). Returns the count."""
+        ...
+
+    async def close(self) -> None: ...
