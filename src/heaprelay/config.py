@@ -22,7 +22,7 @@ Role = Literal["all", "api", "worker"]
 
 
 def default_data_dir() -> Path:
-    """``$HEAPRELAY_DATA_DIR``, else ``$XDG_DATA_HOME/heaprelay``, else ``~/.local/share/heaprelay``."""
+    """``$HEAPRELAY_DATA_DIR``, else ``$XDG_DATA_HOME/heaprelay``, else ``~/.local/share/...``."""
     import os
 
     if env := os.environ.get("HEAPRELAY_DATA_DIR"):

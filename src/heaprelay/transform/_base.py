@@ -63,7 +63,9 @@ class Profile(Protocol):
         """Raise :class:`SettingsError` for settings this profile (or its peer) refuses."""
         ...
 
-    def transform(self, message: Mapping[str, Any], settings: DestinationSettings) -> TransformResult:
+    def transform(
+        self, message: Mapping[str, Any], settings: DestinationSettings
+    ) -> TransformResult:
         """Turn one message into Heap requests or a Skip. Must not raise on any JSON input."""
         ...
 
