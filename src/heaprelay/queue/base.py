@@ -145,7 +145,7 @@ class Queue(Protocol):
     async def claim(
         self, worker: str, *, limit: int, lease_seconds: float, now: float
     ) -> list[Job]:
-        """Lease up to ``limit`` claimable jobs, oldest first, keeping per-key order (see module)."""
+        """Lease up to ``limit`` claimable jobs, oldest first, per-key order kept (module doc)."""
         ...
 
     async def complete(self, outcomes: Sequence[Outcome], *, now: float) -> None:
