@@ -4,6 +4,7 @@ One interface (:class:`Queue`), several backends: an in-memory reference model (
 SQLite (the embedded default) and PostgreSQL (scale-out). ``open_queue(url)`` picks one.
 """
 
+from heaprelay.queue._open import open_queue, queue_url_for
 from heaprelay.queue.base import (
     AppendResult,
     DeadLetter,
@@ -34,4 +35,6 @@ __all__ = [
     "RetryAt",
     "Skipped",
     "State",
+    "open_queue",
+    "queue_url_for",
 ]

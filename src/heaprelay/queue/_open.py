@@ -1,0 +1,35 @@
+"""Pick a queue backend from a URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from heaprelay.queue.base import Queue
+
+
+def queue_url_for(url: str | None, data_dir: Path) -> str:
+    """The effective queue URL: ``None`` means the embedded SQLite file in ``data_dir``."""
+    return url or f"sqlite:///{(data_dir / 'heaprelay.db').resolve()}"
+
+
+async def open_queue(url: str) -> Queue:
+    """``memory://`` (tests), ``sqlite:///path/to/file.db`` or ``postgresql://…``.
+
+    Raises ``ValueError`` with the accepted forms for anything else.
+    """
+    if url.startswith("memory:"):
+        from heaprelay.queue.memory import MemoryQueue
+
+        return MemoryQueue()
+    if url.startswith("sqlite:"):
+        from heaprelay.queue.sqlite import SQLiteQueue
+
+        path = url.removeprefix("sqlite://")
+        return await SQLiteQueue.open(Path(path))
+    if url.startswith(("postgresql:", "postgres:")):
+        from heaprelay.queue.postgres import PostgresQueue
+
+        return await PostgresQueue.open(url)
+    raise ValueError(
+        f"unsupported queue URL {url!r}; use sqlite:///PATH, postgresql://USER@HOST/DB or memory://"
+    )
