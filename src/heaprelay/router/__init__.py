@@ -1,0 +1,1 @@
+"""Delivery: claim, filter, transform, batch, rate-limit, send, retry, dead-letter."""
