@@ -1,0 +1,295 @@
+"""The in-memory reference queue: the semantics of :mod:`heaprelay.queue.base`, written to be
+obviously right rather than fast. Tests use it directly, and the contract suite's state
+machine compares every durable backend against it.
+
+Decisions that the interface leaves to the backend and that this model pins (the contract
+suite checks them on every backend):
+
+- a claim hands out the ``limit`` lowest-id claimable jobs (see :meth:`MemoryQueue.claimable`);
+- ``complete`` ignores outcomes for jobs that are not leased any more (a worker whose lease
+  expired and whose job was finished by another worker must not undo that);
+- ``stats().by_state`` lists every state (zeros included); ``by_destination`` and
+  ``by_reason`` only non-zero counts; ``oldest_pending_received_at`` looks at ``pending`` jobs;
+- dead letters are listed by ascending id;
+- a duplicate is a job whose ``(source, message_id, destination)`` was appended at most
+  ``dedupe_window`` seconds before (by the ``now`` of the appends), or earlier in the same call;
+- ``prune`` deletes ``delivered``/``skipped`` jobs that finished strictly before the time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from heaprelay.queue.base import (
+    STATES,
+    AppendResult,
+    DeadLetter,
+    DeadLetterRecord,
+    Delivered,
+    Job,
+    NewJob,
+    Outcome,
+    QueueStats,
+    Release,
+    RetryAt,
+    Skipped,
+    State,
+)
+from heaprelay.spec.reasons import Reason
+
+DEFAULT_DEDUPE_WINDOW = 24 * 3600.0
+
+UNFINISHED: frozenset[State] = frozenset({"pending", "leased", "retry"})
+
+
+@dataclass(slots=True)
+class _Row:
+    id: int
+    new: NewJob
+    appended_at: float
+    state: State = "pending"
+    attempts: int = 0
+    first_attempt_at: float | None = None
+    leased_by: str | None = None
+    lease_until: float | None = None
+    retry_at: float | None = None
+    reason: str = ""
+    detail: str = ""
+    answer: str = ""
+    finished_at: float | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.new.destination, self.new.order_key)
+
+    def job(self) -> Job:
+        n = self.new
+        return Job(
+            id=self.id,
+            source=n.source,
+            destination=n.destination,
+            message_id=n.message_id,
+            order_key=n.order_key,
+            payload=n.payload,
+            received_at=n.received_at,
+            attempts=self.attempts,
+            first_attempt_at=self.first_attempt_at,
+        )
+
+    def dead_letter(self) -> DeadLetterRecord:
+        n = self.new
+        return DeadLetterRecord(
+            id=self.id,
+            source=n.source,
+            destination=n.destination,
+            message_id=n.message_id,
+            payload=n.payload,
+            reason=self.reason,
+            detail=self.detail,
+            answer=self.answer,
+            attempts=self.attempts,
+            received_at=n.received_at,
+            dead_at=self.finished_at if self.finished_at is not None else 0.0,
+        )
+
+
+class MemoryQueue:
+    """A :class:`~heaprelay.queue.base.Queue` held in a dict. Not durable (tests only)."""
+
+    def __init__(self, *, dedupe_window: float = DEFAULT_DEDUPE_WINDOW) -> None:
+        self.dedupe_window = dedupe_window
+        self._rows: dict[int, _Row] = {}
+        self._next_id = 1
+        self._wake = asyncio.Event()
+
+    # --- the reference decisions ----------------------------------------------------------
+
+    def claimable(self, now: float) -> list[int]:
+        """Ids that a claim at ``now`` may hand out, in the order it hands them out.
+
+        A key is blocked while any of its unfinished jobs is leased (unexpired) or waiting
+        for a retry time not yet reached; otherwise all its unfinished jobs are claimable.
+        Taking any prefix of the id-ordered list gives each key a prefix of its own run.
+        """
+        blocked: set[tuple[str, str]] = set()
+        for row in self._rows.values():
+            if (
+                row.state == "leased" and row.lease_until is not None and row.lease_until > now
+            ) or (row.state == "retry" and row.retry_at is not None and row.retry_at > now):
+                blocked.add(row.key)
+        return sorted(
+            row.id
+            for row in self._rows.values()
+            if row.state in UNFINISHED and row.key not in blocked
+        )
+
+    def state_of(self, job_id: int) -> State | None:
+        row = self._rows.get(job_id)
+        return row.state if row else None
+
+    def lease(
+        self, ids: Sequence[int], worker: str, *, lease_seconds: float, now: float
+    ) -> list[Job]:
+        """Lease exactly these jobs (the state machine mirrors a backend's claim with it)."""
+        jobs = []
+        for job_id in ids:
+            row = self._rows[job_id]
+            row.state = "leased"
+            row.leased_by = worker
+            row.lease_until = now + lease_seconds
+            row.retry_at = None
+            jobs.append(row.job())
+        return jobs
+
+    # --- the Queue interface ---------------------------------------------------------------
+
+    async def append(self, jobs: Sequence[NewJob], *, now: float) -> AppendResult:
+        stored = duplicates = 0
+        seen = {
+            (r.new.source, r.new.message_id, r.new.destination)
+            for r in self._rows.values()
+            if r.appended_at >= now - self.dedupe_window
+        }
+        for new in jobs:
+            row = _Row(id=self._next_id, new=new, appended_at=now)
+            self._next_id += 1
+            triple = (new.source, new.message_id, new.destination)
+            if triple in seen:
+                row.state = "skipped"
+                row.reason = Reason.DUPLICATE.value
+                row.detail = "same messageId from the same source within the dedupe window"
+                row.finished_at = now
+                duplicates += 1
+            else:
+                seen.add(triple)
+                stored += 1
+            self._rows[row.id] = row
+        if stored:
+            self._wake.set()
+        return AppendResult(stored=stored, duplicates=duplicates)
+
+    async def claim(
+        self, worker: str, *, limit: int, lease_seconds: float, now: float
+    ) -> list[Job]:
+        ids = self.claimable(now)[: max(0, limit)]
+        return self.lease(ids, worker, lease_seconds=lease_seconds, now=now)
+
+    async def complete(self, outcomes: Sequence[Outcome], *, now: float) -> None:
+        woke = False
+        for outcome in outcomes:
+            row = self._rows.get(outcome.id)
+            if row is None or row.state != "leased":
+                continue
+            row.leased_by = None
+            row.lease_until = None
+            if isinstance(outcome, Release):
+                row.state = "pending"
+                woke = True
+                continue
+            if isinstance(outcome, Skipped):
+                row.state = "skipped"
+                row.reason = outcome.reason.value
+                row.detail = outcome.detail
+                row.finished_at = now
+                continue
+            row.attempts += 1
+            if row.first_attempt_at is None:
+                row.first_attempt_at = now
+            if isinstance(outcome, Delivered):
+                row.state = "delivered"
+                row.answer = outcome.answer
+                row.finished_at = now
+            elif isinstance(outcome, RetryAt):
+                row.state = "retry"
+                row.retry_at = outcome.at
+                row.reason = outcome.reason
+                row.answer = outcome.answer
+            elif isinstance(outcome, DeadLetter):
+                row.state = "dead"
+                row.reason = outcome.reason.value
+                row.detail = outcome.detail
+                row.answer = outcome.answer
+                row.finished_at = now
+        if woke:
+            self._wake.set()
+
+    async def wait_for_work(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        self._wake.clear()
+
+    async def stats(self) -> QueueStats:
+        by_state: dict[str, int] = dict.fromkeys(STATES, 0)
+        by_destination: dict[str, dict[str, int]] = {}
+        by_reason: dict[str, int] = {}
+        oldest: float | None = None
+        for row in self._rows.values():
+            by_state[row.state] += 1
+            per = by_destination.setdefault(row.new.destination, {})
+            per[row.state] = per.get(row.state, 0) + 1
+            if row.state in ("skipped", "dead"):
+                by_reason[row.reason] = by_reason.get(row.reason, 0) + 1
+            if row.state == "pending" and (oldest is None or row.new.received_at < oldest):
+                oldest = row.new.received_at
+        return QueueStats(
+            by_state=by_state,
+            by_destination=by_destination,
+            by_reason=by_reason,
+            oldest_pending_received_at=oldest,
+        )
+
+    async def dead_letters(
+        self, *, limit: int = 100, offset: int = 0, destination: str | None = None
+    ) -> list[DeadLetterRecord]:
+        rows = [
+            r
+            for r in sorted(self._rows.values(), key=lambda r: r.id)
+            if r.state == "dead" and (destination is None or r.new.destination == destination)
+        ]
+        return [r.dead_letter() for r in rows[offset : offset + limit]]
+
+    async def dead_letter(self, job_id: int) -> DeadLetterRecord | None:
+        row = self._rows.get(job_id)
+        return row.dead_letter() if row is not None and row.state == "dead" else None
+
+    def _dead(self, ids: Sequence[int] | None) -> list[_Row]:
+        if ids is None:
+            return [r for r in self._rows.values() if r.state == "dead"]
+        rows = (self._rows.get(i) for i in set(ids))
+        return [r for r in rows if r is not None and r.state == "dead"]
+
+    async def replay(self, ids: Sequence[int] | None, *, now: float) -> int:
+        rows = self._dead(ids)
+        for row in rows:
+            row.state = "pending"
+            row.attempts = 0
+            row.first_attempt_at = None
+            row.reason = row.detail = row.answer = ""
+            row.finished_at = None
+        if rows:
+            self._wake.set()
+        return len(rows)
+
+    async def purge(self, ids: Sequence[int] | None) -> int:
+        rows = self._dead(ids)
+        for row in rows:
+            del self._rows[row.id]
+        return len(rows)
+
+    async def prune(self, *, delivered_before: float) -> int:
+        doomed = [
+            r.id
+            for r in self._rows.values()
+            if r.state in ("delivered", "skipped")
+            and r.finished_at is not None
+            and r.finished_at < delivered_before
+        ]
+        for job_id in doomed:
+            del self._rows[job_id]
+        return len(doomed)
+
+    async def close(self) -> None:
+        return None
