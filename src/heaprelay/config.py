@@ -41,11 +41,19 @@ class EventFilter:
 
 @dataclass(frozen=True, slots=True)
 class Consent:
-    """RudderStack consent management for one destination."""
+    """RudderStack consent management for one destination.
+
+    Generic form (``legacy=False``): the categories this destination needs under ``provider``;
+    ``resolution`` is used for the ``custom`` provider only (for the others the event's
+    ``resolutionStrategy`` decides, as in RudderStack). Legacy form (``legacy=True``):
+    RudderStack's ``oneTrustCookieCategories`` (provider ``oneTrust``: skip when any is denied)
+    or ``ketchConsentPurposes`` (provider ``ketch``: skip when all are denied).
+    """
 
     provider: Literal["oneTrust", "ketch", "iubenda", "custom"] = "oneTrust"
     categories: tuple[str, ...] = ()
     resolution: Literal["and", "or"] | None = None
+    legacy: bool = False
 
 
 @dataclass(frozen=True, slots=True)
