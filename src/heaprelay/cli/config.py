@@ -1,0 +1,81 @@
+"""``heaprelay config check [FILE]``: validate a configuration file and explain every problem."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from heaprelay.config import Config
+from heaprelay.config_file import ConfigError, Problem, load_config
+
+DEFAULT_CONFIG_FILE = "heaprelay.toml"
+
+
+def default_config_path() -> str:
+    """``$HEAPRELAY_CONFIG``, else ``./heaprelay.toml``."""
+    return os.environ.get("HEAPRELAY_CONFIG") or DEFAULT_CONFIG_FILE
+
+
+def echo_problems(problems: list[Problem], file: str) -> None:
+    """Print problems the way ``config check`` and ``serve --config`` both do (on stderr)."""
+    count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+    click.echo(f"{file}: {count}:", err=True)
+    for problem in problems:
+        click.echo(f"  {problem}", err=True)
+
+
+def _mask(secret: str) -> str:
+    return secret[:3] + "…" if len(secret) > 8 else "…"
+
+
+def summary(config: Config) -> list[str]:
+    """A short description of a valid configuration (write keys masked)."""
+    n_dest = sum(len(s.destinations) for s in config.sources)
+    lines = [
+        f"{len(config.sources)} source{'s' if len(config.sources) != 1 else ''}, "
+        f"{n_dest} destination{'s' if n_dest != 1 else ''}; "
+        f"listening on {config.host}:{config.port}; queue: {config.queue_url or config.data_dir}"
+    ]
+    for source in config.sources:
+        lines.append(f"source {source.name} (write key {_mask(source.write_key)})")
+        for d in source.destinations:
+            s = d.settings
+            where = s.base_url or s.region
+            extras = []
+            if d.event_filter.mode != "disable":
+                extras.append(f"{d.event_filter.mode}-list of {len(d.event_filter.events)}")
+            if d.consent:
+                extras.append("consent: " + ", ".join(sorted({c.provider for c in d.consent})))
+            if s.options:
+                extras.append(", ".join(f"{k}={v}" for k, v in sorted(s.options.items())))
+            if not d.enabled:
+                extras.append("disabled")
+            tail = f" [{'; '.join(extras)}]" if extras else ""
+            lines.append(f"  -> {d.id}: app_id {s.app_id}, {where}, profile {s.profile}{tail}")
+    return lines
+
+
+@click.group(name="config")
+def command() -> None:
+    """Configuration files."""
+
+
+@command.command(name="check")
+@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+def check(file: Path | None) -> None:
+    """Validate FILE (default: $HEAPRELAY_CONFIG or ./heaprelay.toml) and explain every problem.
+
+    Exits 1 when the file is not valid; prints a summary of its sources and destinations
+    when it is.
+    """
+    path = file or Path(default_config_path())
+    try:
+        config = load_config(path, os.environ)
+    except ConfigError as e:
+        echo_problems(e.problems, str(path))
+        raise SystemExit(1) from None
+    click.echo(f"{path}: valid")
+    for line in summary(config):
+        click.echo(f"  {line}")

@@ -1,0 +1,698 @@
+"""The TOML configuration file: read, interpolate the environment, check everything, build a
+frozen :class:`~heaprelay.config.Config`.
+
+Every problem is collected (not just the first) with where it is: the file, the line when it
+can be found, and the TOML path (``sources[1].destinations[0].app_id``). ``heaprelay config
+check`` prints them; ``heaprelay serve --config`` refuses to start on any of them.
+
+Secrets and the environment:
+
+- any string value may hold ``${VAR}`` (the variable must be set and non-empty) or
+  ``${VAR:-default}``; ``$${`` stands for a literal ``${``;
+- ``write_key_env = "VAR"`` / ``app_id_env = "VAR"`` read the whole value from a variable
+  (instead of ``write_key`` / ``app_id``);
+- ``HEAPRELAY_HOST``, ``HEAPRELAY_PORT``, ``HEAPRELAY_DATA_DIR``, ``HEAPRELAY_QUEUE_URL`` and
+  ``HEAPRELAY_ROLE`` override the file's ``[server]`` table.
+
+The format is documented in ``examples/heaprelay.toml``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, cast, get_args
+
+from heaprelay.config import (
+    DEFAULT_RETRY_WINDOW,
+    Config,
+    Consent,
+    DeliverySettings,
+    Destination,
+    EventFilter,
+    Limits,
+    Role,
+    Source,
+    default_data_dir,
+)
+from heaprelay.transform import DestinationSettings, SettingsError, validate_settings
+
+__all__ = ["ConfigError", "Problem", "check_config", "load_config", "parse_duration"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a configuration file, and where."""
+
+    file: str
+    path: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; ``problems`` lists every reason."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+def load_config(path: str | Path, env: Mapping[str, str]) -> Config:
+    """Read and check ``path``; :class:`ConfigError` with every problem if it is not valid."""
+    config, problems = _read(Path(path), env)
+    if problems or config is None:
+        raise ConfigError(problems)
+    return config
+
+
+def check_config(path: str | Path, env: Mapping[str, str]) -> list[Problem]:
+    """Every problem of the file at ``path`` (empty when it is valid)."""
+    return _read(Path(path), env)[1]
+
+
+# --- durations ----------------------------------------------------------------------------
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number of seconds or a string like ``"90s"``, ``"15m"``, ``"4h"``,
+    ``"1h30m"``, ``"7d"``; ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        text = value.replace(" ", "")
+        parts = list(_DURATION.finditer(text))
+        if parts and "".join(p.group(0) for p in parts) == text:
+            return sum(float(p.group(1)) * _UNITS[p.group(2)] for p in parts)
+    raise ValueError(
+        f"{value!r} is not a duration; write seconds (3600) or a string like "
+        '"90s", "15m", "4h", "1h30m", "7d"'
+    )
+
+
+# --- reading -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Reader:
+    """Walks the parsed TOML, collecting problems instead of stopping at the first."""
+
+    file: str
+    env: Mapping[str, str]
+    lines: dict[str, int]
+    problems: list[Problem] = field(default_factory=list)
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(Problem(self.file, path, message, _line_of(self.lines, path)))
+
+    def table(self, value: Any, path: str) -> dict[str, Any] | None:
+        if isinstance(value, dict):
+            return value
+        self.problem(path, f"expected a table, got {_kind(value)}")
+        return None
+
+    def keys(self, table: Mapping[str, Any], path: str, accepted: tuple[str, ...]) -> None:
+        for key in table:
+            if key not in accepted:
+                close = difflib.get_close_matches(key, accepted, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                self.problem(
+                    _join(path, key),
+                    f"unknown key{hint}; accepted here: {', '.join(accepted)}",
+                )
+
+    def string(self, table: Mapping[str, Any], key: str, path: str) -> str | None:
+        """A string (numbers are accepted as their text), with ``${VAR}`` interpolated."""
+        if key not in table:
+            return None
+        value = table[key]
+        where = _join(path, key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            self.problem(where, f"expected a string, got {_kind(value)}")
+            return None
+        return self.interpolate(value, where)
+
+    def interpolate(self, value: str, where: str) -> str | None:
+        missing: list[str] = []
+
+        def sub(m: re.Match[str]) -> str:
+            if m.group(0) == "$${":
+                return "${"
+            name, default = m.group(1), m.group(3)
+            found = self.env.get(name, "")
+            if found:
+                return found
+            if default is not None:
+                return default
+            missing.append(name)
+            return ""
+
+        result = _INTERPOLATION.sub(sub, value)
+        for name in missing:
+            self.problem(where, f"environment variable {name} is not set (used as ${{{name}}})")
+        return None if missing else result
+
+    def from_env(self, table: Mapping[str, Any], key: str, path: str) -> str | None:
+        """``key`` or ``key_env`` (the name of a variable holding it), exactly one of them."""
+        env_key = f"{key}_env"
+        if key in table and env_key in table:
+            self.problem(path, f"set either {key} or {env_key}, not both")
+            return None
+        if env_key in table:
+            name = self.string(table, env_key, path)
+            if name is None:
+                return None
+            found = self.env.get(name, "")
+            if not found:
+                self.problem(
+                    _join(path, env_key), f"environment variable {name} is not set or empty"
+                )
+                return None
+            return found
+        value = self.string(table, key, path)
+        if key in table and value is not None and not value.strip():
+            self.problem(_join(path, key), "must not be empty")
+            return None
+        if key not in table:
+            self.problem(path, f"{key} is required (or {env_key}, naming an environment variable)")
+        return value
+
+    def typed(
+        self,
+        table: Mapping[str, Any],
+        key: str,
+        path: str,
+        check: Callable[[Any], T],
+        default: T,
+    ) -> T:
+        if key not in table:
+            return default
+        value = table[key]
+        if isinstance(value, str):
+            interpolated = self.interpolate(value, _join(path, key))
+            if interpolated is None:
+                return default
+            value = interpolated
+        try:
+            return check(value)
+        except ValueError as e:
+            self.problem(_join(path, key), str(e))
+            return default
+
+    def string_list(self, table: Mapping[str, Any], key: str, path: str) -> tuple[str, ...]:
+        if key not in table:
+            return ()
+        value = table[key]
+        where = _join(path, key)
+        if not isinstance(value, list):
+            self.problem(where, f"expected a list of strings, got {_kind(value)}")
+            return ()
+        out: list[str] = []
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                self.problem(f"{where}[{i}]", f"expected a string, got {_kind(item)}")
+            elif (text := self.interpolate(item, f"{where}[{i}]")) is not None:
+                out.append(text)
+        return tuple(out)
+
+
+_INTERPOLATION = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _kind(value: Any) -> str:
+    kinds = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    kinds |= {list: "a list", dict: "a table"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"expected a positive integer, got {value!r}")
+    return value
+
+
+def _positive_number(value: Any) -> float:
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"expected a positive number, got {value!r}")
+    return float(value)
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _port(value: Any) -> int:
+    port = _positive_int(value)
+    if port > 65535:
+        raise ValueError(f"expected a port number (1-65535), got {port}")
+    return port
+
+
+def _one_of(*choices: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"got {value!r}; accepted: {', '.join(choices)}")
+        return cast(str, value)
+
+    return check
+
+
+def _url(value: Any) -> str:
+    if not isinstance(value, str) or not re.match(r"https?://[^/\s]+", value):
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _duration(value: Any) -> float:
+    return parse_duration(value)
+
+
+# --- the schema ----------------------------------------------------------------------------
+
+_TOP = ("server", "delivery", "sources")
+_SERVER = ("host", "port", "data_dir", "queue_url", "role", "sandbox")
+_SOURCE = (
+    "name",
+    "write_key",
+    "write_key_env",
+    "cors_origins",
+    "dedupe_window",
+    "partial_batches",
+    "limits",
+    "destinations",
+)
+_DESTINATION = (
+    "id",
+    "app_id",
+    "app_id_env",
+    "region",
+    "base_url",
+    "profile",
+    "options",
+    "event_filter",
+    "consent",
+    "onetrust_cookie_categories",
+    "ketch_consent_purposes",
+    "retry_window",
+    "enabled",
+)
+_EVENT_FILTER = ("mode", "events")
+_FILTER_MODES = {
+    "disable": "disable",
+    "allow": "allow",
+    "deny": "deny",
+    # RudderStack's names, so that its settings can be copied as they are
+    "whitelistedEvents": "allow",
+    "blacklistedEvents": "deny",
+}
+_CONSENT = ("provider", "categories", "resolution")
+_PROVIDERS = ("oneTrust", "ketch", "iubenda", "custom")
+_ENV_OVERRIDES = {
+    "HEAPRELAY_HOST": "host",
+    "HEAPRELAY_PORT": "port",
+    "HEAPRELAY_DATA_DIR": "data_dir",
+    "HEAPRELAY_QUEUE_URL": "queue_url",
+    "HEAPRELAY_ROLE": "role",
+}
+
+
+def _read(path: Path, env: Mapping[str, str]) -> tuple[Config | None, list[Problem]]:
+    name = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None, [Problem(name, "", "no such file")]
+    except (OSError, UnicodeDecodeError) as e:
+        return None, [Problem(name, "", f"cannot read the file: {e}")]
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"\(at line (\d+), column \d+\)", str(e))
+        return None, [Problem(name, "", f"not valid TOML: {e}", int(m.group(1)) if m else None)]
+    reader = _Reader(name, env, _line_index(text))
+    config = _build(reader, data)
+    problems = sorted(reader.problems, key=lambda p: p.line or 0)
+    return (None if problems else config), problems
+
+
+def _build(r: _Reader, data: dict[str, Any]) -> Config:
+    r.keys(data, "", _TOP)
+    server = r.table(data.get("server", {}), "server") or {}
+    r.keys(server, "server", _SERVER)
+    overrides = {key: r.env[var] for var, key in _ENV_OVERRIDES.items() if r.env.get(var)}
+    server = {**server, **overrides}
+    defaults = Config(sources=())
+
+    data_dir = r.string(server, "data_dir", "server")
+    role: str = r.typed(server, "role", "server", _one_of(*get_args(Role)), str(defaults.role))
+    config_kw: dict[str, Any] = {
+        "host": r.string(server, "host", "server") or defaults.host,
+        "port": r.typed(server, "port", "server", _port, defaults.port),
+        "data_dir": Path(data_dir).expanduser() if data_dir else default_data_dir(),
+        "queue_url": r.string(server, "queue_url", "server"),
+        "role": cast(Role, role),
+        "sandbox": r.typed(server, "sandbox", "server", _boolean, False),
+        "delivery": _delivery(r, data.get("delivery", {})),
+    }
+    queue_url = config_kw["queue_url"]
+    if queue_url and not re.match(r"(sqlite|postgres|postgresql)://", queue_url):
+        r.problem(
+            "server.queue_url",
+            f"{queue_url!r}: expected sqlite:///path, postgresql://… or postgres://…",
+        )
+
+    sources_value = data.get("sources")
+    if sources_value is None:
+        r.problem("", "no [[sources]]: add at least one source with its write key")
+        sources_value = []
+    if not isinstance(sources_value, list):
+        r.problem("sources", f"expected [[sources]] tables, got {_kind(sources_value)}")
+        sources_value = []
+    sources = [
+        s for i, v in enumerate(sources_value) if (s := _source(r, v, f"sources[{i}]")) is not None
+    ]
+    _unique(r, sources)
+    return Config(sources=tuple(sources), **config_kw)
+
+
+def _delivery(r: _Reader, value: Any) -> DeliverySettings:
+    default = DeliverySettings()
+    table = r.table(value, "delivery")
+    if table is None:
+        return default
+    checks: dict[str, Callable[[Any], Any]] = {
+        "batch_size": _positive_int,
+        "flush_interval": _duration,
+        "rate_limits": _boolean,
+        "app_events_per_minute": _positive_int,
+        "identity_events_per_minute": _positive_int,
+        "time_scale": _positive_number,
+        "concurrency": _positive_int,
+        "request_timeout": _duration,
+    }
+    r.keys(table, "delivery", tuple(checks))
+    kw = {
+        key: r.typed(table, key, "delivery", check, getattr(default, key))
+        for key, check in checks.items()
+    }
+    if kw["batch_size"] > 1000:
+        r.problem("delivery.batch_size", "Heap accepts at most 1000 items per bulk request")
+    return DeliverySettings(**kw)
+
+
+def _source(r: _Reader, value: Any, path: str) -> Source | None:
+    table = r.table(value, path)
+    if table is None:
+        return None
+    r.keys(table, path, _SOURCE)
+    name = r.string(table, "name", path)
+    if name is None:
+        if "name" not in table:
+            r.problem(path, "name is required (letters, digits, '_', '.', '-')")
+        name = f"source{path}"
+    elif not _NAME.fullmatch(name):
+        r.problem(_join(path, "name"), f"{name!r}: use letters, digits, '_', '.', '-'")
+    write_key = r.from_env(table, "write_key", path) or ""
+
+    limits = Limits()
+    limits_table = r.table(table.get("limits", {}), _join(path, "limits"))
+    if limits_table is not None:
+        lpath = _join(path, "limits")
+        r.keys(limits_table, lpath, ("max_request_bytes", "max_message_bytes"))
+        limits = Limits(
+            max_request_bytes=r.typed(
+                limits_table, "max_request_bytes", lpath, _positive_int, limits.max_request_bytes
+            ),
+            max_message_bytes=r.typed(
+                limits_table, "max_message_bytes", lpath, _positive_int, limits.max_message_bytes
+            ),
+        )
+        if limits.max_message_bytes > limits.max_request_bytes:
+            r.problem(lpath, "max_message_bytes is larger than max_request_bytes")
+
+    cors = r.string_list(table, "cors_origins", path) if "cors_origins" in table else ("*",)
+    source_defaults = Source(name="", write_key="", destinations=())
+    destinations_value = table.get("destinations")
+    if destinations_value is None:
+        r.problem(path, f"source {name!r} has no [[sources.destinations]]: add at least one")
+        destinations_value = []
+    if not isinstance(destinations_value, list):
+        r.problem(
+            _join(path, "destinations"),
+            f"expected [[sources.destinations]] tables, got {_kind(destinations_value)}",
+        )
+        destinations_value = []
+    destinations = [
+        d
+        for i, v in enumerate(destinations_value)
+        if (d := _destination(r, v, f"{path}.destinations[{i}]", name)) is not None
+    ]
+    return Source(
+        name=name,
+        write_key=write_key,
+        destinations=tuple(destinations),
+        limits=limits,
+        cors_origins=cors,
+        dedupe_window=r.typed(
+            table, "dedupe_window", path, _duration, source_defaults.dedupe_window
+        ),
+        partial_batches=r.typed(table, "partial_batches", path, _boolean, False),
+    )
+
+
+def _destination(r: _Reader, value: Any, path: str, source: str) -> Destination | None:
+    table = r.table(value, path)
+    if table is None:
+        return None
+    r.keys(table, path, _DESTINATION)
+    app_id = r.from_env(table, "app_id", path)
+    region = r.typed(table, "region", path, _one_of("us", "eu"), "us")
+    base_url = r.typed(table, "base_url", path, _url, cast(str | None, None))
+    profile = r.string(table, "profile", path) or "heap"
+    options: dict[str, str] = {}
+    options_table = r.table(table.get("options", {}), _join(path, "options"))
+    for key, v in (options_table or {}).items():
+        if isinstance(v, bool):
+            options[key] = "true" if v else "false"
+        elif (text := r.string(options_table or {}, key, _join(path, "options"))) is not None:
+            options[key] = text
+
+    dest_id = r.string(table, "id", path)
+    if dest_id is None:
+        dest_id = f"{source}.{app_id}" if app_id else f"{source}{path}"
+    elif not _NAME.fullmatch(dest_id):
+        r.problem(_join(path, "id"), f"{dest_id!r}: use letters, digits, '_', '.', '-'")
+
+    settings = DestinationSettings(
+        app_id=app_id or "",
+        profile=profile,
+        region=cast(Any, region),
+        base_url=base_url,
+        options=options,
+    )
+    if app_id:
+        try:
+            validate_settings(settings)
+        except SettingsError as e:
+            r.problem(path, str(e))
+        except ImportError as e:  # a profile named in the registry but not installed
+            r.problem(_join(path, "profile"), f"profile {profile!r} is not available: {e}")
+
+    return Destination(
+        id=dest_id,
+        settings=settings,
+        event_filter=_event_filter(r, table.get("event_filter"), _join(path, "event_filter")),
+        consent=_consent(r, table, path),
+        retry_window=r.typed(table, "retry_window", path, _duration, DEFAULT_RETRY_WINDOW),
+        enabled=r.typed(table, "enabled", path, _boolean, True),
+    )
+
+
+def _event_filter(r: _Reader, value: Any, path: str) -> EventFilter:
+    if value is None:
+        return EventFilter()
+    table = r.table(value, path)
+    if table is None:
+        return EventFilter()
+    r.keys(table, path, _EVENT_FILTER)
+    mode = r.typed(table, "mode", path, _one_of(*_FILTER_MODES), "")
+    events = r.string_list(table, "events", path)
+    if not mode:
+        if "mode" not in table:
+            r.problem(path, 'mode is required: "allow", "deny" or "disable"')
+        return EventFilter()
+    normalized = _FILTER_MODES[mode]
+    if normalized != "disable" and not events and "events" not in table:
+        r.problem(path, f"mode {mode!r} needs an events list")
+    for i, event in enumerate(events):
+        if not event.strip():
+            r.problem(f"{path}.events[{i}]", "an event name cannot be empty")
+    return EventFilter(mode=cast(Any, normalized), events=events)
+
+
+def _consent(r: _Reader, table: Mapping[str, Any], path: str) -> tuple[Consent, ...]:
+    out: list[Consent] = []
+    value = table.get("consent", [])
+    if not isinstance(value, list):
+        r.problem(
+            _join(path, "consent"),
+            f"expected [[...consent]] tables or a list of tables, got {_kind(value)}",
+        )
+        value = []
+    seen: set[str] = set()
+    for i, item in enumerate(value):
+        cpath = f"{path}.consent[{i}]"
+        entry = r.table(item, cpath)
+        if entry is None:
+            continue
+        r.keys(entry, cpath, _CONSENT)
+        provider = r.typed(entry, "provider", cpath, _one_of(*_PROVIDERS), "oneTrust")
+        categories = r.string_list(entry, "categories", cpath)
+        if not categories:
+            r.problem(cpath, "categories must list at least one consent category id")
+        resolution = r.typed(entry, "resolution", cpath, _one_of("and", "or"), "")
+        if provider == "custom" and not resolution:
+            r.problem(cpath, 'provider "custom" needs resolution = "and" or "or"')
+        if provider != "custom" and resolution:
+            r.problem(
+                _join(cpath, "resolution"),
+                f"only the custom provider takes a resolution; for {provider} the event's "
+                "context.consentManagement.resolutionStrategy decides",
+            )
+        if provider in seen:
+            r.problem(_join(cpath, "provider"), f"{provider} is configured twice")
+        seen.add(provider)
+        out.append(
+            Consent(
+                provider=cast(Any, provider),
+                categories=categories,
+                resolution=cast(Any, resolution or None),
+            )
+        )
+    for key, provider in (
+        ("onetrust_cookie_categories", "oneTrust"),
+        ("ketch_consent_purposes", "ketch"),
+    ):
+        categories = r.string_list(table, key, path)
+        if categories:
+            out.append(Consent(provider=cast(Any, provider), categories=categories, legacy=True))
+    return tuple(out)
+
+
+def _unique(r: _Reader, sources: list[Source]) -> None:
+    names: dict[str, int] = {}
+    keys: dict[str, int] = {}
+    ids: dict[str, str] = {}
+    for i, source in enumerate(sources):
+        if source.name in names:
+            r.problem(
+                f"sources[{i}].name", f"{source.name!r} is also sources[{names[source.name]}]"
+            )
+        names.setdefault(source.name, i)
+        if source.write_key and source.write_key in keys:
+            r.problem(
+                f"sources[{i}]",
+                f"same write key as sources[{keys[source.write_key]}]: "
+                "each source needs its own write key",
+            )
+        keys.setdefault(source.write_key, i)
+        for j, d in enumerate(source.destinations):
+            where = f"sources[{i}].destinations[{j}]"
+            if d.id in ids:
+                r.problem(
+                    where,
+                    f'destination id {d.id!r} is also {ids[d.id]}; set a distinct id = "…"',
+                )
+            ids.setdefault(d.id, where)
+
+
+# --- line numbers ----------------------------------------------------------------------------
+
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"""^\s*("[^"]*"|'[^']*'|[A-Za-z0-9_.-]+)\s*=""")
+
+
+def _unquote(part: str) -> str:
+    part = part.strip()
+    return part[1:-1] if len(part) >= 2 and part[0] == part[-1] and part[0] in "\"'" else part
+
+
+def _line_index(text: str) -> dict[str, int]:
+    """TOML path -> line number (1-based), for tables, array items and keys. Best effort: it
+    knows headers and ``key =`` lines, which is how configuration files are written."""
+    index: dict[str, int] = {}
+    counters: dict[str, int] = {}
+    current = ""
+    in_multiline: str | None = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if in_multiline:
+            if line.count(in_multiline) % 2 == 1:
+                in_multiline = None
+            continue
+        header = _HEADER.match(line)
+        if header and not _KEY.match(line):
+            parts = [_unquote(p) for p in header.group(2).split(".")]
+            path = ""
+            for k, part in enumerate(parts):
+                path = _join(path, part)
+                last = k == len(parts) - 1
+                if last and header.group(1) == "[[":
+                    counters[path] = counters.get(path, 0) + 1
+                    path = f"{path}[{counters[path] - 1}]"
+                elif path in counters:
+                    path = f"{path}[{counters[path] - 1}]"
+            current = path
+            index.setdefault(path, number)
+            continue
+        key = _KEY.match(line)
+        if key:
+            index.setdefault(_join(current, _unquote(key.group(1))), number)
+            for quote in ('"""', "'''"):
+                if line.count(quote) % 2 == 1:
+                    in_multiline = quote
+    return index
+
+
+def _line_of(index: Mapping[str, int], path: str) -> int | None:
+    while path:
+        if path in index:
+            return index[path]
+        shorter = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", path)
+        if shorter == path:
+            break
+        path = shorter
+    return None
