@@ -11,7 +11,7 @@ Secrets and the environment:
   ``${VAR:-default}``; ``$${`` stands for a literal ``${``;
 - ``write_key_env = "VAR"`` / ``app_id_env = "VAR"`` read the whole value from a variable
   (instead of ``write_key`` / ``app_id``);
-- ``HEAPRELAY_HOST``, ``HEAPRELAY_PORT``, ``HEAPRELAY_DATA_DIR``, ``HEAPRELAY_QUEUE_URL`` and
+- ``HEAPRELAY_HOST``, ``HEAPRELAY_PORT``, ``HEAPRELAY_DATA_DIR``, ``HEAPRELAY_QUEUE`` and
   ``HEAPRELAY_ROLE`` override the file's ``[server]`` table.
 
 The format is documented in ``examples/heaprelay.toml``.
@@ -345,7 +345,7 @@ _ENV_OVERRIDES = {
     "HEAPRELAY_HOST": "host",
     "HEAPRELAY_PORT": "port",
     "HEAPRELAY_DATA_DIR": "data_dir",
-    "HEAPRELAY_QUEUE_URL": "queue_url",
+    "HEAPRELAY_QUEUE": "queue_url",
     "HEAPRELAY_ROLE": "role",
 }
 

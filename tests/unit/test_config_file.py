@@ -106,7 +106,7 @@ def test_environment_wins_over_interpolation_default() -> None:
 
 def test_heaprelay_env_overrides_server_settings(tmp_path: Path) -> None:
     path = write(tmp_path, '[server]\nport = 1000\nhost = "0.0.0.0"\n' + MINIMAL)
-    config = load_config(path, {"HEAPRELAY_PORT": "9001", "HEAPRELAY_QUEUE_URL": "sqlite:///q.db"})
+    config = load_config(path, {"HEAPRELAY_PORT": "9001", "HEAPRELAY_QUEUE": "sqlite:///q.db"})
     assert config.port == 9001
     assert config.host == "0.0.0.0"
     assert config.queue_url == "sqlite:///q.db"
