@@ -26,6 +26,16 @@ def echo_problems(problems: list[Problem], file: str) -> None:
         click.echo(f"  {problem}", err=True)
 
 
+def load_or_exit(path: Path) -> Config:
+    """Load ``path`` for a command (``serve --config``); on any problem print them all, as
+    ``config check`` does, and exit 1."""
+    try:
+        return load_config(path, os.environ)
+    except ConfigError as e:
+        echo_problems(e.problems, str(path))
+        raise SystemExit(1) from None
+
+
 def _mask(secret: str) -> str:
     return secret[:3] + "…" if len(secret) > 8 else "…"
 
@@ -71,11 +81,7 @@ def check(file: Path | None) -> None:
     when it is.
     """
     path = file or Path(default_config_path())
-    try:
-        config = load_config(path, os.environ)
-    except ConfigError as e:
-        echo_problems(e.problems, str(path))
-        raise SystemExit(1) from None
+    config = load_or_exit(path)
     click.echo(f"{path}: valid")
     for line in summary(config):
         click.echo(f"  {line}")
