@@ -46,6 +46,11 @@ class DestinationSettings:
     region: Region = "us"
     base_url: str | None = None
     options: Mapping[str, str] = field(default_factory=dict)
+    #: The region exactly as the user wrote it (config file or ``--region``), before it is
+    #: normalised into ``region``; ``None`` when none was given. Profiles that reproduce a
+    #: peer's own settings validation check it (segment-actions / segment-heap-cloud accept
+    #: exactly ``US`` or ``EU``, and segment-heap-cloud requires one).
+    region_setting: str | None = None
 
     @property
     def heap_base_url(self) -> str:
