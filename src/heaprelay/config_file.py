@@ -500,7 +500,12 @@ def _destination(r: _Reader, value: Any, path: str, source: str) -> Destination 
         return None
     r.keys(table, path, _DESTINATION)
     app_id = r.from_env(table, "app_id", path)
-    region = r.typed(table, "region", path, _one_of("us", "eu"), "us")
+    # profiles that reproduce a peer's settings check the region as written (region_setting)
+    region_setting = r.string(table, "region", path)
+    region = (region_setting or "us").lower()
+    if region not in ("us", "eu"):
+        r.problem(_join(path, "region"), f"got {region_setting!r}; accepted: us, eu (or US, EU)")
+        region = "us"
     base_url = r.typed(table, "base_url", path, _url, cast(str | None, None))
     profile = r.string(table, "profile", path) or "heap"
     options: dict[str, str] = {}
@@ -523,6 +528,7 @@ def _destination(r: _Reader, value: Any, path: str, source: str) -> Destination 
         region=cast(Any, region),
         base_url=base_url,
         options=options,
+        region_setting=region_setting,
     )
     if app_id:
         try:

@@ -224,3 +224,24 @@ def test_durations(text: Any, seconds: float) -> None:
 def test_bad_durations(text: Any) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
+
+
+def test_region_as_written_reaches_the_profile(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL + '  region = "EU"\n'), {})
+    settings = config.sources[0].destinations[0].settings
+    assert settings.region == "eu"
+    assert settings.region_setting == "EU"
+    assert settings.heap_base_url == EU_BASE_URL
+
+
+def test_segment_heap_cloud_needs_its_region_setting(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + '  profile = "segment-heap-cloud"\n')
+    (problem,) = check_config(path, {})
+    assert problem.path == "sources[0].destinations[0]"
+    assert "region" in problem.message
+    assert (
+        check_config(
+            write(tmp_path, MINIMAL + '  profile = "segment-heap-cloud"\n  region = "US"\n'), {}
+        )
+        == []
+    )
