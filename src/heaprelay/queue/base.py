@@ -43,6 +43,9 @@ class NewJob:
     #: The message, as UTF-8 JSON bytes, exactly as it will be transformed.
     payload: bytes
     received_at: float
+    #: Seconds during which another job with the same (source, message_id, destination) is a
+    #: duplicate (the source's dedupe window; 0 turns deduplication off for this job).
+    dedupe_window: float = 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,130 @@
+"""``heaprelay serve``: run the ingest API (and the delivery workers) in one process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from heaprelay.config import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    Config,
+    Destination,
+    Source,
+    default_data_dir,
+)
+from heaprelay.transform import PROFILE_NAMES, DestinationSettings
+
+
+def config_from_flags(
+    *,
+    app_id: str,
+    write_key: str,
+    host: str,
+    port: int,
+    data_dir: Path,
+    profile: str,
+    region: str,
+    base_url: str | None,
+    queue_url: str | None,
+) -> Config:
+    """Zero-config mode: one source (the write key) with one Heap destination (the app id)."""
+    settings = DestinationSettings(
+        app_id=app_id,
+        profile=profile,
+        region="eu" if region == "eu" else "us",
+        base_url=base_url,
+    )
+    source = Source(
+        name="default",
+        write_key=write_key,
+        destinations=(Destination(id="heap", settings=settings),),
+    )
+    return Config(sources=(source,), data_dir=data_dir, queue_url=queue_url, host=host, port=port)
+
+
+@click.command()
+@click.option("--app-id", envvar="HEAPRELAY_APP_ID", required=True, help="Heap app id.")
+@click.option(
+    "--write-key",
+    envvar="HEAPRELAY_WRITE_KEY",
+    required=True,
+    help="The write key the SDKs send (HTTP Basic user or 'writeKey' in the body).",
+)
+@click.option("--host", envvar="HEAPRELAY_HOST", default=DEFAULT_HOST, show_default=True)
+@click.option("--port", envvar="HEAPRELAY_PORT", type=int, default=DEFAULT_PORT, show_default=True)
+@click.option(
+    "--data-dir",
+    envvar="HEAPRELAY_DATA_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the SQLite queue lives [default: $XDG_DATA_HOME/heaprelay].",
+)
+@click.option(
+    "--profile",
+    envvar="HEAPRELAY_PROFILE",
+    type=click.Choice(PROFILE_NAMES),
+    default="heap",
+    show_default=True,
+    help="How events become Heap requests (a peer to reproduce, or heap).",
+)
+@click.option(
+    "--region",
+    envvar="HEAPRELAY_REGION",
+    type=click.Choice(["us", "eu"]),
+    default="us",
+    show_default=True,
+)
+@click.option(
+    "--base-url", envvar="HEAPRELAY_BASE_URL", default=None, help="Heap API base URL override."
+)
+@click.option(
+    "--queue",
+    "queue_url",
+    envvar="HEAPRELAY_QUEUE",
+    default=None,
+    help="Queue URL: sqlite:///PATH or postgresql://… [default: SQLite in the data dir].",
+)
+@click.option(
+    "--log-level",
+    envvar="HEAPRELAY_LOG_LEVEL",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+def command(
+    app_id: str,
+    write_key: str,
+    host: str,
+    port: int,
+    data_dir: Path | None,
+    profile: str,
+    region: str,
+    base_url: str | None,
+    queue_url: str | None,
+    log_level: str,
+) -> None:
+    """Accept Segment/RudderStack events and relay them to Heap.
+
+    Point an SDK's host at http://HOST:PORT. Stops cleanly on SIGTERM/SIGINT.
+    """
+    from heaprelay import server
+
+    config = config_from_flags(
+        app_id=app_id,
+        write_key=write_key,
+        host=host,
+        port=port,
+        data_dir=data_dir or default_data_dir(),
+        profile=profile,
+        region=region,
+        base_url=base_url,
+        queue_url=queue_url,
+    )
+    if not app_id.strip():
+        raise click.BadParameter("must not be empty", param_hint="--app-id")
+    if not write_key.strip():
+        raise click.BadParameter("must not be empty", param_hint="--write-key")
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    server.run(config, log_level=log_level)

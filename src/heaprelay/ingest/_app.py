@@ -1,0 +1,294 @@
+"""Routes of the ingest API (see the package docstring and SPEC §2)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import zlib
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from heaprelay.clock import Clock
+from heaprelay.config import Source
+from heaprelay.queue.base import NewJob, Queue
+from heaprelay.spec.messages import (
+    SHORT_TYPES,
+    TYPES,
+    PreparedRequest,
+    Rejection,
+    parse_json,
+    prepare,
+)
+
+#: Request headers the browser SDKs send cross-origin (analytics-next, RudderStack v3).
+ALLOWED_HEADERS: Final = (
+    "authorization, content-type, content-encoding, accept, anonymousid, sentat, "
+    "x-retry-count, rsa-retry-attempt, rsa-retry-reason, rsa-since-first-attempt, "
+    "rsa-since-last-attempt, rsa-recovered"
+)
+_SUCCESS: Final = b'{"success":true}'
+
+
+@dataclass(slots=True)
+class IngestState:
+    """What the routes need. ``queue`` is set once the server has opened it."""
+
+    sources: tuple[Source, ...]
+    clock: Clock
+    queue: Queue | None = None
+    by_key: dict[str, Source] = field(init=False)
+    #: Largest request any source accepts (what is read before the write key is known).
+    max_request_bytes: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.by_key = {s.write_key: s for s in self.sources}
+        self.max_request_bytes = max((s.limits.max_request_bytes for s in self.sources), default=0)
+
+    def origin_allowed(self, origin: str, source: Source | None) -> bool:
+        candidates = (source,) if source is not None else self.sources
+        return any("*" in s.cors_origins or origin in s.cors_origins for s in candidates)
+
+
+def ingest_routes(state: IngestState) -> list[BaseRoute]:
+    """The ``/v1/*`` and beacon routes (POST, and OPTIONS for CORS preflights)."""
+    routes: list[BaseRoute] = []
+
+    def add(path: str, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
+        routes.append(Route(path, endpoint, methods=["POST"]))
+        routes.append(Route(path, _preflight(state), methods=["OPTIONS"]))
+
+    for kind in sorted(TYPES):
+        add(f"/v1/{kind}", _ingest(state, kind))
+    for short, kind in SHORT_TYPES.items():
+        add(f"/v1/{short}", _ingest(state, kind))
+    for path in ("/v1/batch", "/v1/import", "/v1/b", "/beacon/v1/batch"):
+        add(path, _ingest(state, None))
+    add("/v1/m", _metrics(state))
+    return routes
+
+
+# --- endpoints --------------------------------------------------------------------------
+
+
+def _ingest(state: IngestState, route_type: str | None) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        origin = request.headers.get("origin")
+        source: Source | None = None
+        try:
+            header_key = _basic_user(request.headers.get("authorization"))
+        except ValueError as exc:
+            return _error(state, origin, None, Rejection("invalid_auth", str(exc), 401))
+        key = header_key or request.query_params.get("writeKey") or None
+        if key is not None:
+            source = state.by_key.get(key)
+            if source is None:
+                return _error(state, origin, None, _unknown_key())
+        limit = source.limits.max_request_bytes if source else state.max_request_bytes
+        raw = await _read_body(request, limit)
+        if isinstance(raw, Rejection):
+            return _error(state, origin, source, raw)
+        body = parse_json(raw)
+        if isinstance(body, Rejection):
+            return _error(state, origin, source, body)
+        if source is None:
+            body_key = body.get("writeKey")
+            if not isinstance(body_key, str) or not body_key:
+                return _error(
+                    state,
+                    origin,
+                    None,
+                    Rejection(
+                        "missing_write_key",
+                        "no write key: send it as the HTTP Basic user name (empty password) "
+                        "or as 'writeKey' in the body",
+                        401,
+                    ),
+                )
+            source = state.by_key.get(body_key)
+            if source is None:
+                return _error(state, origin, None, _unknown_key())
+            if len(raw) > source.limits.max_request_bytes:
+                return _error(
+                    state, origin, source, _request_too_large(source.limits.max_request_bytes)
+                )
+        if state.queue is None:
+            return _error(
+                state, origin, source, Rejection("not_ready", "the server is starting", 503)
+            )
+        now = state.clock.now()
+        prepared = prepare(
+            body,
+            route_type=route_type,
+            received_at=now,
+            max_message_bytes=source.limits.max_message_bytes,
+            body_bytes=len(raw),
+            partial=source.partial_batches,
+        )
+        if isinstance(prepared, Rejection):
+            return _error(state, origin, source, prepared)
+        jobs = _fan_out(source, prepared, now)
+        try:
+            await state.queue.append(jobs, now=now)
+        except Exception as exc:
+            return _error(
+                state,
+                origin,
+                source,
+                Rejection("queue_unavailable", f"could not store the messages: {exc}", 503),
+            )
+        if prepared.rejected:
+            answer: dict[str, Any] = {
+                "success": True,
+                "stored": len(prepared.messages),
+                "rejected": [r.as_json() for r in prepared.rejected],
+            }
+            return _json(200, orjson.dumps(answer), _cors(state, origin, source))
+        return _json(200, _SUCCESS, _cors(state, origin, source))
+
+    return endpoint
+
+
+def _metrics(state: IngestState) -> Callable[[Request], Awaitable[Response]]:
+    """analytics.js remote metrics: no credentials, never an error, nothing stored."""
+
+    async def endpoint(request: Request) -> Response:
+        async for _ in request.stream():
+            pass
+        return _json(200, _SUCCESS, _cors(state, request.headers.get("origin"), None))
+
+    return endpoint
+
+
+def _preflight(state: IngestState) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        origin = request.headers.get("origin")
+        if origin is not None and not state.origin_allowed(origin, None):
+            body = orjson.dumps(
+                {"code": "origin_not_allowed", "message": f"origin {origin!r} is not allowed"}
+            )
+            return _json(403, body, {})
+        headers = _cors(state, origin, None)
+        requested = request.headers.get("access-control-request-headers")
+        headers["access-control-allow-headers"] = (
+            f"{ALLOWED_HEADERS}, {requested}" if requested else ALLOWED_HEADERS
+        )
+        headers["access-control-allow-methods"] = "POST, OPTIONS"
+        headers["access-control-max-age"] = "7200"
+        return Response(status_code=204, headers=headers)
+
+    return endpoint
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def _fan_out(source: Source, prepared: PreparedRequest, now: float) -> list[NewJob]:
+    destinations = [d.id for d in source.destinations if d.enabled]
+    window = source.dedupe_window
+    return [
+        NewJob(source.name, dest, m.message_id, m.order_key, m.payload, now, window)
+        for m in prepared.messages
+        for dest in destinations
+    ]
+
+
+def _basic_user(header: str | None) -> str | None:
+    """The user name of a Basic Authorization header (the write key); ``None`` for no header
+    or another scheme (Segment's OAuth sends ``Bearer`` plus ``writeKey`` in the body)."""
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise ValueError(
+            "the Authorization header is not valid HTTP Basic (base64 of 'writeKey:')"
+        ) from None
+    user = decoded.partition(":")[0]
+    return user or None
+
+
+async def _read_body(request: Request, limit: int) -> bytes | Rejection:
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity", "gzip", "x-gzip"):
+        return Rejection(
+            "unsupported_encoding",
+            f"Content-Encoding {encoding!r} is not supported; send plain or gzip",
+            415,
+        )
+    compressed = encoding in ("gzip", "x-gzip")
+    # gzip can make incompressible data slightly larger than it was.
+    raw_limit = limit + limit // 100 + 1024 if compressed else limit
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > raw_limit:
+        return _request_too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > raw_limit:
+            return _request_too_large(limit)
+        chunks.append(chunk)
+    data = b"".join(chunks)
+    if not compressed:
+        return data
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        inflated = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        return Rejection("invalid_gzip", f"the gzip body does not inflate: {exc}")
+    if len(inflated) > limit:
+        return _request_too_large(limit, inflated=True)
+    if not inflater.eof:
+        return Rejection("invalid_gzip", "the gzip body is truncated")
+    return inflated
+
+
+def _request_too_large(limit: int, *, inflated: bool = False) -> Rejection:
+    what = "inflates to more than" if inflated else "is over"
+    return Rejection(
+        "request_too_large",
+        f"the request body {what} this source's request limit of {limit} bytes (max_request_bytes)",
+        413,
+    )
+
+
+def _unknown_key() -> Rejection:
+    return Rejection("invalid_write_key", "the write key is not known to this relay", 401)
+
+
+def _cors(state: IngestState, origin: str | None, source: Source | None) -> dict[str, str]:
+    if origin is None or not state.origin_allowed(origin, source):
+        return {}
+    return {
+        "access-control-allow-origin": origin,
+        "access-control-allow-credentials": "true",
+        "access-control-expose-headers": "Retry-After",
+        "vary": "Origin",
+    }
+
+
+def _error(
+    state: IngestState, origin: str | None, source: Source | None, rejection: Rejection
+) -> Response:
+    headers = _cors(state, origin, source)
+    if rejection.status == 503:
+        headers["retry-after"] = "1"
+    return _json(rejection.status, orjson.dumps(rejection.as_json()), headers)
+
+
+def _json(status: int, body: bytes, headers: dict[str, str]) -> Response:
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+def all_paths(routes: Iterable[BaseRoute]) -> list[str]:
+    """The paths served (for docs and tests)."""
+    return sorted({r.path for r in routes if isinstance(r, Route)})

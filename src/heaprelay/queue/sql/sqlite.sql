@@ -1,0 +1,145 @@
+-- Named queries of the SQLite queue (heaprelay.queue.sqlite). Each query starts with a
+-- "-- name: <name>" line and runs until the next one. Parameters are :named.
+
+-- name: schema
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    source TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    order_key TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    received_at REAL NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    first_attempt_at REAL,
+    -- retry: when the job becomes claimable again; leased: when the lease expires.
+    due_at REAL,
+    worker TEXT,
+    reason TEXT,
+    detail TEXT NOT NULL DEFAULT '',
+    answer TEXT NOT NULL DEFAULT '',
+    finished_at REAL
+);
+-- Unfinished jobs, in append order (claims scan this).
+CREATE INDEX IF NOT EXISTS jobs_open ON jobs (id)
+    WHERE state IN ('pending', 'leased', 'retry');
+-- Jobs that block their key (leased or waiting for a retry).
+CREATE INDEX IF NOT EXISTS jobs_blocking ON jobs (destination, order_key, due_at)
+    WHERE state IN ('leased', 'retry');
+CREATE INDEX IF NOT EXISTS jobs_dead ON jobs (destination, id) WHERE state = 'dead';
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at)
+    WHERE state IN ('delivered', 'skipped');
+-- messageIds seen per (source, destination), for deduplication within a window.
+CREATE TABLE IF NOT EXISTS seen (
+    source TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (source, destination, message_id)
+) WITHOUT ROWID;
+
+-- name: remember_message
+-- Inserts (or renews an expired) entry; no row changed means a duplicate within the window.
+INSERT INTO seen (source, destination, message_id, expires_at)
+VALUES (:source, :destination, :message_id, :expires_at)
+ON CONFLICT (source, destination, message_id) DO UPDATE SET expires_at = excluded.expires_at
+WHERE seen.expires_at <= :now;
+
+-- name: insert_job
+INSERT INTO jobs (source, destination, message_id, order_key, payload, received_at, state,
+                  reason, finished_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: claimable
+-- Unfinished jobs, oldest first, of keys with no leased (unexpired) or waiting-retry job.
+SELECT j.id FROM jobs AS j
+WHERE j.state IN ('pending', 'leased', 'retry')
+  AND NOT EXISTS (
+      SELECT 1 FROM jobs AS b
+      WHERE b.state IN ('leased', 'retry')
+        AND b.destination = j.destination
+        AND b.order_key = j.order_key
+        AND b.due_at > :now
+  )
+ORDER BY j.id
+LIMIT :limit;
+
+-- name: lease
+UPDATE jobs SET state = 'leased', worker = :worker, due_at = :due_at
+WHERE id = :id
+RETURNING id, source, destination, message_id, order_key, payload, received_at, attempts,
+          first_attempt_at;
+
+-- name: delivered
+UPDATE jobs SET state = 'delivered', answer = :answer, attempts = attempts + 1,
+       first_attempt_at = coalesce(first_attempt_at, :now), finished_at = :now,
+       due_at = NULL, worker = NULL
+WHERE id = :id AND state = 'leased';
+
+-- name: retry_at
+UPDATE jobs SET state = 'retry', due_at = :at, reason = :reason, answer = :answer,
+       attempts = attempts + 1, first_attempt_at = coalesce(first_attempt_at, :now),
+       worker = NULL
+WHERE id = :id AND state = 'leased';
+
+-- name: dead
+UPDATE jobs SET state = 'dead', reason = :reason, detail = :detail, answer = :answer,
+       attempts = attempts + 1, first_attempt_at = coalesce(first_attempt_at, :now),
+       finished_at = :now, due_at = NULL, worker = NULL
+WHERE id = :id AND state = 'leased';
+
+-- name: skipped
+UPDATE jobs SET state = 'skipped', reason = :reason, detail = :detail, finished_at = :now,
+       due_at = NULL, worker = NULL
+WHERE id = :id AND state = 'leased';
+
+-- name: release
+UPDATE jobs SET state = 'pending', due_at = NULL, worker = NULL
+WHERE id = :id AND state = 'leased';
+
+-- name: count_by_destination_state
+SELECT destination, state, count(*) FROM jobs GROUP BY destination, state;
+
+-- name: count_by_reason
+SELECT reason, count(*) FROM jobs
+WHERE state IN ('dead', 'skipped') AND reason IS NOT NULL
+GROUP BY reason;
+
+-- name: oldest_unfinished
+SELECT min(received_at) FROM jobs WHERE state IN ('pending', 'leased', 'retry');
+
+-- name: dead_letters
+SELECT id, source, destination, message_id, payload, reason, detail, answer, attempts,
+       received_at, finished_at
+FROM jobs
+WHERE state = 'dead' AND (:destination IS NULL OR destination = :destination)
+ORDER BY id
+LIMIT :limit OFFSET :offset;
+
+-- name: dead_letter
+SELECT id, source, destination, message_id, payload, reason, detail, answer, attempts,
+       received_at, finished_at
+FROM jobs WHERE state = 'dead' AND id = :id;
+
+-- name: replay_one
+UPDATE jobs SET state = 'pending', attempts = 0, first_attempt_at = NULL, reason = NULL,
+       detail = '', answer = '', finished_at = NULL, due_at = NULL
+WHERE state = 'dead' AND id = :id;
+
+-- name: replay_all
+UPDATE jobs SET state = 'pending', attempts = 0, first_attempt_at = NULL, reason = NULL,
+       detail = '', answer = '', finished_at = NULL, due_at = NULL
+WHERE state = 'dead';
+
+-- name: purge_one
+DELETE FROM jobs WHERE state = 'dead' AND id = :id;
+
+-- name: purge_all
+DELETE FROM jobs WHERE state = 'dead';
+
+-- name: prune_finished
+DELETE FROM jobs WHERE state IN ('delivered', 'skipped') AND finished_at < :before;
+
+-- name: prune_seen
+DELETE FROM seen WHERE expires_at < :before;

@@ -1,0 +1,414 @@
+"""The embedded queue: one SQLite file in WAL mode.
+
+All writes go through one writer thread that owns the write connection. Appends that arrive
+while a commit is running are collected and committed together in the next transaction (group
+commit), so many concurrent requests share one fsync (``synchronous=FULL``: an acknowledged
+append survives a crash of the process or of the machine). Each append is all-or-nothing
+inside the shared transaction (a savepoint per append). Reads (stats, dead letters) use their
+own connection and never wait for the writer.
+
+The semantics are those of :mod:`heaprelay.queue.base`; queries are in ``sql/sqlite.sql``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue as thread_queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from heaprelay.queue.base import (
+    AppendResult,
+    DeadLetter,
+    DeadLetterRecord,
+    Delivered,
+    Job,
+    NewJob,
+    Outcome,
+    QueueStats,
+    Release,
+    STATES,
+    RetryAt,
+    Skipped,
+)
+from heaprelay.spec.reasons import Reason
+
+T = TypeVar("T")
+
+#: Appends committed in one transaction at most (bounds the latency of a huge burst).
+MAX_GROUP: Final = 512
+
+
+def load_queries(text: str) -> dict[str, str]:
+    """``-- name: x`` sections of a .sql file → {name: sql}."""
+    queries: dict[str, str] = {}
+    name: str | None = None
+    lines: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("-- name:"):
+            if name is not None:
+                queries[name] = "\n".join(lines).strip()
+            name, lines = line.removeprefix("-- name:").strip(), []
+        elif name is not None:
+            lines.append(line)
+    if name is not None:
+        queries[name] = "\n".join(lines).strip()
+    return queries
+
+
+QUERIES: Final = load_queries(
+    resources.files("heaprelay.queue").joinpath("sql/sqlite.sql").read_text("utf-8")
+)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+@dataclass(slots=True)
+class _Append:
+    jobs: Sequence[NewJob]
+    now: float
+    future: Future[AppendResult]
+
+
+@dataclass(slots=True)
+class _Call:
+    fn: Callable[[sqlite3.Connection], Any]
+    future: Future[Any]
+
+
+class SQLiteQueue:
+    """The Queue of :mod:`heaprelay.queue.base` on one SQLite file."""
+
+    def __init__(self, path: Path, write: sqlite3.Connection, read: sqlite3.Connection) -> None:
+        self.path = path
+        self._write = write
+        self._read = read
+        self._read_lock = threading.Lock()
+        self._inbox: thread_queue.SimpleQueue[_Append | _Call | None] = thread_queue.SimpleQueue()
+        self._closed = False
+        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self._waiters_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="sqlite-queue", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    async def open(cls, path: Path) -> SQLiteQueue:
+        """Open (creating it and its directory if needed) the queue file at ``path``."""
+
+        def connect() -> SQLiteQueue:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write = _connect(path)
+            write.executescript(QUERIES["schema"])
+            return cls(path, write, _connect(path))
+
+        return await asyncio.to_thread(connect)
+
+    # --- writes ---------------------------------------------------------------------------
+
+    async def append(self, jobs: Sequence[NewJob], *, now: float) -> AppendResult:
+        if not jobs:
+            return AppendResult(stored=0)
+        future: Future[AppendResult] = Future()
+        self._submit(_Append(jobs, now, future))
+        result = await asyncio.wrap_future(future)
+        self._notify()
+        return result
+
+    async def claim(
+        self, worker: str, *, limit: int, lease_seconds: float, now: float
+    ) -> list[Job]:
+        def run(conn: sqlite3.Connection) -> list[Job]:
+            ids = [
+                row[0] for row in conn.execute(QUERIES["claimable"], {"now": now, "limit": limit})
+            ]
+            jobs: list[Job] = []
+            for job_id in ids:
+                row = conn.execute(
+                    QUERIES["lease"],
+                    {"id": job_id, "worker": worker, "due_at": now + lease_seconds},
+                ).fetchone()
+                jobs.append(Job(*row))
+            return jobs
+
+        return await self._call(run)
+
+    async def complete(self, outcomes: Sequence[Outcome], *, now: float) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            for outcome in outcomes:
+                match outcome:
+                    case Delivered(id=job_id, answer=answer):
+                        params: dict[str, Any] = {"id": job_id, "answer": answer, "now": now}
+                        conn.execute(QUERIES["delivered"], params)
+                    case RetryAt(id=job_id, at=at, reason=reason, answer=answer):
+                        params = {
+                            "id": job_id,
+                            "at": at,
+                            "reason": str(reason),
+                            "answer": answer,
+                            "now": now,
+                        }
+                        conn.execute(QUERIES["retry_at"], params)
+                    case DeadLetter(id=job_id, reason=reason, detail=detail, answer=answer):
+                        params = {
+                            "id": job_id,
+                            "reason": str(reason),
+                            "detail": detail,
+                            "answer": answer,
+                            "now": now,
+                        }
+                        conn.execute(QUERIES["dead"], params)
+                    case Skipped(id=job_id, reason=reason, detail=detail):
+                        params = {
+                            "id": job_id,
+                            "reason": str(reason),
+                            "detail": detail,
+                            "now": now,
+                        }
+                        conn.execute(QUERIES["skipped"], params)
+                    case Release(id=job_id):
+                        conn.execute(QUERIES["release"], {"id": job_id})
+
+        await self._call(run)
+        if any(isinstance(o, Release | RetryAt) for o in outcomes):
+            self._notify()
+
+    async def replay(self, ids: Sequence[int] | None, *, now: float) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            if ids is None:
+                return conn.execute(QUERIES["replay_all"]).rowcount
+            return sum(conn.execute(QUERIES["replay_one"], {"id": i}).rowcount for i in ids)
+
+        count = await self._call(run)
+        if count:
+            self._notify()
+        return count
+
+    async def purge(self, ids: Sequence[int] | None) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            if ids is None:
+                return conn.execute(QUERIES["purge_all"]).rowcount
+            return sum(conn.execute(QUERIES["purge_one"], {"id": i}).rowcount for i in ids)
+
+        return await self._call(run)
+
+    async def prune(self, *, delivered_before: float) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            # A seen entry that expired before the cut-off can no longer match anything.
+            conn.execute(QUERIES["prune_seen"], {"before": delivered_before})
+            count: int = conn.execute(
+                QUERIES["prune_finished"], {"before": delivered_before}
+            ).rowcount
+            return count
+
+        return await self._call(run)
+
+    # --- reads ----------------------------------------------------------------------------
+
+    async def wait_for_work(self, timeout: float) -> None:
+        event = asyncio.Event()
+        entry = (asyncio.get_running_loop(), event)
+        with self._waiters_lock:
+            self._waiters.add(entry)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout)
+        finally:
+            with self._waiters_lock:
+                self._waiters.discard(entry)
+
+    async def stats(self) -> QueueStats:
+        def run(conn: sqlite3.Connection) -> QueueStats:
+            by_state: dict[str, int] = dict.fromkeys(STATES, 0)
+            by_destination: dict[str, dict[str, int]] = {}
+            for destination, state, count in conn.execute(QUERIES["count_by_destination_state"]):
+                by_state[state] = by_state.get(state, 0) + count
+                by_destination.setdefault(destination, {})[state] = count
+            by_reason = dict(conn.execute(QUERIES["count_by_reason"]).fetchall())
+            oldest = conn.execute(QUERIES["oldest_unfinished"]).fetchone()[0]
+            return QueueStats(by_state, by_destination, by_reason, oldest)
+
+        return await self._read_call(run)
+
+    async def dead_letters(
+        self, *, limit: int = 100, offset: int = 0, destination: str | None = None
+    ) -> list[DeadLetterRecord]:
+        def run(conn: sqlite3.Connection) -> list[DeadLetterRecord]:
+            rows = conn.execute(
+                QUERIES["dead_letters"],
+                {"limit": limit, "offset": offset, "destination": destination},
+            )
+            return [DeadLetterRecord(*row) for row in rows]
+
+        return await self._read_call(run)
+
+    async def dead_letter(self, job_id: int) -> DeadLetterRecord | None:
+        def run(conn: sqlite3.Connection) -> DeadLetterRecord | None:
+            row = conn.execute(QUERIES["dead_letter"], {"id": job_id}).fetchone()
+            return DeadLetterRecord(*row) if row else None
+
+        return await self._read_call(run)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._inbox.put(None)
+        await asyncio.to_thread(self._thread.join)
+        with self._read_lock:
+            self._read.close()
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _submit(self, item: _Append | _Call) -> None:
+        if self._closed:
+            raise RuntimeError("the queue is closed")
+        self._inbox.put(item)
+
+    async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        future: Future[T] = Future()
+        self._submit(_Call(fn, future))
+        return await asyncio.wrap_future(future)
+
+    async def _read_call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def run() -> T:
+            with self._read_lock:
+                self._read.execute("BEGIN")
+                try:
+                    return fn(self._read)
+                finally:
+                    self._read.execute("COMMIT")
+
+        return await asyncio.to_thread(run)
+
+    def _notify(self) -> None:
+        with self._waiters_lock:
+            waiters = list(self._waiters)
+        for loop, event in waiters:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(event.set)
+
+    def _run(self) -> None:
+        """The writer thread: run calls one by one; commit waiting appends together."""
+        conn = self._write
+        stop = False
+        while not stop:
+            first = self._inbox.get()
+            if first is None:
+                break
+            appends: list[_Append] = []
+            calls: list[_Call] = []
+            item: _Append | _Call | None = first
+            while True:
+                if item is None:
+                    stop = True
+                    break
+                if isinstance(item, _Append):
+                    appends.append(item)
+                else:
+                    calls.append(item)
+                if len(appends) >= MAX_GROUP:
+                    break
+                try:
+                    item = self._inbox.get_nowait()
+                except thread_queue.Empty:
+                    break
+            if appends:
+                self._commit_appends(conn, appends)
+            for call in calls:
+                self._run_call(conn, call)
+        conn.close()
+
+    def _run_call(self, conn: sqlite3.Connection, call: _Call) -> None:
+        if not call.future.set_running_or_notify_cancel():
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = call.fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except Exception as exc:
+            call.future.set_exception(exc)
+        else:
+            call.future.set_result(result)
+
+    def _commit_appends(self, conn: sqlite3.Connection, appends: list[_Append]) -> None:
+        results: list[tuple[_Append, AppendResult | Exception]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for append in appends:
+                conn.execute("SAVEPOINT one")
+                try:
+                    outcome: AppendResult | Exception = _insert(conn, append.jobs, append.now)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO one")
+                    outcome = exc
+                conn.execute("RELEASE one")
+                results.append((append, outcome))
+            conn.execute("COMMIT")
+        except Exception as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            for append in appends:
+                if append.future.set_running_or_notify_cancel():
+                    append.future.set_exception(exc)
+            return
+        for append, outcome in results:
+            if not append.future.set_running_or_notify_cancel():
+                continue
+            if isinstance(outcome, Exception):
+                append.future.set_exception(outcome)
+            else:
+                append.future.set_result(outcome)
+
+
+def _insert(conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float) -> AppendResult:
+    remember = QUERIES["remember_message"]
+    rows: list[tuple[Any, ...]] = []
+    duplicates = 0
+    for job in jobs:
+        state, reason, finished = "pending", None, None
+        if job.dedupe_window > 0:
+            fresh = conn.execute(
+                remember,
+                {
+                    "source": job.source,
+                    "destination": job.destination,
+                    "message_id": job.message_id,
+                    "expires_at": now + job.dedupe_window,
+                    "now": now,
+                },
+            ).rowcount
+            if not fresh:
+                state, reason, finished = "skipped", Reason.DUPLICATE.value, now
+                duplicates += 1
+        rows.append(
+            (
+                job.source,
+                job.destination,
+                job.message_id,
+                job.order_key,
+                job.payload,
+                job.received_at,
+                state,
+                reason,
+                finished,
+            )
+        )
+    conn.executemany(QUERIES["insert_job"], rows)
+    return AppendResult(stored=len(jobs) - duplicates, duplicates=duplicates)

@@ -1,0 +1,161 @@
+"""The server's lifecycle: build the ASGI app from a :class:`~heaprelay.config.Config`, open
+the queue on startup, run the background services (the router workers) next to the API,
+and shut down cleanly.
+
+Shutdown (SIGTERM / SIGINT, handled by uvicorn): stop accepting connections, let in-flight
+requests finish (each is answered only after its messages are committed), then the lifespan
+shutdown: :attr:`Runtime.stopping` is set so that services drain, services still running
+after :data:`SERVICE_GRACE_SECONDS` are cancelled, and the queue is closed.
+
+Background services: a :data:`Service` is ``async def service(runtime: Runtime) -> None``.
+It runs for the life of the server and returns soon after ``runtime.stopping`` is set.
+:func:`default_services` says which services ``heaprelay serve`` starts for a config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from heaprelay.clock import Clock, SystemClock
+from heaprelay.config import Config
+from heaprelay.ingest import IngestState, ingest_routes
+from heaprelay.queue import Queue, open_queue, queue_url_for
+
+log = logging.getLogger("heaprelay.server")
+
+SERVICE_GRACE_SECONDS: Final = 10.0
+#: How long uvicorn waits for in-flight requests on shutdown.
+REQUEST_GRACE_SECONDS: Final = 30
+
+
+@dataclass(slots=True)
+class Runtime:
+    """What is shared by the API and the background services of one server process.
+    Available to routes as ``request.app.state.runtime``."""
+
+    config: Config
+    clock: Clock
+    queue: Queue | None = None
+    #: Set when the server starts shutting down: services finish what they hold and return.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    ready: bool = False
+
+
+Service = Callable[[Runtime], Coroutine[Any, Any, None]]
+
+
+def default_services(config: Config) -> list[Service]:
+    """The background services ``heaprelay serve`` runs for ``config``.
+
+    The delivery (router) workers are added here for roles ``all`` and ``worker``.
+    """
+    services: list[Service] = []
+    return services
+
+
+def build_app(
+    config: Config,
+    *,
+    clock: Clock | None = None,
+    services: Sequence[Service] | None = None,
+    extra_routes: Sequence[BaseRoute] = (),
+) -> Starlette:
+    """The whole server as one ASGI app (the lifespan opens the queue and starts services).
+
+    ``services``: ``None`` means :func:`default_services`. ``extra_routes`` are mounted next
+    to the API (the dashboard, metrics, the benchmark's do-nothing endpoint).
+    """
+    runtime = Runtime(config=config, clock=clock or SystemClock())
+    chosen = list(default_services(config) if services is None else services)
+    ingest = IngestState(sources=config.sources, clock=runtime.clock)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        url = queue_url_for(config.queue_url, config.data_dir)
+        runtime.queue = await open_queue(url)
+        ingest.queue = runtime.queue
+        tasks = [
+            asyncio.create_task(service(runtime), name=getattr(service, "__name__", "service"))
+            for service in chosen
+        ]
+        runtime.ready = True
+        log.info("heaprelay ready: queue %s, %d service(s)", _redact(url), len(tasks))
+        try:
+            yield
+        finally:
+            runtime.ready = False
+            runtime.stopping.set()
+            if tasks:
+                _, pending = await asyncio.wait(tasks, timeout=SERVICE_GRACE_SECONDS)
+                for task in pending:
+                    task.cancel()
+                results = await asyncio.gather(*tasks, return_exceptions=True)
+                for task, result in zip(tasks, results, strict=True):
+                    if isinstance(result, Exception):
+                        log.error("service %s failed: %r", task.get_name(), result)
+            ingest.queue = None
+            await runtime.queue.close()
+            runtime.queue = None
+
+    async def healthz(request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    async def readyz(request: Request) -> Response:
+        if runtime.ready:
+            return Response(b'{"status":"ready"}', media_type="application/json")
+        return Response(
+            b'{"code":"not_ready","message":"the queue is not open (starting or stopping)"}',
+            status_code=503,
+            media_type="application/json",
+        )
+
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz, methods=["GET", "HEAD"]),
+        Route("/readyz", readyz, methods=["GET", "HEAD"]),
+    ]
+    if config.role in ("all", "api"):
+        routes += ingest_routes(ingest)
+    routes += extra_routes
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.runtime = runtime
+    return app
+
+
+def run(config: Config, *, app: Starlette | None = None, log_level: str = "info") -> None:
+    """Serve until SIGTERM/SIGINT (blocking)."""
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app or build_app(config),
+            host=config.host,
+            port=config.port,
+            lifespan="on",
+            log_level=log_level,
+            access_log=False,
+            timeout_graceful_shutdown=REQUEST_GRACE_SECONDS,
+            server_header=False,
+        )
+    )
+    server.run()
+    if not server.started:
+        raise SystemExit(1)
+
+
+def _redact(url: str) -> str:
+    """A queue URL without its password."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user = creds.partition(":")[0]
+    return f"{scheme}{sep}{user}:***@{host}"

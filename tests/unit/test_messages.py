@@ -1,0 +1,266 @@
+"""heaprelay.spec.messages: checking, enrichment, skew correction, ordering key."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+
+from heaprelay.spec.messages import (
+    PreparedRequest,
+    Rejection,
+    corrected_timestamp,
+    order_key,
+    parse_json,
+    prepare,
+)
+
+NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC).timestamp()
+BIG = 1 << 20
+
+
+def _single(
+    message: dict[str, Any], route: str = "track", **kw: Any
+) -> PreparedRequest | Rejection:
+    return prepare(
+        message,
+        route_type=route,
+        received_at=NOW,
+        max_message_bytes=kw.pop("max_message_bytes", BIG),
+        body_bytes=len(orjson.dumps(message)),
+        new_id=lambda: "generated-id",
+        **kw,
+    )
+
+
+def _batch(body: dict[str, Any], **kw: Any) -> PreparedRequest | Rejection:
+    return prepare(
+        body,
+        route_type=None,
+        received_at=NOW,
+        max_message_bytes=kw.pop("max_message_bytes", BIG),
+        body_bytes=len(orjson.dumps(body)),
+        new_id=lambda: "generated-id",
+        **kw,
+    )
+
+
+def _stored(result: PreparedRequest | Rejection, index: int = 0) -> dict[str, Any]:
+    assert isinstance(result, PreparedRequest), result
+    value: dict[str, Any] = orjson.loads(result.messages[index].payload)
+    return value
+
+
+def test_fills_message_id_received_at_and_type():
+    msg = _stored(_single({"userId": "u1", "event": "Signed Up"}))
+    assert msg["messageId"] == "generated-id"
+    assert msg["type"] == "track"
+    assert msg["receivedAt"] == "2024-05-01T12:00:00.000Z"
+    # No client time at all: the event happened when it arrived.
+    assert msg["timestamp"] == "2024-05-01T12:00:00.000Z"
+
+
+def test_keeps_the_clients_message_id():
+    result = _single({"userId": "u1", "event": "E", "messageId": "abc"})
+    assert isinstance(result, PreparedRequest)
+    assert result.messages[0].message_id == "abc"
+    assert _stored(result)["messageId"] == "abc"
+
+
+def test_timestamp_is_corrected_for_client_clock_skew():
+    # The client's clock is 1 hour fast: it stamped the event 10 s before sending.
+    msg = _stored(
+        _single(
+            {
+                "userId": "u1",
+                "event": "E",
+                "timestamp": "2024-05-01T12:59:50.000Z",
+                "sentAt": "2024-05-01T13:00:00.000Z",
+            }
+        )
+    )
+    assert msg["timestamp"] == "2024-05-01T11:59:50.000Z"
+    assert msg["originalTimestamp"] == "2024-05-01T12:59:50.000Z"
+
+
+def test_original_timestamp_is_preferred_and_offsets_and_nanoseconds_parse():
+    msg = _stored(
+        _single(
+            {
+                "anonymousId": "a1",
+                "event": "E",
+                "originalTimestamp": "2024-05-01T14:00:00.123456789+02:00",
+                "sentAt": "2024-05-01T12:00:01.123456+00:00",
+            }
+        )
+    )
+    assert msg["timestamp"] == "2024-05-01T11:59:59.000Z"
+
+
+def test_without_sent_at_the_client_time_is_kept():
+    msg = _stored(_single({"userId": "u", "event": "E", "timestamp": "2020-01-01T00:00:00Z"}))
+    assert msg["timestamp"] == "2020-01-01T00:00:00.000Z"
+
+
+def test_batch_sent_at_applies_to_items_and_write_key_is_dropped():
+    body = {
+        "writeKey": "secret",
+        "sentAt": "2024-05-01T12:00:05Z",
+        "batch": [
+            {
+                "type": "track",
+                "userId": "u",
+                "event": "E",
+                "timestamp": "2024-05-01T12:00:00Z",
+                "writeKey": "secret",
+            },
+        ],
+    }
+    msg = _stored(_batch(body))
+    assert msg["timestamp"] == "2024-05-01T11:59:55.000Z"
+    assert "writeKey" not in msg
+
+
+def test_batch_context_and_integrations_are_merged_item_values_win():
+    body = {
+        "context": {"library": {"name": "lib", "version": "1"}, "ip": "1.2.3.4"},
+        "integrations": {"All": True, "Heap": False},
+        "batch": [
+            {
+                "type": "identify",
+                "userId": "u",
+                "context": {"library": {"version": "2"}},
+                "integrations": {"Heap": True},
+            },
+            {"type": "identify", "userId": "v"},
+        ],
+    }
+    first, second = _stored(_batch(body), 0), _stored(_batch(body), 1)
+    assert first["context"] == {"library": {"name": "lib", "version": "2"}, "ip": "1.2.3.4"}
+    assert first["integrations"] == {"All": True, "Heap": True}
+    assert second["context"] == body["context"]
+    assert second["integrations"] == body["integrations"]
+
+
+@pytest.mark.parametrize(
+    ("message", "route", "code"),
+    [
+        ({"event": "E"}, "track", "missing_identity"),
+        ({"userId": "", "anonymousId": None, "event": "E"}, "track", "missing_identity"),
+        ({"userId": "u"}, "track", "missing_event"),
+        ({"userId": "u", "event": ""}, "track", "missing_event"),
+        ({"userId": "u", "event": 3}, "track", "missing_event"),
+        ({"userId": "u", "type": "identify"}, "track", "invalid_type"),
+        ({"userId": "u"}, "group", "missing_group_id"),
+        ({"userId": "u"}, "alias", "missing_previous_id"),
+        ({"userId": "u", "event": "E", "timestamp": "yesterday"}, "track", "invalid_timestamp"),
+        ({"userId": "u", "event": "E", "sentAt": 12345}, "track", "invalid_timestamp"),
+        ({"userId": "u", "event": "E", "properties": [1]}, "track", "invalid_field"),
+        ({"userId": "u", "traits": "x"}, "identify", "invalid_field"),
+        ({"userId": "u", "event": "E", "messageId": "m" * 100}, "track", "invalid_field"),
+    ],
+)
+def test_invalid_single_messages_are_rejected(message, route, code):
+    result = _single(message, route)
+    assert isinstance(result, Rejection)
+    assert result.code == code
+    assert result.status == 400
+    assert result.message
+
+
+def test_numeric_user_id_is_an_identity():
+    result = _single({"userId": 42, "event": "E"})
+    assert isinstance(result, PreparedRequest)
+    assert result.messages[0].order_key == "42"
+
+
+@pytest.mark.parametrize(
+    ("item", "code"),
+    [
+        ({"userId": "u"}, "missing_type"),
+        ({"type": "purchase", "userId": "u"}, "invalid_type"),
+        ("not an object", "invalid_message"),
+    ],
+)
+def test_batch_with_one_bad_item_is_refused_whole(item, code):
+    good = {"type": "track", "userId": "u", "event": "E"}
+    result = _batch({"batch": [good, good, item]})
+    assert isinstance(result, Rejection)
+    assert result.code == code
+    assert result.index == 2
+    assert result.message.startswith("batch[2]: ")
+
+
+def test_partial_mode_keeps_the_good_items_and_lists_the_bad():
+    good = {"type": "track", "userId": "u", "event": "E"}
+    result = _batch({"batch": [good, {"type": "track", "userId": "u"}, good]}, partial=True)
+    assert isinstance(result, PreparedRequest)
+    assert len(result.messages) == 2
+    assert [(r.index, r.code) for r in result.rejected] == [(1, "missing_event")]
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({}, "invalid_body"),
+        ({"batch": {}}, "invalid_body"),
+        ({"batch": []}, "empty_batch"),
+        ({"batch": [{"type": "track"}], "context": []}, "invalid_field"),
+        ({"batch": [{"type": "track"}], "sentAt": "soon"}, "invalid_timestamp"),
+    ],
+)
+def test_bad_batch_bodies(body, code):
+    result = _batch(body)
+    assert isinstance(result, Rejection)
+    assert result.code == code
+
+
+def test_message_over_the_limit_is_413_naming_the_limit():
+    big = {"type": "track", "userId": "u", "event": "E", "properties": {"x": "y" * 2000}}
+    small = {"type": "track", "userId": "u", "event": "E"}
+    result = _batch({"batch": [small, big]}, max_message_bytes=1000)
+    assert isinstance(result, Rejection)
+    assert (result.status, result.code, result.index) == (413, "message_too_large", 1)
+    assert "max_message_bytes" in result.message
+    single = _single(big, max_message_bytes=1000)
+    assert isinstance(single, Rejection)
+    assert single.status == 413
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"", "invalid_json"),
+        (b"{nope", "invalid_json"),
+        (b"[1, 2]", "invalid_body"),
+        (b'"text"', "invalid_body"),
+    ],
+)
+def test_parse_json(body, code):
+    result = parse_json(body)
+    assert isinstance(result, Rejection)
+    assert result.code == code
+
+
+@pytest.mark.parametrize(
+    ("message", "key"),
+    [
+        ({"userId": "u1", "anonymousId": "a"}, "u1"),
+        ({"userId": " ", "traits": {"userId": "t1", "id": "t2"}, "anonymousId": "a"}, "t1"),
+        ({"traits": {"id": 7}, "anonymousId": "a"}, "7"),
+        ({"context": {"traits": {"userId": "c1"}}, "anonymousId": "a"}, "c1"),
+        ({"context": {"traits": {"id": "c2"}}, "anonymousId": "a"}, "c2"),
+        ({"anonymousId": "a"}, "a"),
+        ({}, ""),
+    ],
+)
+def test_order_key(message, key):
+    assert order_key(message) == key
+
+
+def test_corrected_timestamp_rule():
+    assert corrected_timestamp(100.0, 50.0, 40.0) == 90.0
+    assert corrected_timestamp(100.0, None, 40.0) == 40.0
+    assert corrected_timestamp(100.0, 50.0, None) == 100.0
