@@ -74,6 +74,8 @@ class SegmentActionsProfile:
     ) -> TransformResult:
         try:
             kind = message.get("type")
+            if not isinstance(kind, str):
+                kind = repr(kind)
             if kind in _TRACK_TYPES:
                 return _track_event(message, settings, kind)
             if kind == "identify":

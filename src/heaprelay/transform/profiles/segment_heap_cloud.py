@@ -56,6 +56,8 @@ class SegmentHeapCloudProfile:
         self, message: Mapping[str, Any], settings: DestinationSettings
     ) -> TransformResult:
         kind = message.get("type")
+        if not isinstance(kind, str):
+            kind = repr(kind)
         if kind not in _TYPES:
             return Skip(
                 Reason.NOT_SUBSCRIBED,
