@@ -19,6 +19,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any, Final
 
 import uvicorn
@@ -132,9 +133,20 @@ def build_app(
     return app
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, except that a graceful stop on SIGTERM/SIGINT exits with status 0
+    (uvicorn re-raises the signal once it has shut down, which ends the process by it)."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        captured = getattr(self, "_captured_signals", None)
+        if isinstance(captured, list):
+            captured.clear()
+
+
 def run(config: Config, *, app: Starlette | None = None, log_level: str = "info") -> None:
-    """Serve until SIGTERM/SIGINT (blocking)."""
-    server = uvicorn.Server(
+    """Serve until SIGTERM/SIGINT (blocking); exit status 1 if the server could not start."""
+    server = _Server(
         uvicorn.Config(
             app or build_app(config),
             host=config.host,
