@@ -279,3 +279,9 @@ def test_deep_nesting_is_a_skip_not_an_exception() -> None:
         out = run(profile, track(properties=deep))
         assert isinstance(out, Skip)
         assert out.reason == Reason.INVALID_FIELD
+
+
+def test_non_ascii_digit_keys_are_ordinary_keys() -> None:
+    out: dict[str, Any] = {}
+    flat_into(out, {"b": 1, "¹": 2, "٣": 3, "1": 4})  # only ASCII integer-like keys go first
+    assert list(out) == ["1", "b", "¹", "٣"]

@@ -53,7 +53,12 @@ def number_to_string(value: float | int) -> str:
 
 
 def _is_array_index(key: str) -> bool:
-    return key.isdigit() and (key == "0" or key[0] != "0") and int(key) <= _ARRAY_INDEX_MAX
+    return (
+        key.isascii()
+        and key.isdigit()
+        and (key == "0" or key[0] != "0")
+        and int(key) <= _ARRAY_INDEX_MAX
+    )
 
 
 def object_keys(obj: Mapping[str, Any]) -> Iterable[str]:
