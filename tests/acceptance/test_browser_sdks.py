@@ -1,0 +1,509 @@
+"""The real browser SDKs, in headless Chromium, send to a running ``heaprelay serve``.
+
+A page served from one loopback origin (the page server below: the test pages and the SDK
+bundles from ``tests/browser/node_modules``) loads ``@segment/analytics-next`` or
+``@rudderstack/analytics-js`` (v3, bundled build) with local settings, and makes identify and
+track calls to the relay on another origin (another port): real CORS preflights, real
+``text/plain`` and ``application/json`` bodies, real short routes. Nothing else is reachable:
+every host name but the loopback ones is made unresolvable in the browser.
+
+The test then finds every message in the relay's SQLite queue with its fields intact, and
+checks that the SDKs saw success: every POST answered 2xx with CORS headers, no failed request,
+no retry, nothing logged as an error.
+
+Needs ``/usr/bin/chromium`` and ``npm ci`` in ``tests/browser`` (``scripts/setup-test-env``
+installs both).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+from heaprelay.queue import _open as queue_open
+from heaprelay.queue.base import Job
+from heaprelay.testing.servers import free_port
+
+pytestmark = pytest.mark.browser
+
+BROWSER_DIR = Path(__file__).resolve().parents[1] / "browser"
+NODE_MODULES = BROWSER_DIR / "node_modules"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    # No CDN, no internet: only the loopback servers of this test can be reached.
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
+]
+WRITE_KEY = "browser-write-key"
+APP_ID = "1234567890"
+DEADLINE_S = 20.0
+
+# What the page server serves besides the pages: URL prefix -> directory.
+SDK_DIRS = {
+    "/sdk/segment/": NODE_MODULES / "@segment/analytics-next/dist/umd",
+    # analytics-next's lazy chunks, were it to load any (window.analytics._cdn = page origin).
+    "/analytics-next/bundles/": NODE_MODULES / "@segment/analytics-next/dist/umd",
+    "/sdk/rudderstack/": NODE_MODULES / "@rudderstack/analytics-js/dist/npm/modern/bundled/umd",
+}
+
+
+def _missing_prerequisites() -> str | None:
+    if not CHROMIUM.exists():
+        return f"{CHROMIUM} is missing (scripts/setup-test-env installs it)"
+    for directory in SDK_DIRS.values():
+        if not (directory / "index.js").exists():
+            return f"{directory}/index.js is missing (run npm ci in {BROWSER_DIR})"
+    return None
+
+
+def _sdk_version(package: str) -> str:
+    manifest = json.loads((NODE_MODULES / package / "package.json").read_text())
+    version: str = manifest["version"]
+    return version
+
+
+# --- the page server: pages, SDK bundles, RudderStack's source config ---------------------
+
+
+class _PageHandler(SimpleHTTPRequestHandler):
+    server: _PageServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the test records requests itself (below)
+
+    def end_headers(self) -> None:
+        self.send_header("Cache-Control", "no-store")
+        super().end_headers()
+
+    def translate_path(self, path: str) -> str:
+        url_path = urlsplit(path).path
+        for prefix, directory in SDK_DIRS.items():
+            if url_path.startswith(prefix):
+                name = url_path.removeprefix(prefix)
+                if "/" in name or name.startswith("."):
+                    return str(directory / "nonexistent")
+                return str(directory / name)
+        return str(BROWSER_DIR / "pages" / url_path.lstrip("/").replace("..", ""))
+
+    def do_GET(self) -> None:
+        self.server.requests.append(self.path)
+        url = urlsplit(self.path)
+        if url.path.rstrip("/") == "/sourceConfig":
+            self._source_config(parse_qs(url.query))
+            return
+        super().do_GET()
+
+    def _source_config(self, query: dict[str, list[str]]) -> None:
+        """What RudderStack's control plane answers: the source of this write key, no
+        device-mode destinations (those scripts would come from a CDN)."""
+        write_key = query.get("writeKey", [""])[0]
+        expected_auth = "Basic " + base64.b64encode(f"{write_key}:".encode()).decode()
+        if self.headers.get("Authorization") != expected_auth:
+            self.send_error(401, "source config needs Basic auth with the write key")
+            return
+        config = json.loads((BROWSER_DIR / "rudderstack-source-config.json").read_text())
+        config["source"]["writeKey"] = write_key
+        body = json.dumps(config).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _PageServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        super().__init__(address, _PageHandler)
+        self.requests: list[str] = []
+
+
+@contextlib.contextmanager
+def _page_server() -> Iterator[_PageServer]:
+    server = _PageServer(("127.0.0.1", 0))
+    thread = threading.Thread(target=server.serve_forever, name="page-server", daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+# --- the relay: a real `heaprelay serve` process -------------------------------------------
+
+
+@dataclass
+class Relay:
+    url: str
+    queue_url: str
+    log: Path
+
+
+@contextlib.contextmanager
+def _relay(data_dir: Path) -> Iterator[Relay]:
+    port = free_port()
+    # Delivery (when the server runs workers) goes to a loopback port nobody listens on:
+    # never to Heap, and every job stays in the queue for the test to read.
+    dead_heap = f"http://127.0.0.1:{free_port()}"
+    log = data_dir / "serve.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEAPRELAY_")}
+    command = [
+        sys.executable, "-m", "heaprelay", "serve",
+        "--app-id", APP_ID, "--write-key", WRITE_KEY,
+        "--host", "127.0.0.1", "--port", str(port),
+        "--data-dir", str(data_dir), "--base-url", dead_heap,
+    ]  # fmt: skip
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"heaprelay serve exited {process.returncode}:\n{log.read_text()}"
+                )
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"heaprelay serve not ready in {DEADLINE_S} s:\n{log.read_text()}"
+                )
+            time.sleep(0.05)
+        yield Relay(url, queue_open.queue_url_for(None, data_dir), log)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=DEADLINE_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _find_in_queue(queue_url: str, message_ids: set[str]) -> dict[str, list[Job]]:
+    """Poll the queue until every message id has a job (or the deadline passes).
+
+    Jobs are claimed far in the future, so that leases and retry waits of the relay's own
+    workers (whose deliveries can only fail here) never hide one.
+    """
+
+    async def poll() -> dict[str, list[Job]]:
+        queue = await queue_open.open_queue(queue_url)
+        found: dict[str, list[Job]] = {}
+        try:
+            deadline = time.monotonic() + DEADLINE_S
+            while not message_ids <= found.keys() and time.monotonic() < deadline:
+                later = time.time() + 10 * 365 * 86400
+                jobs = await queue.claim("browser-test", limit=500, lease_seconds=3600, now=later)
+                for job in jobs:
+                    found.setdefault(job.message_id, []).append(job)
+                if not jobs:
+                    await asyncio.sleep(0.05)
+        finally:
+            await queue.close()
+        return found
+
+    # Playwright's sync API keeps an event loop running in this thread: poll from another.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, poll()).result()
+
+
+# --- the browser --------------------------------------------------------------------------
+
+
+@dataclass
+class Traffic:
+    """What the page sent to the relay, and what came back, as Chromium saw it."""
+
+    relay: str
+    posts: list[Any] = field(default_factory=list)  # playwright Request
+    responses: list[Any] = field(default_factory=list)  # playwright Response
+    failed: list[str] = field(default_factory=list)
+    other_hosts: list[str] = field(default_factory=list)
+    console: list[str] = field(default_factory=list)
+    page_errors: list[str] = field(default_factory=list)
+    beacon_bodies: list[str] = field(default_factory=list)
+
+    def to_relay(self, path: str) -> list[Any]:
+        return [r for r in self.responses if urlsplit(r.url).path == path]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    missing = _missing_prerequisites()
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(missing)
+        pytest.skip(missing)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture(scope="module")
+def pages() -> Iterator[_PageServer]:
+    with _page_server() as server:
+        yield server
+
+
+@pytest.fixture
+def relay(tmp_path: Path) -> Iterator[Relay]:
+    with _relay(tmp_path) as running:
+        yield running
+
+
+def _open_page(browser: Any, pages: _PageServer, relay: Relay, sdk: str, mode: str) -> Any:
+    page_origin = f"http://127.0.0.1:{pages.server_address[1]}"
+    assert page_origin != relay.url  # another origin: the SDK calls are cross-origin (CORS)
+    context = browser.new_context()
+    context.add_init_script(_BEACON_SPY)
+    page = context.new_page()
+    traffic = Traffic(relay.url)
+
+    def on_request(request: Any) -> None:
+        origin = "{0.scheme}://{0.netloc}".format(urlsplit(request.url))
+        if origin == relay.url:
+            if request.method == "POST":
+                traffic.posts.append(request)
+        elif origin != page_origin and not request.url.startswith(("data:", "blob:")):
+            traffic.other_hosts.append(request.url)
+
+    def on_response(response: Any) -> None:
+        if response.url.startswith(relay.url):
+            traffic.responses.append(response)
+
+    page.on("request", on_request)
+    page.on("response", on_response)
+    page.on("requestfailed", lambda r: traffic.failed.append(f"{r.url}: {r.failure}"))
+    page.on("console", lambda m: traffic.console.append(f"{m.type}: {m.text}"))
+    page.on("pageerror", lambda e: traffic.page_errors.append(str(e)))
+    page.goto(f"{page_origin}/{sdk}.html?relay={relay.url}&writeKey={WRITE_KEY}&mode={mode}")
+    return page, traffic
+
+
+def _wait_for(page: Any, what: str, condition: Any, traffic: Traffic) -> None:
+    """Let the page run (events are dispatched while waiting) until ``condition()``."""
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; traffic: {_describe(traffic)}")
+        page.wait_for_timeout(20)
+
+
+def _describe(traffic: Traffic) -> str:
+    return json.dumps(
+        {
+            "responses": [f"{r.request.method} {r.url} -> {r.status}" for r in traffic.responses],
+            "failed": traffic.failed,
+            "console": traffic.console,
+            "page_errors": traffic.page_errors,
+            "other_hosts": traffic.other_hosts,
+        },
+        indent=1,
+    )
+
+
+# Chromium does not hand a beacon's Blob body to Playwright: the page records what it sends.
+_BEACON_SPY = """
+(() => {
+  const send = navigator.sendBeacon.bind(navigator);
+  window.__beaconBodies = [];
+  navigator.sendBeacon = (url, data) => {
+    window.__beaconBodies.push(data instanceof Blob ? data.text() : Promise.resolve(String(data)));
+    return send(url, data);
+  };
+})();
+"""
+
+
+def _collect_beacon_bodies(page: Any, traffic: Traffic) -> None:
+    traffic.beacon_bodies = page.evaluate("() => Promise.all(window.__beaconBodies)")
+
+
+def _sent_messages(traffic: Traffic) -> list[dict[str, Any]]:
+    """The messages the SDKs posted, as they were sent (a batch body is opened up)."""
+    bodies = [r.post_data for r in traffic.posts if urlsplit(r.url).path != "/v1/m"]
+    beacons = [r for r in traffic.posts if r.resource_type == "ping"]
+    assert len(beacons) == len(traffic.beacon_bodies), "a beacon was sent but not recorded"
+    bodies = [b for b in bodies if b is not None] + traffic.beacon_bodies
+    messages: list[dict[str, Any]] = []
+    for text in bodies:
+        body = json.loads(text)
+        messages.extend(body.get("batch", [body]))
+    return messages
+
+
+def _assert_sdk_saw_success(traffic: Traffic, page_origin: str) -> None:
+    """Every answer 2xx with CORS headers the browser accepts; no failure, retry or error."""
+    assert traffic.failed == [], _describe(traffic)
+    assert traffic.page_errors == [], _describe(traffic)
+    assert traffic.other_hosts == [], "the page reached beyond the two loopback servers"
+    errors = [line for line in traffic.console if line.startswith("error")]
+    assert errors == [], _describe(traffic)
+    for response in traffic.responses:
+        assert 200 <= response.status < 300, _describe(traffic)
+        if response.request.resource_type != "ping":  # a beacon's answer is never read
+            allowed = response.headers.get("access-control-allow-origin")
+            assert allowed in (page_origin, "*"), (response.url, response.headers)
+    for request in traffic.posts:
+        headers = request.headers
+        assert "x-retry-count" not in headers, f"Segment retried {request.url}"
+        assert "rsa-retry-attempt" not in headers, f"RudderStack retried {request.url}"
+    message_ids = [m["messageId"] for m in _sent_messages(traffic)]
+    assert len(message_ids) == len(set(message_ids)), f"a message was sent twice: {message_ids}"
+
+
+def _assert_intact(stored: dict[str, Any], sent: dict[str, Any]) -> None:
+    """The stored message keeps what the SDK sent; the relay may add fields (receivedAt,
+    a skew-corrected timestamp, context.ip …) and drop the write key, nothing else."""
+    relay_owned = {"timestamp", "sentAt", "receivedAt", "writeKey", "originalTimestamp"}
+    for key, value in sent.items():
+        if key in relay_owned:
+            continue
+        if key == "context":
+            for context_key, context_value in value.items():
+                assert stored["context"].get(context_key) == context_value, (key, context_key)
+        else:
+            assert stored.get(key) == value, (key, stored.get(key), value)
+    client_time = sent.get("timestamp") or sent.get("originalTimestamp")
+    assert isinstance(client_time, str)
+    stored_time = datetime.fromisoformat(stored["timestamp"].replace("Z", "+00:00"))
+    client = datetime.fromisoformat(client_time.replace("Z", "+00:00"))
+    # Same machine clock: skew correction may move it by the request's latency, no more.
+    assert abs((stored_time - client).total_seconds()) < 60, (stored["timestamp"], client_time)
+    assert "receivedAt" in stored
+
+
+# --- the tests ----------------------------------------------------------------------------
+
+SDKS = {
+    # test page: (npm package, its context.library.name)
+    "segment": ("@segment/analytics-next", "analytics.js"),
+    "rudderstack": ("@rudderstack/analytics-js", "RudderLabs JavaScript SDK"),
+}
+MODES = [
+    pytest.param("segment", "single", ["/v1/i", "/v1/t"], id="segment-per-event"),
+    pytest.param("segment", "batching", ["/v1/b"], id="segment-batching"),
+    pytest.param("rudderstack", "single", ["/v1/identify", "/v1/track"], id="rudderstack-xhr"),
+    pytest.param("rudderstack", "batch", ["/v1/batch"], id="rudderstack-xhr-batch"),
+    pytest.param("rudderstack", "beacon", ["/beacon/v1/batch"], id="rudderstack-beacon"),
+]
+
+
+@pytest.mark.parametrize(("sdk", "mode", "paths"), MODES)
+def test_browser_sdk_identify_and_track_reach_the_queue(
+    browser: Any, pages: _PageServer, relay: Relay, sdk: str, mode: str, paths: list[str]
+) -> None:
+    package, library_name = SDKS[sdk]
+    page_origin = f"http://127.0.0.1:{pages.server_address[1]}"
+    user_id = f"browser-user-{sdk}-{mode}"
+    traits = {
+        "email": "Ada@Example.com",
+        "plan": "pro",
+        "logins": 3,
+        "address": {"city": "Zürich", "zip": "8000"},
+    }
+    event = f"Browser Checkout {sdk} {mode}"
+    properties = {"revenue": 12.5, "currency": "EUR", "items": [{"sku": "a-1", "qty": 2}]}
+
+    page, traffic = _open_page(browser, pages, relay, sdk, mode)
+    try:
+        result = page.evaluate(
+            """([args, ms]) => Promise.race([window.sendEvents(args), new Promise((_, reject) =>
+                setTimeout(() => reject(new Error(`sendEvents: no answer in ${ms} ms`)), ms))])""",
+            [
+                {"userId": user_id, "traits": traits, "event": event, "properties": properties},
+                DEADLINE_S * 1000,
+            ],
+        )
+        expected_answers = len(paths) + (1 if sdk == "segment" else 0)  # + Segment's /v1/m
+
+        def answered() -> bool:
+            return all(traffic.to_relay(path) for path in [*paths]) and (
+                sdk != "segment" or bool(traffic.to_relay("/v1/m"))
+            )
+
+        _wait_for(page, f"answers to {paths}", answered, traffic)
+        assert result["problems"] == [], result
+        if sdk == "rudderstack":  # its queues empty out only on success (or a beacon sent)
+            page.wait_for_function("() => window.sdkPending() === 0", timeout=DEADLINE_S * 1000)
+        _collect_beacon_bodies(page, traffic)
+        _assert_sdk_saw_success(traffic, page_origin)
+        assert sorted(urlsplit(r.url).path for r in traffic.responses) == sorted(
+            [*paths, *(["/v1/m"] if sdk == "segment" else [])]
+        ), _describe(traffic)
+        assert len(traffic.responses) == expected_answers
+    finally:
+        page.context.close()
+
+    sent = {m["type"]: m for m in _sent_messages(traffic)}
+    assert sorted(sent) == ["identify", "track"], _describe(traffic)
+    if mode == "beacon":
+        assert all("writeKey=" + WRITE_KEY in r.url for r in traffic.posts)
+    # Nothing above was accepted by assumption: every message must be in the relay's queue.
+    found = _find_in_queue(relay.queue_url, {m["messageId"] for m in sent.values()})
+    for kind, message in sent.items():
+        jobs = found.get(message["messageId"])
+        assert jobs, (
+            f"{kind} {message['messageId']} not in the queue; log:\n{relay.log.read_text()}"
+        )
+        assert len(jobs) == 1, f"{kind} stored {len(jobs)} times"
+        stored = json.loads(jobs[0].payload)
+        _assert_intact(stored, message)
+        assert stored["type"] == kind
+        assert stored["userId"] == user_id
+        assert stored["anonymousId"] == result["anonymousId"]
+        assert stored["context"]["library"]["name"] == library_name
+        version = _sdk_version(package)
+        assert stored["context"]["library"]["version"] in (version, f"next-{version}")
+        if kind == "identify":
+            # Segment: root traits; RudderStack: only context.traits (the transform reads both).
+            assert stored.get("traits", stored["context"].get("traits")) == traits
+        else:
+            assert stored["event"] == event
+            assert stored["properties"] == properties
+
+
+def test_prerequisites_are_pinned() -> None:
+    """The SDK versions in tests/browser come from the lock file (npm ci), not ranges."""
+    manifest = json.loads((BROWSER_DIR / "package.json").read_text())
+    for package, version in manifest["dependencies"].items():
+        assert version[0].isdigit(), f"{package} must be pinned, got {version}"
+    lock = json.loads((BROWSER_DIR / "package-lock.json").read_text())
+    for package, version in manifest["dependencies"].items():
+        assert lock["packages"][f"node_modules/{package}"]["version"] == version
