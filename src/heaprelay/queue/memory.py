@@ -9,11 +9,15 @@ suite checks them on every backend):
 - ``complete`` ignores outcomes for jobs that are not leased any more (a worker whose lease
   expired and whose job was finished by another worker must not undo that);
 - ``stats().by_state`` lists every state (zeros included); ``by_destination`` and
-  ``by_reason`` only non-zero counts; ``oldest_pending_received_at`` looks at ``pending`` jobs;
+  ``by_reason`` only non-zero counts; ``oldest_pending_received_at`` is the oldest
+  ``received_at`` of the unfinished jobs (pending, leased, retry);
 - dead letters are listed by ascending id;
-- a duplicate is a job whose ``(source, message_id, destination)`` was appended at most
-  ``dedupe_window`` seconds before (by the ``now`` of the appends), or earlier in the same call;
-- ``prune`` deletes ``delivered``/``skipped`` jobs that finished strictly before the time.
+- deduplication: a stored job remembers its ``(source, message_id, destination)`` until
+  ``now + job.dedupe_window`` (by the ``now`` of the append; a duplicate does not extend it);
+  a job appended while that is unexpired (strictly before it) is a duplicate, also within one
+  call. A window of 0 neither checks nor remembers. Pruning jobs does not forget messageIds;
+- ``prune`` deletes ``delivered``/``skipped`` jobs that finished strictly before the time, and
+  remembered messageIds that expired before it.
 """
 
 from __future__ import annotations
@@ -39,8 +43,6 @@ from heaprelay.queue.base import (
     State,
 )
 from heaprelay.spec.reasons import Reason
-
-DEFAULT_DEDUPE_WINDOW = 24 * 3600.0
 
 UNFINISHED: frozenset[State] = frozenset({"pending", "leased", "retry"})
 
@@ -99,8 +101,9 @@ class _Row:
 class MemoryQueue:
     """A :class:`~heaprelay.queue.base.Queue` held in a dict. Not durable (tests only)."""
 
-    def __init__(self, *, dedupe_window: float = DEFAULT_DEDUPE_WINDOW) -> None:
-        self.dedupe_window = dedupe_window
+    def __init__(self) -> None:
+        #: (source, message_id, destination) -> until when it is remembered
+        self._seen: dict[tuple[str, str, str], float] = {}
         self._rows: dict[int, _Row] = {}
         self._next_id = 1
         self._wake = asyncio.Event()
@@ -148,23 +151,19 @@ class MemoryQueue:
 
     async def append(self, jobs: Sequence[NewJob], *, now: float) -> AppendResult:
         stored = duplicates = 0
-        seen = {
-            (r.new.source, r.new.message_id, r.new.destination)
-            for r in self._rows.values()
-            if r.appended_at >= now - self.dedupe_window
-        }
         for new in jobs:
             row = _Row(id=self._next_id, new=new, appended_at=now)
             self._next_id += 1
             triple = (new.source, new.message_id, new.destination)
-            if triple in seen:
+            if new.dedupe_window > 0 and self._seen.get(triple, now) > now:
                 row.state = "skipped"
                 row.reason = Reason.DUPLICATE.value
                 row.detail = "same messageId from the same source within the dedupe window"
                 row.finished_at = now
                 duplicates += 1
             else:
-                seen.add(triple)
+                if new.dedupe_window > 0:
+                    self._seen[triple] = now + new.dedupe_window
                 stored += 1
             self._rows[row.id] = row
         if stored:
@@ -232,7 +231,7 @@ class MemoryQueue:
             per[row.state] = per.get(row.state, 0) + 1
             if row.state in ("skipped", "dead"):
                 by_reason[row.reason] = by_reason.get(row.reason, 0) + 1
-            if row.state == "pending" and (oldest is None or row.new.received_at < oldest):
+            if row.state in UNFINISHED and (oldest is None or row.new.received_at < oldest):
                 oldest = row.new.received_at
         return QueueStats(
             by_state=by_state,
@@ -289,6 +288,7 @@ class MemoryQueue:
         ]
         for job_id in doomed:
             del self._rows[job_id]
+        self._seen = {t: until for t, until in self._seen.items() if until >= delivered_before}
         return len(doomed)
 
     async def close(self) -> None:

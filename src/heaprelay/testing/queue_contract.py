@@ -1,0 +1,745 @@
+"""The queue contract: one suite, run against every backend (memory, SQLite, PostgreSQL, and
+any queue you write yourself).
+
+Use it by subclassing :class:`QueueContract` in a test module and providing a pytest fixture
+``queue_factory`` that returns a :class:`QueueFactory`::
+
+    class TestMyQueue(QueueContract):
+        @pytest.fixture
+        def queue_factory(self, tmp_path):
+            async def factory(*, fresh: bool = True) -> Queue: ...
+            return factory
+
+A factory call with ``fresh=True`` returns a queue over new, empty storage; with
+``fresh=False`` it opens *another handle* onto the storage of the last fresh one (another
+connection, as a second process would have). Backends are compared against the reference
+model :class:`heaprelay.queue.memory.MemoryQueue`, whose docstring lists the decisions the
+interface leaves open and this suite pins down. The suite needs pytest and Hypothesis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ClassVar, Protocol
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from heaprelay.queue.base import (
+    DeadLetter,
+    DeadLetterRecord,
+    Delivered,
+    Job,
+    NewJob,
+    Outcome,
+    Queue,
+    QueueStats,
+    Release,
+    RetryAt,
+    Skipped,
+)
+from heaprelay.queue.memory import MemoryQueue
+from heaprelay.spec.reasons import Reason
+
+T0 = 1_700_000_000.0
+LEASE = 30.0
+DAY = 24 * 3600.0
+
+
+class QueueFactory(Protocol):
+    """Opens queues for the suite. A factory may carry ``cross_handle_wakeups = False`` when
+    its backend only wakes ``wait_for_work`` for appends made through the same handle."""
+
+    def __call__(self, *, fresh: bool = True) -> Awaitable[Queue]: ...
+
+
+Body = Callable[[Queue], Awaitable[None]]
+
+
+def run(factory: QueueFactory, body: Body) -> None:
+    """Open a fresh queue, run ``body`` on it in a new event loop, close it."""
+
+    async def main() -> None:
+        queue = await factory(fresh=True)
+        try:
+            await body(queue)
+        finally:
+            await queue.close()
+
+    asyncio.run(main())
+
+
+def job(
+    n: int,
+    *,
+    key: str = "u1",
+    destination: str = "d1",
+    source: str = "s1",
+    message_id: str | None = None,
+    received_at: float = T0,
+) -> NewJob:
+    """A job whose payload says which one it is (``{"n": n}``)."""
+    return NewJob(
+        source=source,
+        destination=destination,
+        message_id=message_id if message_id is not None else f"m{n}",
+        order_key=key,
+        payload=json.dumps({"n": n}).encode(),
+        received_at=received_at,
+    )
+
+
+def n_of(j: Job | DeadLetterRecord) -> int:
+    value: int = json.loads(j.payload)["n"]
+    return value
+
+
+def ns(jobs: Sequence[Job | DeadLetterRecord]) -> list[int]:
+    return [n_of(j) for j in jobs]
+
+
+def normalised(stats: QueueStats) -> dict[str, Any]:
+    """Stats without zero counts (backends may or may not list empty states)."""
+    return {
+        "by_state": {k: v for k, v in stats.by_state.items() if v},
+        "by_destination": {
+            d: {k: v for k, v in per.items() if v}
+            for d, per in stats.by_destination.items()
+            if any(per.values())
+        },
+        "by_reason": {k: v for k, v in stats.by_reason.items() if v},
+        "oldest_pending_received_at": stats.oldest_pending_received_at,
+    }
+
+
+async def claim(q: Queue, worker: str = "w1", *, now: float, limit: int = 100) -> list[Job]:
+    return await q.claim(worker, limit=limit, lease_seconds=LEASE, now=now)
+
+
+class QueueContract:
+    """The contract tests. Subclass and provide the ``queue_factory`` fixture."""
+
+    # --- append / claim basics -------------------------------------------------------------
+
+    def test_append_then_claim_returns_the_jobs_intact(self, queue_factory: QueueFactory) -> None:
+        async def body(q: Queue) -> None:
+            new = job(1, key="k", destination="dest", source="src", received_at=T0 - 5)
+            result = await q.append([new], now=T0)
+            assert (result.stored, result.duplicates) == (1, 0)
+            [got] = await claim(q, now=T0)
+            assert (got.source, got.destination, got.message_id, got.order_key) == (
+                "src",
+                "dest",
+                "m1",
+                "k",
+            )
+            assert got.payload == new.payload
+            assert got.received_at == T0 - 5
+            assert (got.attempts, got.first_attempt_at) == (0, None)
+
+        run(queue_factory, body)
+
+    def test_empty_append_and_empty_claim(self, queue_factory: QueueFactory) -> None:
+        async def body(q: Queue) -> None:
+            assert (await q.append([], now=T0)).stored == 0
+            assert await claim(q, now=T0) == []
+            assert normalised(await q.stats())["by_state"] == {}
+
+        run(queue_factory, body)
+
+    def test_claim_is_oldest_first_and_respects_limit(self, queue_factory: QueueFactory) -> None:
+        async def body(q: Queue) -> None:
+            await q.append([job(i, key=f"k{i % 3}") for i in range(1, 8)], now=T0)
+            assert await claim(q, now=T0, limit=0) == []
+            assert ns(await claim(q, now=T0, limit=2)) == [1, 2]
+            # k1 and k2 are leased now; only k0's run (3, 6) is free.
+            assert ns(await claim(q, "w2", now=T0, limit=10)) == [3, 6]
+            assert await claim(q, "w3", now=T0) == []
+
+        run(queue_factory, body)
+
+    def test_a_key_is_handed_out_as_one_contiguous_run(self, queue_factory: QueueFactory) -> None:
+        async def body(q: Queue) -> None:
+            await q.append([job(1, key="a"), job(2, key="b"), job(3, key="a")], now=T0)
+            assert ns(await claim(q, now=T0, limit=10)) == [1, 2, 3]
+            await q.append([job(4, key="a")], now=T0)
+            # 'a' still has leased jobs: job 4 must wait even for another worker.
+            assert await claim(q, "w2", now=T0 + 1) == []
+
+        run(queue_factory, body)
+
+    # --- outcomes ----------------------------------------------------------------------------
+
+    def test_delivered_jobs_are_done_and_unblock_their_key(
+        self, queue_factory: QueueFactory
+    ) -> None:
+        async def body(q: Queue) -> None:
+            await q.append([job(1), job(2)], now=T0)
+            first = await claim(q, now=T0, limit=1)
+            assert ns(first) == [1]
+            assert await claim(q, "w2", now=T0) == []
+            await q.complete([Delivered(first[0].id, answer="200 OK")], now=T0 + 1)
+            assert ns(await claim(q, "w2", now=T0 + 1)) == [2]
+            stats = normalised(await q.stats())
+            assert stats["by_state"] == {"delivered": 1, "leased": 1}
+            assert stats["by_destination"] == {"d1": {"delivered": 1, "leased": 1}}
+
+        run(queue_factory, body)
+
+    def test_retry_blocks_the_key_until_its_time(self, queue_factory: QueueFactory) -> None:
+        async def body(q: Queue) -> None:
+            await q.append([job(1), job(2), job(3, key="other")], now=T0)
+            jobs = await claim(q, now=T0, limit=3)
+            one, two, three = jobs
+            await q.complete(
+                [
+                    RetryAt(one.id, at=T0 + 60, reason="503", answer="503 busy"),
+                    Release(two.id),
+                    Delivered(three.id),
+                ],
+                now=T0 + 1,
+            )
+            assert await claim(q, now=T0 + 59) == []
+            again = await claim(q, now=T0 + 60)
+            assert ns(again) == [1, 2]
+            assert (again[0].attempts, again[0].first_attempt_at) == (1, T0 + 1)
+            assert (again[1].attempts, again[1].first_attempt_at) == (0, None)
+            await q.complete([RetryAt(again[0].id, at=T0 + 100, reason="timeout")], now=T0 + 61)
+            await q.complete([Release(again[1].id)], now=T0 + 61)
+            third = await claim(q, now=T0 + 100)
+            assert (third[0].attempts, third[0].first_attempt_at) == (2, T0 + 1)
+
+        run(queue_factory, body)
+
+    def test_release_keeps_order_and_attempts(self, queue_factory: QueueFactory) -> None:
+        async def body(q: Queue) -> None:
+            await q.append([job(1), job(2)], now=T0)
+            jobs = await claim(q, now=T0)
+            await q.complete([Release(j.id) for j in jobs], now=T0)
+            again = await claim(q, "w2", now=T0)
+            assert ns(again) == [1, 2]
+            assert [j.attempts for j in again] == [0, 0]
+
+        run(queue_factory, body)
+
+    def test_dead_and_skipped_jobs_do_not_block_their_key(
+        self, queue_factory: QueueFactory
+    ) -> None:
+        async def body(q: Queue) -> None:
+            await q.append([job(1), job(2), job(3)], now=T0)
+            a, b, _c = await claim(q, now=T0, limit=3)
+            await q.complete(
+                [
+                    DeadLetter(a.id, Reason.HEAP_REJECTED, "400 from Heap", answer="400 bad"),
+                    Skipped(b.id, Reason.FILTERED_EVENT_NAME, "denied"),
+                ],
+                now=T0 + 1,
+            )
+            # The key is still blocked by job 3's lease, not by the finished ones.
+            await q.append([job(4)], now=T0 + 1)
+            assert await claim(q, "w2", now=T0 + 1) == []
+            assert ns(await claim(q, "w2", now=T0 + LEASE + 1)) == [3, 4]
+            stats = normalised(await q.stats())
+            assert stats["by_reason"] == {"heap_rejected": 1, "filtered_event_name": 1}
+            assert stats["by_state"] == {"dead": 1, "skipped": 1, "leased": 2}
+
+        run(queue_factory, body)
+
+    def test_an_expired_lease_is_taken_over(self, queue_factory: QueueFactory) -> None:
+        async def body(q: Queue) -> None:
+            await q.append([job(1), job(2)], now=T0)
+            assert ns(await claim(q, "dead-worker", now=T0)) == [1, 2]
+            assert await claim(q, "w2", now=T0 + LEASE - 0.5) == []
+            taken = await claim(q, "w2", now=T0 + LEASE + 0.5)
+            assert ns(taken) == [1, 2]
+            assert [j.attempts for j in taken] == [0, 0]
+
+        run(queue_factory, body)
+
+    def test_outcomes_for_jobs_no_longer_leased_are_ignored(
+        self, queue_factory: QueueFactory
+    ) -> None:
+        async def body(q: Queue) -> None:
+            await q.append([job(1)], now=T0)
+            [stale] = await claim(q, "slow", now=T0)
+            [fresh] = await claim(q, "w2", now=T0 + LEASE + 1)
+            assert fresh.id == stale.id
+            await q.complete([Delivered(fresh.id)], now=T0 + LEASE + 2)
+            await q.complete([RetryAt(stale.id, at=T0 + 999, reason="timeout")], now=T0 + LEASE + 3)
+            await q.complete([DeadLetter(stale.id, Reason.HEAP_REJECTED, "x")], now=T0 + 99)
+            stats = normalised(await q.stats())
+            assert stats["by_state"] == {"delivered": 1}
+            assert await q.dead_letters() == []
+
+        run(queue_factory, body)
+
+    # --- dead letters -----------------------------------------------------------------------
+
+    def test_dead_letters_keep_reason_answer_and_attempts(
+        self, queue_factory: QueueFactory
+    ) -> None:
+        async def body(q: Queue) -> None:
+            await q.append([job(1, destination="a"), job(2, destination="b")], now=T0)
+            await q.append([job(3, destination="a", key="u9")], now=T0)
+            jobs = await claim(q, now=T0, limit=3)
+            await q.complete([RetryAt(jobs[0].id, at=T0 + 10, reason="503")], now=T0 + 1)
+            await q.complete([Delivered(jobs[1].id)], now=T0 + 1)
+            await q.complete(
+                [DeadLetter(jobs[2].id, Reason.HEAP_REJECTED, "bad app", answer="400 no")],
+                now=T0 + 2,
+            )
+            [again] = await claim(q, now=T0 + 10)
+            await q.complete(
+                [DeadLetter(again.id, Reason.RETRY_WINDOW_EXCEEDED, "4h", answer="503 x")],
+                now=T0 + 20,
+            )
+            records = await q.dead_letters()
+            assert ns(records) == [1, 3]
+            first = records[0]
+            assert (first.reason, first.detail, first.answer) == (
+                "retry_window_exceeded",
+                "4h",
+                "503 x",
+            )
+            assert (first.attempts, first.dead_at, first.received_at) == (2, T0 + 20, T0)
+            assert (first.source, first.destination, first.message_id) == ("s1", "a", "m1")
+            assert ns(await q.dead_letters(destination="b")) == []
+            assert ns(await q.dead_letters(destination="a", offset=1)) == [3]
+            assert ns(await q.dead_letters(limit=1)) == [1]
+            one = await q.dead_letter(records[1].id)
+            assert one is not None
+            assert (n_of(one), one.reason, one.answer) == (3, "heap_rejected", "400 no")
+            assert await q.dead_letter(jobs[1].id) is None
+            assert await q.dead_letter(10**9) is None
+
+        run(queue_factory, body)
+
+    def test_replay_and_purge(self, queue_factory: QueueFactory) -> None:
+        async def body(q: Queue) -> None:
+            await q.append([job(i, key=f"k{i}") for i in range(1, 5)], now=T0)
+            jobs = await claim(q, now=T0)
+            await q.complete(
+                [DeadLetter(j.id, Reason.HEAP_REJECTED, "no") for j in jobs[:3]]
+                + [Delivered(jobs[3].id)],
+                now=T0 + 1,
+            )
+            assert await q.replay([jobs[0].id, jobs[3].id, 10**9], now=T0 + 2) == 1
+            [replayed] = await claim(q, now=T0 + 2)
+            assert (n_of(replayed), replayed.attempts, replayed.first_attempt_at) == (1, 0, None)
+            assert await q.purge([jobs[1].id, jobs[3].id]) == 1
+            assert ns(await q.dead_letters()) == [3]
+            assert await q.replay(None, now=T0 + 3) == 1
+            assert ns(await claim(q, now=T0 + 3)) == [3]
+            await q.complete([DeadLetter(replayed.id, Reason.HEAP_REJECTED, "no")], now=T0 + 4)
+            assert await q.purge(None) == 1
+            assert await q.dead_letters() == []
+            assert normalised(await q.stats())["by_state"] == {"delivered": 1, "leased": 1}
+
+        run(queue_factory, body)
+
+    # --- dedupe, retention, stats ----------------------------------------------------------
+
+    def test_duplicates_within_the_window_are_skipped(self, queue_factory: QueueFactory) -> None:
+        async def body(q: Queue) -> None:
+            first = await q.append([job(1, message_id="m"), job(2, message_id="m")], now=T0)
+            assert (first.stored, first.duplicates) == (1, 1)
+            other = await q.append(
+                [
+                    job(3, message_id="m", destination="d2"),
+                    job(4, message_id="m", source="s2"),
+                    job(5, message_id="m"),
+                ],
+                now=T0 + 10,
+            )
+            assert (other.stored, other.duplicates) == (2, 1)
+            later = await q.append([job(6, message_id="m")], now=T0 + DAY + 11)
+            assert (later.stored, later.duplicates) == (1, 0)
+            assert ns(await claim(q, now=T0 + DAY + 11)) == [1, 3, 4, 6]
+            stats = normalised(await q.stats())
+            assert stats["by_reason"] == {"duplicate": 2}
+            assert stats["by_state"]["skipped"] == 2
+
+        run(queue_factory, body)
+
+    def test_each_job_carries_its_dedupe_window(self, queue_factory: QueueFactory) -> None:
+        async def body(q: Queue) -> None:
+            def windowed(n: int, window: float) -> NewJob:
+                return dataclasses.replace(job(n, message_id="m"), dedupe_window=window)
+
+            assert (await q.append([windowed(1, 0), windowed(2, 0)], now=T0)).duplicates == 0
+            assert (await q.append([windowed(3, 60)], now=T0)).duplicates == 0
+            assert (await q.append([windowed(4, 60)], now=T0 + 59)).duplicates == 1
+            assert (await q.append([windowed(5, 60)], now=T0 + 60)).duplicates == 0
+            # Pruning finished jobs does not forget a messageId still inside its window.
+            jobs = await claim(q, now=T0 + 60)
+            await q.complete([Delivered(j.id) for j in jobs], now=T0 + 60)
+            assert await q.prune(delivered_before=T0 + 61) == 5
+            assert (await q.append([windowed(6, 60)], now=T0 + 61)).duplicates == 1
+
+        run(queue_factory, body)
+
+    def test_prune_removes_finished_jobs_older_than_the_time(
+        self, queue_factory: QueueFactory
+    ) -> None:
+        async def body(q: Queue) -> None:
+            await q.append([job(i, key=f"k{i}") for i in range(1, 6)], now=T0)
+            await q.append([job(6, message_id="m1")], now=T0)  # duplicate, skipped at T0
+            a, b, c, d, _e = await claim(q, now=T0)
+            await q.complete([Delivered(a.id), Skipped(b.id, Reason.CONSENT_DENIED)], now=T0 + 1)
+            await q.complete([Delivered(c.id)], now=T0 + 100)
+            await q.complete([DeadLetter(d.id, Reason.HEAP_REJECTED, "x")], now=T0 + 1)
+            assert await q.prune(delivered_before=T0 + 1) == 1  # the duplicate
+            assert await q.prune(delivered_before=T0 + 50) == 2
+            assert normalised(await q.stats())["by_state"] == {
+                "delivered": 1,
+                "dead": 1,
+                "leased": 1,
+            }
+
+        run(queue_factory, body)
+
+    def test_stats_oldest_pending(self, queue_factory: QueueFactory) -> None:
+        async def body(q: Queue) -> None:
+            assert (await q.stats()).oldest_pending_received_at is None
+            await q.append(
+                [job(1, received_at=T0 - 50), job(2, key="b", received_at=T0 - 9)], now=T0
+            )
+            assert (await q.stats()).oldest_pending_received_at == T0 - 50
+            [first] = await claim(q, now=T0, limit=1)
+            # Leased jobs are not delivered yet: still the oldest.
+            assert (await q.stats()).oldest_pending_received_at == T0 - 50
+            await q.complete([Delivered(first.id)], now=T0)
+            assert (await q.stats()).oldest_pending_received_at == T0 - 9
+
+        run(queue_factory, body)
+
+    # --- several handles, as several processes ----------------------------------------------
+
+    def test_jobs_survive_close_and_reopen(self, queue_factory: QueueFactory) -> None:
+        async def body(q: Queue) -> None:
+            await q.append([job(1), job(2, key="b")], now=T0)
+            await claim(q, now=T0, limit=1)
+            await q.close()
+            again = await queue_factory(fresh=False)
+            try:
+                assert ns(await claim(again, "w2", now=T0 + 1)) == [2]
+                assert ns(await claim(again, "w2", now=T0 + LEASE + 0.5)) == [1]
+            finally:
+                await again.close()
+
+        run(queue_factory, body)
+
+    def test_wait_for_work_wakes_on_append(self, queue_factory: QueueFactory) -> None:
+        async def body(q: Queue) -> None:
+            await q.wait_for_work(0.01)  # returns at its timeout with nothing to do
+            waiter = asyncio.ensure_future(q.wait_for_work(60))
+            await asyncio.sleep(0.05)
+            await q.append([job(1)], now=T0)
+            await asyncio.wait_for(waiter, 20)
+
+        run(queue_factory, body)
+
+    def test_wait_for_work_wakes_on_append_from_another_handle(
+        self, queue_factory: QueueFactory
+    ) -> None:
+        if not getattr(queue_factory, "cross_handle_wakeups", True):
+            pytest.skip("this backend's factory declares no wake-ups across handles")
+
+        async def body(q: Queue) -> None:
+            other = await queue_factory(fresh=False)
+            try:
+                await q.wait_for_work(0.01)  # returns at its timeout with nothing to do
+                waiter = asyncio.ensure_future(q.wait_for_work(60))
+                await asyncio.sleep(0.05)
+                await other.append([job(1)], now=T0)
+                # Not a timing assertion: only that the wake-up comes at all, long before 60 s.
+                await asyncio.wait_for(waiter, 20)
+            finally:
+                await other.close()
+
+        run(queue_factory, body)
+
+    def test_concurrent_claimers_keep_per_key_order(self, queue_factory: QueueFactory) -> None:
+        async def body(q: Queue) -> None:
+            keys = [f"u{i}" for i in range(12)]
+            await q.append([job(n, key=keys[n % len(keys)]) for n in range(1, 241)], now=T0)
+            handles = [q] + [await queue_factory(fresh=False) for _ in range(3)]
+            delivered: dict[str, list[int]] = {k: [] for k in keys}
+            holding: dict[str, str] = {}
+
+            async def worker(name: str, h: Queue) -> None:
+                idle = 0
+                while idle < 3:
+                    jobs = await h.claim(name, limit=7, lease_seconds=LEASE, now=T0)
+                    if not jobs:
+                        idle += 1
+                        await asyncio.sleep(0.01)
+                        continue
+                    idle = 0
+                    mine = {j.order_key for j in jobs}
+                    for key in mine:
+                        assert key not in holding, f"{key} leased to {holding[key]} and {name}"
+                        holding[key] = name
+                    for j in jobs:
+                        delivered[j.order_key].append(n_of(j))
+                    await asyncio.sleep(0)
+                    for key in mine:
+                        del holding[key]
+                    await h.complete([Delivered(j.id) for j in jobs], now=T0)
+
+            try:
+                await asyncio.gather(*(worker(f"w{i}", h) for i, h in enumerate(handles)))
+            finally:
+                for h in handles[1:]:
+                    await h.close()
+            for i, key in enumerate(keys):
+                expected = [n for n in range(1, 241) if n % len(keys) == i]
+                assert delivered[key] == expected, key
+            assert normalised(await q.stats())["by_state"] == {"delivered": 240}
+
+        run(queue_factory, body)
+
+    # --- the model -----------------------------------------------------------------------
+
+    #: Hypothesis settings for the state machine; subclasses may lower them for slow backends.
+    model_settings = settings(
+        max_examples=40,
+        stateful_step_count=25,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+
+    def test_matches_the_reference_model(self, queue_factory: QueueFactory) -> None:
+        class Bound(QueueModelMachine):
+            factory = staticmethod(queue_factory)
+
+        run_state_machine_as_test(Bound, settings=self.model_settings)
+
+
+# --- the state machine ----------------------------------------------------------------------
+
+KEYS = ("a", "b", "c")
+DESTINATIONS = ("d1", "d2")
+MESSAGE_IDS = ("m1", "m2", "m3", "m4", "m5", "m6")
+
+
+class QueueModelMachine(RuleBasedStateMachine):
+    """Random operations on a backend and on :class:`MemoryQueue`; the answers must agree.
+
+    Jobs are matched across the two by their payload (``{"n": serial}``), not by id. A claim
+    is checked against the model's claimable set (ids in claim order, per-key prefixes) and
+    then mirrored into the model with :meth:`MemoryQueue.lease`.
+    """
+
+    #: Set on a subclass: the backend under test.
+    factory: ClassVar[QueueFactory]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.backend: Queue = self.loop.run_until_complete(self.factory(fresh=True))
+        self.model = MemoryQueue()
+        self.now = T0
+        self.serial = 0
+        #: payload serial -> (backend id, model id) once known through a claim
+        self.backend_id: dict[int, int] = {}
+        self.model_id: dict[int, int] = {}
+        #: serials leased in the model (with the ids to report outcomes)
+        self.leased: list[int] = []
+        self.workers = ("w1", "w2")
+
+    def _run(self, coro: Awaitable[Any]) -> Any:
+        async def wrap() -> Any:
+            return await coro
+
+        return self.loop.run_until_complete(wrap())
+
+    def teardown(self) -> None:
+        try:
+            self._run(self.backend.close())
+        finally:
+            self.loop.close()
+
+    @rule(
+        specs=st.lists(
+            st.tuples(
+                st.sampled_from(KEYS),
+                st.sampled_from(DESTINATIONS),
+                st.sampled_from(MESSAGE_IDS),
+                st.integers(min_value=0, max_value=100),
+                st.sampled_from((DAY, 15.0, 0.0)),
+            ),
+            max_size=5,
+        )
+    )
+    def append(self, specs: list[tuple[str, str, str, int, float]]) -> None:
+        jobs = []
+        for key, dest, mid, age, window in specs:
+            self.serial += 1
+            new = job(
+                self.serial, key=key, destination=dest, message_id=mid, received_at=self.now - age
+            )
+            jobs.append(dataclasses.replace(new, dedupe_window=window))
+        got = self._run(self.backend.append(jobs, now=self.now))
+        want = self._run(self.model.append(jobs, now=self.now))
+        assert got == want
+
+    @rule(
+        worker=st.sampled_from(("w1", "w2")),
+        limit=st.integers(min_value=0, max_value=6),
+        lease=st.sampled_from((5.0, 30.0)),
+    )
+    def claim(self, worker: str, limit: int, lease: float) -> None:
+        jobs: list[Job] = self._run(
+            self.backend.claim(worker, limit=limit, lease_seconds=lease, now=self.now)
+        )
+        claimable = self.model.claimable(self.now)
+        expected_count = min(limit, len(claimable))
+        assert len(jobs) == expected_count, (ns(jobs), claimable)
+        model_ids = [self._model_id_of(j) for j in jobs]
+        assert len(set(model_ids)) == len(model_ids)
+        assert all(i in claimable for i in model_ids), (model_ids, claimable)
+        # Per key, the claim must be a prefix of that key's claimable run.
+        by_key: dict[tuple[str, str], list[int]] = {}
+        for i in claimable:
+            by_key.setdefault(self._model_key(i), []).append(i)
+        got_by_key: dict[tuple[str, str], list[int]] = {}
+        for i in model_ids:
+            got_by_key.setdefault(self._model_key(i), []).append(i)
+        for key, got in got_by_key.items():
+            assert got == by_key[key][: len(got)], (key, got, by_key[key])
+        mirrored = self.model.lease(model_ids, worker, lease_seconds=lease, now=self.now)
+        for b, m in zip(jobs, mirrored, strict=True):
+            assert (b.attempts, b.first_attempt_at, b.received_at) == (
+                m.attempts,
+                m.first_attempt_at,
+                m.received_at,
+            )
+            assert (b.source, b.destination, b.message_id, b.order_key, b.payload) == (
+                m.source,
+                m.destination,
+                m.message_id,
+                m.order_key,
+                m.payload,
+            )
+            self.backend_id[n_of(b)] = b.id
+            self.model_id[n_of(b)] = m.id
+            if n_of(b) not in self.leased:
+                self.leased.append(n_of(b))
+
+    def _model_id_of(self, j: Job) -> int:
+        n = n_of(j)
+        for row_id in self.model.claimable(self.now):
+            if self._serial(row_id) == n:
+                return row_id
+        raise AssertionError(f"backend handed out job {n}, which the model would not")
+
+    def _serial(self, model_id: int) -> int:
+        return n_of(self.model._rows[model_id].job())
+
+    def _model_key(self, model_id: int) -> tuple[str, str]:
+        return self.model._rows[model_id].key
+
+    @precondition(lambda self: bool(self.leased))
+    @rule(
+        data=st.data(),
+        kind=st.sampled_from(("delivered", "retry", "dead", "skipped", "release")),
+    )
+    def complete(self, data: st.DataObject, kind: str) -> None:
+        picked = data.draw(
+            st.lists(st.sampled_from(self.leased), min_size=1, max_size=3, unique=True)
+        )
+        delay = data.draw(st.sampled_from((1.0, 20.0)))
+        b_out: list[Outcome] = []
+        m_out: list[Outcome] = []
+        for n in picked:
+            for ids, out in ((self.backend_id, b_out), (self.model_id, m_out)):
+                i = ids[n]
+                if kind == "delivered":
+                    out.append(Delivered(i, answer="200"))
+                elif kind == "retry":
+                    out.append(RetryAt(i, at=self.now + delay, reason="503", answer="503"))
+                elif kind == "dead":
+                    out.append(DeadLetter(i, Reason.HEAP_REJECTED, "refused", answer="400"))
+                elif kind == "skipped":
+                    out.append(Skipped(i, Reason.FILTERED_EVENT_NAME, "deny"))
+                else:
+                    out.append(Release(i))
+        self._run(self.backend.complete(b_out, now=self.now))
+        self._run(self.model.complete(m_out, now=self.now))
+        self.leased = [n for n in self.leased if self._model_state(n) == "leased"]
+
+    def _model_state(self, n: int) -> str | None:
+        return self.model.state_of(self.model_id[n])
+
+    @rule(seconds=st.sampled_from((0.5, 3.0, 10.0, 31.0)))
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    @rule(everything=st.booleans())
+    def replay(self, everything: bool) -> None:
+        dead = self._run(self.model.dead_letters(limit=1000))
+        picked = [] if everything else [n_of(r) for r in dead[:2]]
+        if everything:
+            got = self._run(self.backend.replay(None, now=self.now))
+            want = self._run(self.model.replay(None, now=self.now))
+        else:
+            got = self._run(self.backend.replay([self.backend_id[n] for n in picked], now=self.now))
+            want = self._run(self.model.replay([self.model_id[n] for n in picked], now=self.now))
+        assert got == want
+
+    @rule(everything=st.booleans())
+    def purge(self, everything: bool) -> None:
+        dead = self._run(self.model.dead_letters(limit=1000))
+        picked = [] if everything else [n_of(r) for r in dead[:1]]
+        if everything:
+            got = self._run(self.backend.purge(None))
+            want = self._run(self.model.purge(None))
+        else:
+            got = self._run(self.backend.purge([self.backend_id[n] for n in picked]))
+            want = self._run(self.model.purge([self.model_id[n] for n in picked]))
+        assert got == want
+
+    @rule(age=st.sampled_from((0.0, 5.0, 30.0)))
+    def prune(self, age: float) -> None:
+        got = self._run(self.backend.prune(delivered_before=self.now - age))
+        want = self._run(self.model.prune(delivered_before=self.now - age))
+        assert got == want
+
+    @invariant()
+    def same_stats(self) -> None:
+        got = normalised(self._run(self.backend.stats()))
+        want = normalised(self._run(self.model.stats()))
+        assert got == want
+
+    @invariant()
+    def same_dead_letters(self) -> None:
+        got: list[DeadLetterRecord] = self._run(self.backend.dead_letters(limit=1000))
+        want: list[DeadLetterRecord] = self._run(self.model.dead_letters(limit=1000))
+        assert [(n_of(r), r.reason, r.detail, r.answer, r.attempts, r.dead_at) for r in got] == [
+            (n_of(r), r.reason, r.detail, r.answer, r.attempts, r.dead_at) for r in want
+        ]
+
+
+__all__ = [
+    "LEASE",
+    "T0",
+    "QueueContract",
+    "QueueFactory",
+    "QueueModelMachine",
+    "job",
+    "normalised",
+    "ns",
+    "run",
+]
