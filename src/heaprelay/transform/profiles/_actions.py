@@ -90,9 +90,32 @@ def is_defined(value: Any) -> bool:
 # --- flat --------------------------------------------------------------------------------
 
 
-def _leaf_string(value: Any) -> str:
-    if isinstance(value, str):
-        return value
+_DIGITS: Final = frozenset("0123456789")
+_MAX_SAFE: Final = 2**53
+
+
+def _items(obj: Any) -> Any:
+    """``(key, value)`` pairs in JavaScript's ``for … in`` order (array indexes as strings)."""
+    if isinstance(obj, list):
+        return [(str(i), v) for i, v in enumerate(obj)]
+    for key in obj:
+        if key[:1] in _DIGITS:  # rare: only then can JavaScript's order differ from ours
+            return [(k, obj[k]) for k in object_keys(obj)]
+    return obj.items()
+
+
+def leaf_string(value: Any) -> str:
+    """A JSON scalar as ``flat.ts`` stringifies it (``String(value)``; ``null`` → "null")."""
+    kind = type(value)
+    if kind is str:
+        return value  # type: ignore[no-any-return]
+    if kind is int:
+        return str(value) if -_MAX_SAFE <= value <= _MAX_SAFE else number_to_string(value)
+    if kind is float and 1e-4 <= abs(value) < 1e16:
+        # In this range Python's repr and Number#toString both write the shortest round-trip
+        # digits in fixed notation; only the trailing ".0" differs.
+        text = repr(value)
+        return text[:-2] if text.endswith(".0") else text
     if value is None:
         return "null"
     if value is True:
@@ -104,19 +127,16 @@ def _leaf_string(value: Any) -> str:
 
 def flat_into(out: dict[str, Any], obj: Any, prefix: str = "") -> None:
     """``flat(obj)`` merged into ``out`` (later keys win, keeping the first position, exactly
-    like the object spreads of ``flat.ts``); every leaf becomes a string."""
-    if isinstance(obj, list):
-        items: Any = ((str(i), v) for i, v in enumerate(obj))
-    else:
-        items = ((k, obj[k]) for k in object_keys(obj))
-    for key, value in items:
-        path = prefix + "." + key
-        if isinstance(value, dict | list):
-            flat_into(out, value, path)
-        elif isinstance(value, str):
-            out[path[1:]] = value
+    like the object spreads of ``flat.ts``); every leaf becomes a string. ``prefix``: the
+    dotted path of ``obj`` (empty at the top)."""
+    base = prefix + "." if prefix else ""
+    for key, value in _items(obj):
+        if type(value) is str:
+            out[base + key] = value
+        elif isinstance(value, dict | list):
+            flat_into(out, value, base + key)
         else:
-            out[path[1:]] = _leaf_string(value)
+            out[base + key] = leaf_string(value)
 
 
 def flat_mode_into(
@@ -127,22 +147,18 @@ def flat_mode_into(
     ``as_json_types``: profile properties keep strings, numbers, booleans and null as JSON
     values; event properties turn every leaf into a string.
     """
-    if isinstance(obj, list):
-        items: Any = ((str(i), v) for i, v in enumerate(obj))
-    else:
-        items = ((k, obj[k]) for k in object_keys(obj))
-    for key, value in items:
-        path = prefix + "." + key
+    base = prefix + "." if prefix else ""
+    for key, value in _items(obj):
         if isinstance(value, dict | list):
             if mode == "flatten":
-                flat_mode_into(out, value, mode, as_json_types, path)
+                flat_mode_into(out, value, mode, as_json_types, base + key)
             elif mode == "stringify":
-                out[path[1:]] = stringify(value)
+                out[base + key] = stringify(value)
             # "drop": objects and arrays are left out
         elif as_json_types:
-            out[path[1:]] = json_number(value) if isinstance(value, float) else value
+            out[base + key] = json_number(value) if type(value) is float else value
         else:
-            out[path[1:]] = _leaf_string(value)
+            out[base + key] = leaf_string(value)
 
 
 def json_number(value: float) -> float | int:
@@ -415,8 +431,33 @@ def dayjs_utc(text: str) -> int | None:
     return _v8_parse(text)
 
 
+_CANONICAL = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)\.\d{3}Z", re.ASCII)
+_MONTH_DAYS = (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def _canonical(text: str) -> bool:
+    """Already what ``toISOString`` writes (the usual Segment timestamp): a fast path."""
+    m = _CANONICAL.fullmatch(text)
+    if m is None:
+        return False
+    y, mo, d, h, mi, s = map(int, m.groups())
+    if not (1 <= mo <= 12 and 1 <= d <= _MONTH_DAYS[mo] and h <= 23 and mi <= 59 and s <= 59):
+        return False
+    return not (mo == 2 and d == 29 and (y % 4 != 0 or (y % 100 == 0 and y % 400 != 0)))
+
+
+def utc_iso(text: str) -> str | None:
+    """``dayjs.utc(text).toISOString()``; None when that date is invalid (it would throw)."""
+    if _canonical(text):
+        return text
+    t = dayjs_utc(text)
+    return None if t is None else iso_string(t)
+
+
 def is_date_like(text: str) -> bool:
     """actions-core's ``date-like`` format: dayjs can parse it, or it is a unix time."""
+    if _canonical(text):
+        return True
     if number_string(text):
         try:
             t = float(text) * 1000

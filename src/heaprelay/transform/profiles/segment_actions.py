@@ -23,13 +23,12 @@ from heaprelay.transform.profiles._actions import (
     REGION_CHOICES,
     SEGMENT_LIBRARY,
     InvalidField,
-    dayjs_utc,
     flat_into,
     is_date_like,
     is_defined,
-    iso_string,
     obj_field,
     str_field,
+    utc_iso,
 )
 
 _TRACK_TYPES: Final = frozenset(("track", "page", "screen"))
@@ -132,10 +131,10 @@ def _track_event(
         "user_identifier": user_identifier,
     }
     if raw_ts is not None:
-        t = dayjs_utc(raw_ts)
-        if t is None:  # passes the unix-time check but not dayjs.utc: toISOString throws
+        iso = utc_iso(raw_ts)
+        if iso is None:  # passes the unix-time check but not dayjs.utc: toISOString throws
             return Skip(Reason.INVALID_TIMESTAMP, f"timestamp {raw_ts!r} is not a valid date")
-        track_event["timestamp"] = iso_string(t)
+        track_event["timestamp"] = iso
     app_id = settings.app_id
     base = settings.heap_base_url
     track = HeapRequest(
