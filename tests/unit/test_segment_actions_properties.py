@@ -13,6 +13,14 @@ from hypothesis import strategies as st
 
 from heaprelay.spec.reasons import Reason
 from heaprelay.transform._base import DestinationSettings, Skip, transform, validate_settings
+from heaprelay.transform._js import number_to_string
+from heaprelay.transform.profiles._actions import (
+    dayjs_utc,
+    is_date_like,
+    iso_string,
+    leaf_string,
+    utc_iso,
+)
 
 ISO = re.compile(r"([+-]\d{6}|\d{4})-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 SCALARS = (
@@ -183,3 +191,26 @@ def test_segment_heap_cloud_bodies(message: dict[str, Any], mode: str) -> None:
         assert all(v is None or isinstance(v, str | int | float | bool) for v in props.values())
         if mode != "flatten":
             assert all(not isinstance(v, dict | list) for v in props.values())
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False) | st.integers())
+def test_leaf_string_fast_path_is_number_to_string(value: float) -> None:
+    assert leaf_string(value) == number_to_string(value)
+
+
+@given(
+    st.integers(0, 9999),
+    st.integers(0, 13),
+    st.integers(0, 32),
+    st.integers(0, 25),
+    st.integers(0, 61),
+    st.integers(0, 61),
+    st.integers(0, 999),
+)
+def test_canonical_timestamp_fast_path_agrees(
+    y: int, mo: int, d: int, h: int, mi: int, s: int, ms: int
+) -> None:
+    text = f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}.{ms:03d}Z"
+    t = dayjs_utc(text)
+    assert utc_iso(text) == (None if t is None else iso_string(t))
+    assert is_date_like(text) == (t is not None)
