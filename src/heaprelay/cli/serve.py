@@ -14,7 +14,7 @@ from heaprelay.config import (
     Source,
     default_data_dir,
 )
-from heaprelay.transform import PROFILE_NAMES, DestinationSettings
+from heaprelay.transform import PROFILE_NAMES, DestinationSettings, SettingsError, validate_settings
 
 
 def config_from_flags(
@@ -25,7 +25,7 @@ def config_from_flags(
     port: int,
     data_dir: Path,
     profile: str,
-    region: str,
+    region: str | None,
     base_url: str | None,
     queue_url: str | None,
 ) -> Config:
@@ -33,8 +33,9 @@ def config_from_flags(
     settings = DestinationSettings(
         app_id=app_id,
         profile=profile,
-        region="eu" if region == "eu" else "us",
+        region="eu" if (region or "").lower() == "eu" else "us",
         base_url=base_url,
+        region_setting=region,  # as written: segment-actions / segment-heap-cloud check it
     )
     source = Source(
         name="default",
@@ -72,9 +73,10 @@ def config_from_flags(
 @click.option(
     "--region",
     envvar="HEAPRELAY_REGION",
-    type=click.Choice(["us", "eu"]),
-    default="us",
-    show_default=True,
+    type=click.Choice(["us", "eu", "US", "EU"]),
+    default=None,
+    help="Heap region [default: us]. Profiles segment-actions and segment-heap-cloud take it "
+    "as Segment does: exactly US or EU (segment-heap-cloud requires it).",
 )
 @click.option(
     "--base-url", envvar="HEAPRELAY_BASE_URL", default=None, help="Heap API base URL override."
@@ -100,7 +102,7 @@ def command(
     port: int,
     data_dir: Path | None,
     profile: str,
-    region: str,
+    region: str | None,
     base_url: str | None,
     queue_url: str | None,
     log_level: str,
@@ -126,5 +128,11 @@ def command(
         raise click.BadParameter("must not be empty", param_hint="--app-id")
     if not write_key.strip():
         raise click.BadParameter("must not be empty", param_hint="--write-key")
+    try:
+        validate_settings(config.sources[0].destinations[0].settings)
+    except SettingsError as e:
+        raise click.UsageError(str(e)) from None
+    except ImportError:  # a registered profile whose module is not there: reported on use
+        pass
     config.data_dir.mkdir(parents=True, exist_ok=True)
     server.run(config, log_level=log_level)
