@@ -62,6 +62,10 @@ def default_services(config: Config) -> list[Service]:
     The delivery (router) workers are added here for roles ``all`` and ``worker``.
     """
     services: list[Service] = []
+    if config.role in ("all", "worker"):
+        from heaprelay.router import delivery_service
+
+        services.append(delivery_service)
     return services
 
 

@@ -1,0 +1,85 @@
+"""``heaprelay fake-heap``: run the fake Heap server (see :mod:`heaprelay.heap.fake`)."""
+
+from __future__ import annotations
+
+import click
+
+
+def _outage(value: str) -> tuple[float, float]:
+    start, sep, end = value.partition("-")
+    try:
+        a, b = float(start), float(end)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: use START-END in seconds, e.g. 30-90") from None
+    if not sep or b <= a or a < 0:
+        raise click.BadParameter(f"{value!r}: use START-END in seconds with START < END")
+    return a, b
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8788, show_default=True)
+@click.option(
+    "--rate-limits/--no-rate-limits",
+    default=True,
+    show_default=True,
+    help="Answer 429 + Retry-After beyond Heap's documented limits.",
+)
+@click.option(
+    "--time-scale",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Divide the rate-limit windows (e.g. 60: a minute's budget per second).",
+)
+@click.option(
+    "--error-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Fraction of requests answered with --error-status.",
+)
+@click.option("--error-status", type=click.IntRange(400, 599), default=503, show_default=True)
+@click.option(
+    "--latency", type=click.FloatRange(min=0), default=0.0, help="Seconds added to each answer."
+)
+@click.option(
+    "--outage",
+    "outages",
+    multiple=True,
+    help="START-END seconds after start during which every request gets 503 (repeatable).",
+)
+@click.option("--seed", type=int, default=None, help="Seed for injected failures.")
+def command(
+    host: str,
+    port: int,
+    rate_limits: bool,
+    time_scale: float,
+    error_rate: float,
+    error_status: int,
+    latency: float,
+    outages: tuple[str, ...],
+    seed: int | None,
+) -> None:
+    """Run a fake Heap API that checks Heap's documented rules and limits.
+
+    Point a destination's base URL at http://HOST:PORT (EU paths also under /eu). What it
+    accepted: GET /_fake/report, /_fake/events, /_fake/users. Change failure injection at
+    run time: POST /_fake/settings '{"outage_seconds": 10}'.
+    """
+    import uvicorn
+
+    from heaprelay.heap.fake import FakeHeap, FakeHeapSettings
+
+    settings = FakeHeapSettings(
+        rate_limits=rate_limits,
+        time_scale=time_scale,
+        error_rate=error_rate,
+        error_status=error_status,
+        latency=latency,
+        outages=tuple(_outage(o) for o in outages),
+        seed=seed,
+    )
+    fake = FakeHeap(settings)
+    click.echo(f"fake Heap on http://{host}:{port}  (report: http://{host}:{port}/_fake/report)")
+    uvicorn.run(fake.app, host=host, port=port, log_level="warning", access_log=False)

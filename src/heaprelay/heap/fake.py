@@ -1,0 +1,378 @@
+"""A fake Heap server (a Starlette app) that enforces Heap's documented rules and limits and
+can inject failures. For users' own testing (``heaprelay fake-heap``), for ``serve
+--sandbox``, and for our tests.
+
+Endpoints (each also under ``/us`` and ``/eu`` prefixes, recorded as the region):
+
+- ``POST /api/track`` — single event or bulk ``{"app_id", "events": [...]}`` (≤ 1000);
+- ``POST /api/add_user_properties`` — single user or bulk ``{"app_id", "users": [...]}``;
+- ``POST /api/integrations/track`` and ``/api/integrations/add_user_properties``.
+
+Answers, in this order: injected latency; an outage window or injected error (``503``);
+``400 Bad Request: <what is wrong>`` for a body breaking a documented rule (the whole
+request is refused, nothing is recorded); ``429`` with ``Retry-After`` when rate limits are
+on and the request does not fit (15,000 bulk-track events per minute per app_id, 1,000 per
+minute per identity per app_id, 30 single-event requests per 30 s per identity per app_id;
+windows divided by ``time_scale``); otherwise ``200`` with an empty body. Track events
+whose ``(app_id, idempotency_key)`` was accepted before are counted as duplicates and not
+stored again, as Heap does. User properties are merged per (app_id, identity), last value
+wins.
+
+Test/demo endpoints: ``GET /_fake/report`` (counters), ``GET /_fake/events`` and
+``GET /_fake/users`` (what Heap holds), ``GET /_fake/requests`` (recent requests),
+``POST /_fake/settings`` (change failure injection or limits at run time, e.g.
+``{"outage_seconds": 10}``), ``POST /_fake/reset``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from heaprelay.clock import Clock, SystemClock
+from heaprelay.heap import _fake_rules as rules
+
+__all__ = ["FakeHeap", "FakeHeapSettings"]
+
+
+@dataclass(frozen=True, slots=True)
+class FakeHeapSettings:
+    rate_limits: bool = True
+    #: Divides every rate-limit window (compressed-time benchmarks).
+    time_scale: float = 1.0
+    app_events_per_minute: int = 15_000
+    identity_events_per_minute: int = 1_000
+    single_requests_per_30s: int = 30
+    #: Fraction of requests answered ``error_status`` (before validation).
+    error_rate: float = 0.0
+    error_status: int = 503
+    #: Fraction of valid requests that are recorded but answered 503 (a lost answer).
+    accept_then_fail_rate: float = 0.0
+    #: Seconds added before answering.
+    latency: float = 0.0
+    #: Outage windows ``(start, end)`` in seconds after the fake started: answered 503.
+    outages: tuple[tuple[float, float], ...] = ()
+    seed: int | None = None
+    #: Keep every accepted event and user in memory (turn off for long benchmarks).
+    keep_items: bool = True
+    max_request_log: int = 10_000
+
+
+@dataclass(slots=True)
+class _Bucket:
+    """A leaky bucket holding up to ``capacity`` tokens, refilled at ``rate`` per second."""
+
+    rate: float
+    capacity: float
+    tokens: float
+    updated: float
+
+    def wait_for(self, n: float, now: float) -> float:
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        return 0.0 if self.tokens >= n else (n - self.tokens) / self.rate
+
+
+@dataclass(slots=True)
+class _State:
+    started: float
+    by_status: Counter[int] = field(default_factory=Counter)
+    by_endpoint: Counter[str] = field(default_factory=Counter)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    users: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    keys: set[tuple[str, str]] = field(default_factory=set)
+    accepted_events: int = 0
+    accepted_users: int = 0
+    duplicates: int = 0
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    buckets: dict[tuple[str, ...], _Bucket] = field(default_factory=dict)
+    first_accept_at: float | None = None
+    last_accept_at: float | None = None
+    outage_until: float = 0.0
+
+
+_CHECKS: dict[str, Callable[[Mapping[str, Any]], str | None]] = {
+    "track": rules.check_track,
+    "add_user_properties": rules.check_users,
+    "integrations/track": rules.check_integrations_track,
+    "integrations/add_user_properties": rules.check_integrations_users,
+}
+
+
+class FakeHeap:
+    """The fake's state and rules; :attr:`app` is the ASGI app serving them."""
+
+    def __init__(
+        self, settings: FakeHeapSettings | None = None, clock: Clock | None = None
+    ) -> None:
+        self.settings = settings or FakeHeapSettings()
+        self.clock = clock or SystemClock()
+        self._rng = random.Random(self.settings.seed)
+        self._state = _State(started=self.clock.monotonic())
+        self.app = self._build_app()
+
+    # --- the rules ------------------------------------------------------------------------
+
+    async def handle(
+        self, endpoint: str, raw: bytes, region: str = "us"
+    ) -> tuple[int, str, dict[str, str]]:
+        """Answer one request: ``(status, body, headers)``."""
+        s, st = self.settings, self._state
+        if s.latency > 0:
+            await self.clock.sleep(s.latency)
+        now = self.clock.monotonic()
+        elapsed = now - st.started
+        items = 0
+        if now < st.outage_until or any(a <= elapsed < b for a, b in s.outages):
+            return self._log(endpoint, 503, "Service Unavailable (outage)", items)
+        if s.error_rate and self._rng.random() < s.error_rate:
+            return self._log(endpoint, s.error_status, "injected error", items)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return self._log(endpoint, 400, "Bad Request: body is not JSON", items)
+        if not isinstance(body, dict):
+            return self._log(endpoint, 400, "Bad Request: body is not a JSON object", items)
+        problem = _CHECKS[endpoint](body)
+        if problem:
+            return self._log(endpoint, 400, f"Bad Request: {problem}", items)
+        array = "events" if endpoint.endswith("track") else "users"
+        entries: list[dict[str, Any]] = (
+            list(body[array])
+            if isinstance(body.get(array), list)
+            else [{k: v for k, v in body.items() if k != "app_id"}]
+        )
+        items = len(entries)
+        app_id = str(body["app_id"])
+        if s.rate_limits:
+            wait = self._rate_wait(endpoint, app_id, entries, bulk=array in body, now=now)
+            if wait > 0:
+                retry_after = str(max(1, math.ceil(wait)))
+                return self._log(
+                    endpoint, 429, "Too Many Requests", items, {"Retry-After": retry_after}
+                )
+        self._accept(endpoint, app_id, entries, region)
+        if s.accept_then_fail_rate and self._rng.random() < s.accept_then_fail_rate:
+            return self._log(endpoint, 503, "answer lost after accepting", items)
+        return self._log(endpoint, 200, "", items)
+
+    def _log(
+        self,
+        endpoint: str,
+        status: int,
+        text: str,
+        items: int,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, str, dict[str, str]]:
+        st = self._state
+        st.by_status[status] += 1
+        st.by_endpoint[endpoint] += 1
+        st.requests.append(
+            {"at": self.clock.now(), "endpoint": endpoint, "status": status, "items": items}
+        )
+        if len(st.requests) > self.settings.max_request_log:
+            del st.requests[: len(st.requests) - self.settings.max_request_log]
+        return status, text, headers or {}
+
+    def _bucket(self, key: tuple[str, ...], limit: int, window: float, now: float) -> _Bucket:
+        bucket = self._state.buckets.get(key)
+        if bucket is None:
+            window /= self.settings.time_scale
+            bucket = self._state.buckets[key] = _Bucket(limit / window, limit, limit, now)
+        return bucket
+
+    def _rate_wait(
+        self,
+        endpoint: str,
+        app_id: str,
+        entries: list[dict[str, Any]],
+        *,
+        bulk: bool,
+        now: float,
+    ) -> float:
+        s = self.settings
+        needs: list[tuple[_Bucket, int]] = []
+        if endpoint == "track":
+            per_identity = Counter(str(e.get("identity", e.get("user_id"))) for e in entries)
+            needs.append(
+                (self._bucket(("app", app_id), s.app_events_per_minute, 60.0, now), len(entries))
+            )
+            for identity, n in per_identity.items():
+                if bulk:
+                    key = ("identity", app_id, identity)
+                    b = self._bucket(key, s.identity_events_per_minute, 60.0, now)
+                else:
+                    key = ("single", app_id, identity)
+                    b = self._bucket(key, s.single_requests_per_30s, 30.0, now)
+                    n = 1
+                needs.append((b, n))
+        elif endpoint == "add_user_properties" and not bulk:
+            identity = str(entries[0].get("identity"))
+            b = self._bucket(("single", app_id, identity), s.single_requests_per_30s, 30.0, now)
+            needs.append((b, 1))
+        wait = max((bucket.wait_for(k, now) for bucket, k in needs), default=0.0)
+        if wait == 0:
+            for bucket, k in needs:
+                bucket.tokens -= k
+        return wait
+
+    def _accept(
+        self, endpoint: str, app_id: str, entries: list[dict[str, Any]], region: str
+    ) -> None:
+        st, keep = self._state, self.settings.keep_items
+        now = self.clock.now()
+        st.first_accept_at = st.first_accept_at or now
+        st.last_accept_at = now
+        for entry in entries:
+            if endpoint.endswith("track"):
+                key = entry.get("idempotency_key")
+                if isinstance(key, str):
+                    if (app_id, key) in st.keys:
+                        st.duplicates += 1
+                        continue
+                    st.keys.add((app_id, key))
+                st.accepted_events += 1
+                if keep:
+                    record = dict(entry)
+                    if isinstance(record.get("properties"), Mapping):
+                        record["properties"] = rules.accepted_properties(record["properties"])
+                    st.events.append(
+                        {
+                            "app_id": app_id,
+                            "endpoint": endpoint,
+                            "region": region,
+                            "received_at": now,
+                            **record,
+                        }
+                    )
+            else:
+                st.accepted_users += 1
+                if endpoint == "add_user_properties":
+                    identity = str(entry["identity"])
+                    props = entry.get("properties", {})
+                else:
+                    ident = entry["user_identifier"]
+                    identity = str(ident.get("identity") or next(iter(ident.values())))
+                    props = entry.get("custom_properties", {})
+                st.users.setdefault((app_id, identity), {}).update(props)
+
+    # --- reports --------------------------------------------------------------------------
+
+    def report(self) -> dict[str, Any]:
+        st = self._state
+        return {
+            "requests": sum(st.by_status.values()),
+            "by_status": {str(k): v for k, v in sorted(st.by_status.items())},
+            "by_endpoint": dict(st.by_endpoint),
+            "accepted_events": st.accepted_events,
+            "accepted_users": st.accepted_users,
+            "duplicates": st.duplicates,
+            "rate_limited": st.by_status.get(429, 0),
+            "rejected": st.by_status.get(400, 0),
+            "first_accept_at": st.first_accept_at,
+            "last_accept_at": st.last_accept_at,
+            "settings": {
+                k: getattr(self.settings, k)
+                for k in ("rate_limits", "time_scale", "error_rate", "latency")
+            },
+        }
+
+    def events(self, app_id: str | None = None) -> list[dict[str, Any]]:
+        return [e for e in self._state.events if app_id is None or e["app_id"] == app_id]
+
+    def users(self, app_id: str | None = None) -> dict[str, dict[str, Any]]:
+        return {
+            identity: dict(props)
+            for (a, identity), props in self._state.users.items()
+            if app_id is None or a == app_id
+        }
+
+    def requests(self) -> list[dict[str, Any]]:
+        return list(self._state.requests)
+
+    def reset(self) -> None:
+        self._state = _State(started=self.clock.monotonic())
+
+    def update(self, changes: Mapping[str, Any]) -> None:
+        """Change settings at run time; ``outage_seconds``: answer 503 for that long from now."""
+        changes = dict(changes)
+        if "outage_seconds" in changes:
+            seconds = float(changes.pop("outage_seconds"))
+            self._state.outage_until = self.clock.monotonic() + seconds
+        allowed = set(FakeHeapSettings.__dataclass_fields__) - {"outages"}
+        unknown = set(changes) - allowed
+        if unknown:
+            raise ValueError(f"unknown settings {sorted(unknown)}; accepted: {sorted(allowed)}")
+        self.settings = replace(self.settings, **changes)
+        if "seed" in changes:
+            self._rng = random.Random(self.settings.seed)
+        if {"time_scale", "app_events_per_minute", "identity_events_per_minute"} & set(changes):
+            self._state.buckets.clear()
+
+    # --- HTTP -----------------------------------------------------------------------------
+
+    def _build_app(self) -> Starlette:
+        def endpoint_route(endpoint: str, region: str) -> Callable[[Request], Any]:
+            async def route(request: Request) -> Response:
+                status, text, headers = await self.handle(endpoint, await request.body(), region)
+                return Response(text, status_code=status, headers=headers, media_type="text/plain")
+
+            return route
+
+        def json(obj: Any, status: int = 200) -> Response:
+            return Response(orjson.dumps(obj), status_code=status, media_type="application/json")
+
+        async def report(request: Request) -> Response:
+            return json(self.report())
+
+        async def events(request: Request) -> Response:
+            return json(self.events(request.query_params.get("app_id")))
+
+        async def users(request: Request) -> Response:
+            return json(self.users(request.query_params.get("app_id")))
+
+        async def requests(request: Request) -> Response:
+            return json(self.requests())
+
+        async def reset(request: Request) -> Response:
+            self.reset()
+            return json({"ok": True})
+
+        async def settings(request: Request) -> Response:
+            try:
+                changes = orjson.loads(await request.body() or b"{}")
+                if not isinstance(changes, dict):
+                    raise ValueError("settings must be a JSON object")
+                self.update(changes)
+            except (ValueError, TypeError) as exc:
+                return json({"error": str(exc)}, 400)
+            return json(self.report()["settings"])
+
+        routes = [
+            Route("/_fake/report", report, methods=["GET"]),
+            Route("/_fake/events", events, methods=["GET"]),
+            Route("/_fake/users", users, methods=["GET"]),
+            Route("/_fake/requests", requests, methods=["GET"]),
+            Route("/_fake/reset", reset, methods=["POST"]),
+            Route("/_fake/settings", settings, methods=["POST"]),
+        ]
+        for endpoint in _CHECKS:
+            for prefix, region in (("", "us"), ("/us", "us"), ("/eu", "eu")):
+                routes.append(
+                    Route(
+                        f"{prefix}/api/{endpoint}",
+                        endpoint_route(endpoint, region),
+                        methods=["POST"],
+                    )
+                )
+        return Starlette(routes=routes)

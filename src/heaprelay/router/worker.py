@@ -1,0 +1,347 @@
+"""The delivery loop: claim → filter → transform → batch → rate-limit → send → classify →
+complete.
+
+Each :class:`Router` runs ``concurrency`` loops. One pass of a loop (:meth:`Router.run_once`):
+
+1. claim up to ``batch_size`` jobs (waiting ``flush_interval`` once for more when the claim
+   came back short, so that a trickle still makes bulk requests);
+2. per job: the destination's filters, then its profile's transform (a skip is recorded with
+   its reason); every track event gets an ``idempotency_key``;
+3. batch the requests per (url, app_id, endpoint) into Heap's bulk form;
+4. per bulk request: book the rate limits and wait for them (backpressure, never a failure),
+   send, and classify Heap's answer with :func:`heaprelay.router.retry.decide`. A refused
+   (4xx) bulk request is split in halves until the refused items are alone: they are
+   dead-lettered with Heap's answer, the others are delivered;
+5. complete every claimed job with exactly one outcome.
+
+Per-identity order: the queue hands out a key's jobs only in order and never while an
+earlier one waits for a retry. Within one claim, once a job of an order key fails in a
+retryable way, the later jobs of that key that were not sent yet are released untried, so
+nothing of that key is sent ahead of the failed job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from heaprelay.clock import Clock
+from heaprelay.config import DeliverySettings, Destination
+from heaprelay.heap.client import HeapAnswer, HeapClient
+from heaprelay.heap.models import HeapRequest
+from heaprelay.queue.base import (
+    DeadLetter,
+    Delivered,
+    Job,
+    Outcome,
+    Queue,
+    Release,
+    Skipped,
+)
+from heaprelay.router.batcher import MAX_BULK_ITEMS, Batch, batch
+from heaprelay.router.filters import check
+from heaprelay.router.ratelimit import RateLimiter
+from heaprelay.router.retry import RetryPolicy, classify, decide
+from heaprelay.spec.reasons import Reason
+from heaprelay.transform import Skip, transform
+
+__all__ = ["DeliveryStats", "Router", "with_idempotency_key"]
+
+log = logging.getLogger("heaprelay.router")
+
+_TRACK_ENDPOINTS = ("track", "integrations/track")
+
+
+def with_idempotency_key(request: HeapRequest, key: str) -> HeapRequest:
+    """``request`` with ``key`` as the ``idempotency_key`` of each track event that has none.
+
+    Why a message's ``messageId`` is a safe key: it is chosen by the SDK once per event and
+    stays the same on every resend (the SDK's and ours), ingest already treats two messages
+    with the same messageId from a source as one event (deduplication), and Heap scopes the
+    key to the app_id. So the key only ever merges resends of the same event — which is
+    exactly what a retry after a timeout needs. A message that becomes several track events
+    gets one key per event (``messageId``, ``messageId:1``, …).
+    """
+    if request.endpoint not in _TRACK_ENDPOINTS:
+        return request
+    body = dict(request.body)
+    events = body.get("events")
+    if isinstance(events, list):
+        new_events: list[Any] = []
+        for n, event in enumerate(events):
+            if isinstance(event, dict) and not event.get("idempotency_key"):
+                event = {**event, "idempotency_key": key if n == 0 else f"{key}:e{n}"}
+            new_events.append(event)
+        body["events"] = new_events
+    elif not body.get("idempotency_key"):
+        body["idempotency_key"] = key
+    else:
+        return request
+    return HeapRequest(request.base_url, request.endpoint, body, request.method, request.headers)
+
+
+def _identity_of(item: Mapping[str, Any]) -> str:
+    value = item.get("identity")
+    if value is None:
+        value = item.get("user_id")
+    if value is None and isinstance(item.get("user_identifier"), Mapping):
+        ident = item["user_identifier"]
+        value = ident.get("identity") or ident.get("anonymous_id") or ident.get("user_id")
+    return str(value)
+
+
+@dataclass(slots=True)
+class DeliveryStats:
+    """Counters of this process's delivery (the status API and the bench read them)."""
+
+    requests: Counter[int] = field(default_factory=Counter)
+    delivered_jobs: int = 0
+    delivered_items: int = 0
+    retried_jobs: int = 0
+    dead_jobs: int = 0
+    skipped_jobs: int = 0
+    released_jobs: int = 0
+    last_errors: list[str] = field(default_factory=list)
+
+    def error(self, text: str) -> None:
+        self.last_errors.append(text)
+        del self.last_errors[:-20]
+
+
+@dataclass(slots=True)
+class _Pass:
+    """The bookkeeping of one claim: answers per job, keys blocked by a retryable failure."""
+
+    jobs: dict[int, Job]
+    answers: dict[int, list[HeapAnswer]] = field(default_factory=dict)
+    released: set[int] = field(default_factory=set)
+    blocked: set[str] = field(default_factory=set)
+
+    def key(self, job_id: int) -> str:
+        job = self.jobs[job_id]
+        return f"{job.destination}\x00{job.order_key}"
+
+
+class Router:
+    """Delivery workers for one process. ``run`` until ``stopping`` is set."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        destinations: Mapping[str, Destination],
+        client: HeapClient,
+        clock: Clock,
+        settings: DeliverySettings | None = None,
+        *,
+        name: str = "worker",
+        policy: RetryPolicy | None = None,
+        rng: random.Random | None = None,
+        lease_seconds: float = 120.0,
+    ) -> None:
+        self.queue = queue
+        self.destinations = dict(destinations)
+        self.client = client
+        self.clock = clock
+        self.settings = settings or DeliverySettings()
+        self.name = name
+        self.policy = policy or RetryPolicy()
+        self.rng = rng or random.Random()
+        self.lease_seconds = lease_seconds
+        s = self.settings
+        self.limiter = RateLimiter(
+            app_per_minute=s.app_events_per_minute,
+            identity_per_minute=s.identity_events_per_minute,
+            time_scale=s.time_scale,
+            app_burst=min(MAX_BULK_ITEMS, s.batch_size),
+            enabled=s.rate_limits,
+        )
+        self.stats = DeliveryStats()
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        loops = [
+            asyncio.create_task(self._loop(stopping, n), name=f"{self.name}-{n}")
+            for n in range(max(1, self.settings.concurrency))
+        ]
+        try:
+            await asyncio.gather(*loops)
+        finally:
+            for task in loops:
+                task.cancel()
+
+    async def _loop(self, stopping: asyncio.Event, n: int) -> None:
+        while not stopping.is_set():
+            try:
+                handled = await self.run_once(worker=f"{self.name}-{n}")
+            except Exception:  # a bad pass must not stop delivery; leases bring jobs back
+                log.exception("delivery pass failed")
+                self.stats.error("delivery pass failed (see logs)")
+                handled = 0
+            if handled == 0:
+                await self.queue.wait_for_work(self.settings.flush_interval * 5)
+
+    async def run_once(self, *, worker: str | None = None) -> int:
+        """Claim, deliver and complete one batch of jobs. Returns how many were claimed."""
+        worker = worker or self.name
+        limit = max(1, self.settings.batch_size)
+        # Do not claim more while the rate budget is in debt: the claimed jobs would sit
+        # leased while they wait.
+        wait = self.limiter.debt_wait(self.clock.monotonic())
+        if wait > 0:
+            await self.clock.sleep(wait)
+        jobs = await self.queue.claim(
+            worker, limit=limit, lease_seconds=self.lease_seconds, now=self.clock.now()
+        )
+        if not jobs:
+            return 0
+        if len(jobs) < limit and self.settings.flush_interval > 0:
+            await self.clock.sleep(self.settings.flush_interval)
+            jobs += await self.queue.claim(
+                worker,
+                limit=limit - len(jobs),
+                lease_seconds=self.lease_seconds,
+                now=self.clock.now(),
+            )
+        outcomes = await self.deliver(jobs)
+        await self.queue.complete(outcomes, now=self.clock.now())
+        return len(jobs)
+
+    # --- one claim --------------------------------------------------------------------------
+
+    async def deliver(self, jobs: Sequence[Job]) -> list[Outcome]:
+        """Deliver claimed jobs; one outcome per job."""
+        state = _Pass({job.id: job for job in jobs})
+        outcomes: dict[int, Outcome] = {}
+        pairs: list[tuple[int, HeapRequest]] = []
+        for job in jobs:
+            prepared = self._prepare(job)
+            if isinstance(prepared, list):
+                pairs.extend((job.id, request) for request in prepared)
+                state.answers[job.id] = []
+            else:
+                outcomes[job.id] = prepared
+        groups: dict[tuple[str, str, str], list[Batch]] = {}
+        for b in batch(pairs, max_items=min(MAX_BULK_ITEMS, max(1, self.settings.batch_size))):
+            groups.setdefault((b.url, b.endpoint, b.app_id), []).append(b)
+        await asyncio.gather(*(self._send_group(state, g) for g in groups.values()))
+        now = self.clock.now()
+        for job_id, answers in state.answers.items():
+            outcomes[job_id] = self._outcome(state, state.jobs[job_id], answers, now)
+        for outcome in outcomes.values():
+            self._count(outcome)
+        return [outcomes[job.id] for job in jobs]
+
+    def _prepare(self, job: Job) -> list[HeapRequest] | Outcome:
+        destination = self.destinations.get(job.destination)
+        if destination is None or not destination.enabled:
+            return DeadLetter(
+                job.id,
+                Reason.DESTINATION_REMOVED,
+                f"destination {job.destination!r} is not in the configuration",
+            )
+        try:
+            message = orjson.loads(job.payload)
+        except orjson.JSONDecodeError as exc:
+            return DeadLetter(job.id, Reason.INVALID_FIELD, f"stored payload is not JSON: {exc}")
+        if not isinstance(message, dict):
+            return DeadLetter(job.id, Reason.INVALID_FIELD, "stored payload is not a JSON object")
+        skip = check(message, destination)
+        if skip is not None:
+            return Skipped(job.id, skip.reason, skip.detail)
+        result = transform(message, destination.settings)
+        if isinstance(result, Skip):
+            return Skipped(job.id, result.reason, result.detail)
+        key = job.message_id or f"heaprelay:{job.destination}:{job.id}"
+        track_n = 0
+        requests: list[HeapRequest] = []
+        for request in result:
+            if request.endpoint in _TRACK_ENDPOINTS:
+                request = with_idempotency_key(request, key if track_n == 0 else f"{key}:{track_n}")
+                track_n += 1
+            requests.append(request)
+        return requests
+
+    async def _send_group(self, state: _Pass, batches: list[Batch]) -> None:
+        # The bulk requests of one (url, endpoint, app_id) go one after the other, in order.
+        for b in batches:
+            await self._send(state, b)
+
+    async def _send(self, state: _Pass, b: Batch) -> None:
+        items = []
+        for item in b.items:
+            if state.key(item.owner) in state.blocked:
+                state.released.add(item.owner)
+            else:
+                items.append(item)
+        if not items:
+            return
+        b = b.with_items(items)
+        if b.endpoint == "track":
+            counts = Counter(_identity_of(item.body) for item in b.items)
+            wait = self.limiter.reserve(b.app_id, counts, self.clock.monotonic())
+            if wait > 0:
+                await self.clock.sleep(wait)
+        answer = await self.client.post(b.url, b.body(), headers=dict(b.headers))
+        self.stats.requests[answer.status] += 1
+        kind = classify(answer)
+        if kind == "reject" and len(b.items) > 1:
+            first, second = b.split()
+            await self._send(state, first)
+            await self._send(state, second)
+            return
+        if kind != "ok":
+            self.stats.error(f"{b.url}: {answer.describe()[:300]}")
+        for owner in b.owners():
+            state.answers[owner].append(answer)
+            if kind == "retry":
+                state.blocked.add(state.key(owner))
+        if kind == "ok":
+            self.stats.delivered_items += len(b.items)
+
+    def _outcome(self, state: _Pass, job: Job, answers: list[HeapAnswer], now: float) -> Outcome:
+        retry_window = self.destinations[job.destination].retry_window
+        worst: HeapAnswer | None = None
+        for answer in answers:
+            kind = classify(answer)
+            if kind == "reject":
+                worst = answer
+                break
+            if kind == "retry" and worst is None:
+                worst = answer
+        if worst is None and job.id in state.released:
+            return Release(job.id)
+        if worst is None:
+            if not answers:  # all of its items were released
+                return Release(job.id)
+            worst = answers[-1]
+        return decide(
+            job.id,
+            worst,
+            attempts=job.attempts,
+            first_attempt_at=job.first_attempt_at,
+            now=now,
+            retry_window=retry_window,
+            policy=self.policy,
+            rng=self.rng,
+        )
+
+    def _count(self, outcome: Outcome) -> None:
+        s = self.stats
+        if isinstance(outcome, Delivered):
+            s.delivered_jobs += 1
+        elif isinstance(outcome, DeadLetter):
+            s.dead_jobs += 1
+        elif isinstance(outcome, Skipped):
+            s.skipped_jobs += 1
+        elif isinstance(outcome, Release):
+            s.released_jobs += 1
+        else:
+            s.retried_jobs += 1
