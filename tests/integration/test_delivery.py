@@ -1,0 +1,249 @@
+"""The router against the real fake Heap (loopback HTTP) with the in-memory reference queue."""
+
+import asyncio
+import functools
+import random
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+from heaprelay.clock import SystemClock
+from heaprelay.config import DeliverySettings, Destination
+from heaprelay.heap.client import HeapClient
+from heaprelay.heap.fake import FakeHeap, FakeHeapSettings
+from heaprelay.queue.base import NewJob
+from heaprelay.queue.memory import MemoryQueue
+from heaprelay.router import Router
+from heaprelay.router.retry import RetryPolicy
+from heaprelay.spec.reasons import Reason
+from heaprelay.testing.servers import serve_in_thread
+from heaprelay.transform import DestinationSettings
+
+APP = "4242"
+
+
+def sync(fn: Callable[..., Any]) -> Callable[..., None]:
+    """Run an async test body on a fresh event loop (no async pytest plugin here)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(fn(*args, **kwargs))
+
+    return wrapper
+
+
+@pytest.fixture
+def fake() -> FakeHeap:
+    return FakeHeap(FakeHeapSettings(rate_limits=False, seed=7))
+
+
+@pytest.fixture
+def heap_url(fake: FakeHeap) -> Iterator[str]:
+    with serve_in_thread(fake.app) as url:
+        yield url
+
+
+def destination(url: str, retry_window: float = 3600.0) -> Destination:
+    settings = DestinationSettings(
+        app_id=APP, profile="segment-actions", region_setting="US", base_url=url
+    )
+    return Destination(id="heap", settings=settings, retry_window=retry_window)
+
+
+def identify(n: int, identity: str, traits: dict[str, Any]) -> NewJob:
+    message = {
+        "type": "identify",
+        "userId": identity,
+        "messageId": f"m{n}",
+        "traits": traits,
+        "timestamp": "2026-01-01T00:00:00Z",
+    }
+    return NewJob("src", "heap", f"m{n}", identity, orjson.dumps(message), 0.0)
+
+
+def track(n: int, identity: str) -> NewJob:
+    message = {
+        "type": "track",
+        "event": "Played",
+        "userId": identity,
+        "anonymousId": f"a-{identity}",
+        "messageId": f"track-msg-{n}",
+        "properties": {"n": n},
+        "timestamp": "2026-01-01T00:00:00Z",
+    }
+    return NewJob("src", "heap", f"track-msg-{n}", identity, orjson.dumps(message), 0.0)
+
+
+async def drive(
+    queue: MemoryQueue, router: Router, done: Callable[[], bool], timeout: float = 20.0
+) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not done():
+        assert loop.time() < deadline, "delivery did not finish in time"
+        if await router.run_once() == 0:
+            await asyncio.sleep(0.02)
+
+
+def finished(queue: MemoryQueue) -> Callable[[], bool]:
+    def check() -> bool:
+        return not any(
+            queue.state_of(i) in ("pending", "leased", "retry")
+            for i in range(1, 100_000)
+            if queue.state_of(i) is not None
+        )
+
+    return check
+
+
+async def run(
+    jobs: list[NewJob],
+    url: str,
+    *,
+    settings: DeliverySettings | None = None,
+    retry_window: float = 3600.0,
+    timeout: float = 20.0,
+) -> tuple[MemoryQueue, Router]:
+    queue = MemoryQueue()
+    clock = SystemClock()
+    await queue.append(jobs, now=clock.now())
+    async with HeapClient() as client:
+        router = Router(
+            queue,
+            {"heap": destination(url, retry_window)},
+            client,
+            clock,
+            settings or DeliverySettings(flush_interval=0.0, rate_limits=False),
+            policy=RetryPolicy(base=0.05, cap=0.3),
+            rng=random.Random(3),
+        )
+        await drive(queue, router, finished(queue), timeout)
+    return queue, router
+
+
+@sync
+async def test_jobs_go_out_in_bulk_requests(heap_url: str, fake: FakeHeap) -> None:
+    jobs = [identify(i, f"user{i % 10}", {"n": i}) for i in range(50)]
+    jobs += [track(i, f"user{i % 10}") for i in range(30)]
+    queue, _router = await run(jobs, heap_url)
+    assert sorted((r["endpoint"], r["items"]) for r in fake.requests()) == [
+        ("add_user_properties", 50),
+        ("integrations/track", 30),
+    ]
+    assert fake.users(APP)["user3"] == {"n": "43"}
+    assert len(fake.events(APP)) == 30
+    assert {e["idempotency_key"] for e in fake.events(APP)} == {f"track-msg-{i}" for i in range(30)}
+    assert (await queue.stats()).by_state["delivered"] == 80
+
+
+@sync
+async def test_outage_every_event_delivered_once_none_dead(heap_url: str, fake: FakeHeap) -> None:
+    fake.update({"outage_seconds": 1.0})
+    jobs = [track(i, f"user{i % 7}") for i in range(200)]
+    queue, _router = await run(jobs, heap_url)
+    stats = await queue.stats()
+    assert stats.by_state["delivered"] == 200
+    assert stats.by_state["dead"] == 0
+    assert fake.report()["by_status"].get("503", 0) >= 1
+    keys = [e["idempotency_key"] for e in fake.events(APP)]
+    assert sorted(keys) == sorted(f"track-msg-{i}" for i in range(200))
+
+
+@sync
+async def test_lost_answers_only_repeat_idempotency_keys(heap_url: str, fake: FakeHeap) -> None:
+    fake.update({"accept_then_fail_rate": 0.5})
+    jobs = [track(i, f"user{i % 7}") for i in range(100)]
+    queue, _ = await run(
+        jobs,
+        heap_url,
+        settings=DeliverySettings(batch_size=10, flush_interval=0.0, rate_limits=False),
+    )
+    assert (await queue.stats()).by_state["delivered"] == 100
+    report = fake.report()
+    assert report["accepted_events"] == 100
+    assert report["duplicates"] > 0  # resent after a lost answer, absorbed by the key
+
+
+@sync
+async def test_one_invalid_item_is_isolated_and_dead_lettered(
+    heap_url: str, fake: FakeHeap
+) -> None:
+    jobs = [identify(i, f"user{i}", {"n": i}) for i in range(20)]
+    jobs[13] = identify(13, "x" * 300, {"n": 13})
+    queue, _ = await run(jobs, heap_url)
+    assert len(fake.users(APP)) == 19
+    [dead] = await queue.dead_letters()
+    assert dead.id == 14
+    assert dead.reason == Reason.HEAP_REJECTED
+    assert dead.answer.startswith("400 Bad Request: users[0].identity: longer than 255")
+    stats = await queue.stats()
+    assert stats.by_state["delivered"] == 19
+
+
+@sync
+async def test_order_per_identity_survives_failures(heap_url: str, fake: FakeHeap) -> None:
+    fake.update({"error_rate": 0.3, "accept_then_fail_rate": 0.1})
+    jobs = [identify(i, "alice", {"version": i}) for i in range(200)]
+    queue, _ = await run(
+        jobs,
+        heap_url,
+        settings=DeliverySettings(
+            batch_size=7, flush_interval=0.0, rate_limits=False, concurrency=4
+        ),
+        timeout=60,
+    )
+    assert (await queue.stats()).by_state["delivered"] == 200
+    assert fake.users(APP) == {"alice": {"version": "199"}}
+
+
+@sync
+async def test_retry_window_ends_in_a_dead_letter_with_the_last_answer(
+    heap_url: str, fake: FakeHeap
+) -> None:
+    fake.update({"outage_seconds": 60})
+    queue, _ = await run([track(1, "bob")], heap_url, retry_window=0.5)
+    [dead] = await queue.dead_letters()
+    assert dead.reason == Reason.RETRY_WINDOW_EXCEEDED
+    assert dead.answer.startswith("503")
+    assert dead.attempts >= 2
+
+
+@sync
+async def test_network_errors_are_retried() -> None:
+    # nothing listens on this port until the fake starts
+    from heaprelay.testing.servers import free_port
+
+    port = free_port()
+    fake = FakeHeap(FakeHeapSettings(rate_limits=False))
+    queue = MemoryQueue()
+    clock = SystemClock()
+    await queue.append([track(1, "bob")], now=clock.now())
+    async with HeapClient() as client:
+        router = Router(
+            queue,
+            {"heap": destination(f"http://127.0.0.1:{port}")},
+            client,
+            clock,
+            DeliverySettings(flush_interval=0.0),
+            policy=RetryPolicy(base=0.05, cap=0.1),
+        )
+        await router.run_once()
+        assert queue.state_of(1) == "retry"
+        with serve_in_thread(fake.app, port=port):
+            await drive(queue, router, finished(queue))
+    assert queue.state_of(1) == "delivered"
+    assert router.stats.requests[0] >= 1
+
+
+@sync
+async def test_unknown_destination_and_skips_are_recorded(heap_url: str) -> None:
+    orphan = NewJob("src", "gone", "m1", "k", b'{"type":"track"}', 0.0)
+    filtered = identify(2, "u", {"a": 1})
+    msg = orjson.loads(filtered.payload) | {"integrations": {"Heap": False}}
+    filtered = NewJob("src", "heap", "m2", "u", orjson.dumps(msg), 0.0)
+    queue, _ = await run([orphan, filtered], heap_url)
+    [dead] = await queue.dead_letters()
+    assert dead.reason == Reason.DESTINATION_REMOVED
+    assert (await queue.stats()).by_reason.get("filtered_integrations") == 1

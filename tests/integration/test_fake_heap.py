@@ -1,0 +1,169 @@
+"""The fake Heap over real HTTP: Heap's documented rules, limits, dedup and failure injection."""
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from heaprelay.heap.fake import FakeHeap, FakeHeapSettings
+from heaprelay.testing.servers import serve_in_thread
+
+
+@pytest.fixture
+def fake() -> FakeHeap:
+    return FakeHeap(FakeHeapSettings(rate_limits=False, seed=1))
+
+
+@pytest.fixture
+def http(fake: FakeHeap) -> Iterator[httpx.Client]:
+    with serve_in_thread(fake.app) as url, httpx.Client(base_url=url) as client:
+        yield client
+
+
+def ev(**kw: Any) -> dict[str, Any]:
+    return {"identity": "alice", "event": "Signed Up", **kw}
+
+
+def test_single_and_bulk_track_are_recorded(http: httpx.Client, fake: FakeHeap) -> None:
+    r = http.post("/api/track", json={"app_id": "11", **ev(properties={"plan": "pro", "n": 3})})
+    assert r.status_code == 200
+    r = http.post("/eu/api/track", json={"app_id": "11", "events": [ev(), ev(user_id=None)]})
+    assert r.status_code == 200
+    events = http.get("/_fake/events").json()
+    assert [(e["region"], e["event"]) for e in events] == [
+        ("us", "Signed Up"),
+        ("eu", "Signed Up"),
+        ("eu", "Signed Up"),
+    ]
+    assert events[0]["properties"] == {"plan": "pro", "n": 3}
+    assert http.get("/_fake/report").json()["accepted_events"] == 3
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ({"identity": "a", "event": "x"}, "app_id"),
+        ({"app_id": "1", "identity": "a"}, "event: required"),
+        ({"app_id": "1", "identity": "a", "event": "x" * 1025}, "longer than 1024"),
+        ({"app_id": "1", "event": "x"}, "exactly one"),
+        ({"app_id": "1", "event": "x", "identity": "a", "user_id": "1"}, "exactly one"),
+        ({"app_id": "1", "event": "x", "identity": "a" * 256}, "255"),
+        ({"app_id": "1", "event": "x", "user_id": "abc"}, "user_id"),
+        ({"app_id": "1", "event": "x", "user_id": str(2**53)}, "user_id"),
+        ({"app_id": "1", "event": "x", "identity": "a", "properties": {"b": True}}, "bool"),
+        ({"app_id": "1", "event": "x", "identity": "a", "properties": {"b": {"c": 1}}}, "dict"),
+        (
+            {"app_id": "1", "event": "x", "identity": "a", "properties": {"b": "v" * 1024}},
+            "fewer than 1024",
+        ),
+        ({"app_id": "1", "event": "x", "identity": "a", "timestamp": "yesterday"}, "ISO-8601"),
+        ({"app_id": "1", "events": []}, "non-empty array"),
+        ({"app_id": "1", "events": [ev()] * 1001}, "at most 1000"),
+        ({"app_id": "1", "events": [ev(), ev(identity=None)]}, "events[1].identity"),
+    ],
+)
+def test_track_rules_answer_400(http: httpx.Client, body: dict[str, Any], problem: str) -> None:
+    r = http.post("/api/track", json=body)
+    assert r.status_code == 400
+    assert r.text.startswith("Bad Request: ")
+    assert problem in r.text
+    assert http.get("/_fake/report").json()["accepted_events"] == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ({"app_id": "1", "properties": {"a": "b"}}, "identity"),
+        ({"app_id": "1", "identity": "a"}, "properties: required"),
+        ({"app_id": "1", "identity": "a", "properties": {"Id": "7"}}, "'id'"),
+        ({"app_id": "1", "identity": "a", "properties": {"x": [1]}}, "string or a number"),
+        ({"app_id": "1", "users": [{"identity": "a", "properties": {}}] * 1001}, "at most 1000"),
+    ],
+)
+def test_user_property_rules_answer_400(
+    http: httpx.Client, body: dict[str, Any], problem: str
+) -> None:
+    r = http.post("/api/add_user_properties", json=body)
+    assert r.status_code == 400
+    assert problem in r.text
+
+
+def test_user_properties_last_value_wins(http: httpx.Client) -> None:
+    http.post(
+        "/api/add_user_properties",
+        json={"app_id": "1", "identity": "a", "properties": {"plan": "free", "email": "a@x"}},
+    )
+    users = [{"identity": "a", "properties": {"plan": "pro"}}, {"identity": "b", "properties": {}}]
+    assert http.post("/api/add_user_properties", json={"app_id": "1", "users": users}).is_success
+    assert http.get("/_fake/users").json() == {"a": {"plan": "pro", "email": "a@x"}, "b": {}}
+
+
+def test_idempotency_key_deduplicates(http: httpx.Client) -> None:
+    body = {"app_id": "1", "events": [ev(idempotency_key="k1"), ev(idempotency_key="k2")]}
+    assert http.post("/api/track", json=body).is_success
+    assert http.post("/api/track", json=body).is_success
+    report = http.get("/_fake/report").json()
+    assert report["accepted_events"] == 2
+    assert report["duplicates"] == 2
+
+
+def test_integrations_endpoints(http: httpx.Client) -> None:
+    good = {
+        "app_id": "1",
+        "library": "server",
+        "events": [
+            {
+                "event": "x",
+                "user_identifier": {"anonymous_id": "anon"},
+                "idempotency_key": "12345678",
+                "custom_properties": {"a": "1"},
+            }
+        ],
+    }
+    assert http.post("/api/integrations/track", json=good).status_code == 200
+    bad = {"app_id": "1", "events": [{"event": "x", "user_identifier": {}}]}
+    assert http.post("/api/integrations/track", json=bad).status_code == 400
+    users = {
+        "app_id": "1",
+        "users": [{"user_identifier": {"identity": "a"}, "custom_properties": {"vip": True}}],
+    }
+    assert http.post("/api/integrations/add_user_properties", json=users).status_code == 200
+    assert http.get("/_fake/users").json() == {"a": {"vip": True}}
+
+
+def test_rate_limits_answer_429_with_retry_after(http: httpx.Client) -> None:
+    http.post("/_fake/settings", json={"rate_limits": True, "app_events_per_minute": 1500})
+    events = [ev(identity=f"u{i}") for i in range(1000)]
+    assert http.post("/api/track", json={"app_id": "1", "events": events}).status_code == 200
+    r = http.post("/api/track", json={"app_id": "1", "events": events})
+    assert r.status_code == 429
+    assert int(r.headers["retry-after"]) >= 1
+    # another app_id has its own budget
+    assert http.post("/api/track", json={"app_id": "2", "events": events}).status_code == 200
+    # per identity: 1000 per minute
+    hot = [ev(identity="hot")] * 600
+    assert http.post("/api/track", json={"app_id": "3", "events": hot}).status_code == 200
+    assert http.post("/api/track", json={"app_id": "3", "events": hot}).status_code == 429
+    assert http.get("/_fake/report").json()["rate_limited"] == 2
+
+
+def test_single_endpoint_limit_is_30_requests_per_30s_per_identity(http: httpx.Client) -> None:
+    http.post("/_fake/settings", json={"rate_limits": True})
+    body = {"app_id": "1", "identity": "a", "properties": {"n": 1}}
+    codes = [http.post("/api/add_user_properties", json=body).status_code for _ in range(31)]
+    assert codes == [200] * 30 + [429]
+    other = {**body, "identity": "b"}
+    assert http.post("/api/add_user_properties", json=other).status_code == 200
+
+
+def test_outage_and_error_injection(http: httpx.Client) -> None:
+    http.post("/_fake/settings", json={"outage_seconds": 60})
+    assert http.post("/api/track", json={"app_id": "1", **ev()}).status_code == 503
+    http.post("/_fake/settings", json={"outage_seconds": 0, "error_rate": 0.5})
+    codes = [http.post("/api/track", json={"app_id": "1", **ev()}).status_code for _ in range(40)]
+    assert 5 < codes.count(503) < 35
+    assert codes.count(200) + codes.count(503) == 40
+    r = http.post("/_fake/settings", json={"nonsense": 1})
+    assert r.status_code == 400
+    assert "accepted" in r.json()["error"]
