@@ -103,6 +103,9 @@ class DeliverySettings:
     time_scale: float = 1.0
     concurrency: int = 8
     request_timeout: float = 10.0
+    #: Retry backoff: ``retry_base * 2**n`` seconds (with jitter), at most ``retry_cap``.
+    retry_base: float = 1.0
+    retry_cap: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,12 +46,18 @@ def config_from_flags(
 
 
 @click.command()
-@click.option("--app-id", envvar="HEAPRELAY_APP_ID", required=True, help="Heap app id.")
+@click.option(
+    "--app-id",
+    envvar="HEAPRELAY_APP_ID",
+    default=None,
+    help="Heap app id (required, except with --sandbox).",
+)
 @click.option(
     "--write-key",
     envvar="HEAPRELAY_WRITE_KEY",
-    required=True,
-    help="The write key the SDKs send (HTTP Basic user or 'writeKey' in the body).",
+    default=None,
+    help="The write key the SDKs send (HTTP Basic user or 'writeKey' in the body); "
+    "required, except with --sandbox (default there: sandbox).",
 )
 @click.option("--host", envvar="HEAPRELAY_HOST", default=DEFAULT_HOST, show_default=True)
 @click.option("--port", envvar="HEAPRELAY_PORT", type=int, default=DEFAULT_PORT, show_default=True)
@@ -95,9 +101,15 @@ def config_from_flags(
     default="info",
     show_default=True,
 )
+@click.option(
+    "--sandbox",
+    is_flag=True,
+    help="Deliver to an embedded fake Heap at http://HOST:PORT/fake-heap instead of Heap "
+    "(see what arrives at /fake-heap/_fake/report, /_fake/events, /_fake/users).",
+)
 def command(
-    app_id: str,
-    write_key: str,
+    app_id: str | None,
+    write_key: str | None,
     host: str,
     port: int,
     data_dir: Path | None,
@@ -106,6 +118,7 @@ def command(
     base_url: str | None,
     queue_url: str | None,
     log_level: str,
+    sandbox: bool,
 ) -> None:
     """Accept Segment/RudderStack events and relay them to Heap.
 
@@ -113,6 +126,28 @@ def command(
     """
     from heaprelay import server
 
+    sandbox_routes = []
+    if sandbox:
+        if base_url:
+            raise click.UsageError("--sandbox delivers to the embedded fake Heap; drop --base-url")
+        from starlette.routing import Mount
+
+        from heaprelay.heap.fake import FakeHeap
+
+        app_id = app_id or "sandbox-app"
+        write_key = write_key or "sandbox"
+        loopback = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        base_url = f"http://{loopback}:{port}/fake-heap"
+        sandbox_routes.append(Mount("/fake-heap", app=FakeHeap().app))
+        click.echo(
+            f"sandbox: delivering to the embedded fake Heap; what it accepted: "
+            f"{base_url}/_fake/report (write key {write_key!r}, app id {app_id!r})",
+            err=True,
+        )
+    if app_id is None:
+        raise click.BadParameter("required (or use --sandbox)", param_hint="--app-id")
+    if write_key is None:
+        raise click.BadParameter("required (or use --sandbox)", param_hint="--write-key")
     config = config_from_flags(
         app_id=app_id,
         write_key=write_key,
@@ -135,4 +170,8 @@ def command(
     except ImportError:  # a registered profile whose module is not there: reported on use
         pass
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    if sandbox:
+        app = server.build_app(config, extra_routes=sandbox_routes)
+        server.run(config, app=app, log_level=log_level)
+        return
     server.run(config, log_level=log_level)

@@ -63,6 +63,9 @@ class FakeHeapSettings:
     #: Outage windows ``(start, end)`` in seconds after the fake started: answered 503.
     outages: tuple[tuple[float, float], ...] = ()
     seed: int | None = None
+    #: Injected rejection: items for these identities are refused with 400 (a stand-in for
+    #: any item-level refusal, e.g. to rehearse dead letters and ``dlq replay``).
+    reject_identities: tuple[str, ...] = ()
     #: Keep every accepted event and user in memory (turn off for long benchmarks).
     keep_items: bool = True
     max_request_log: int = 10_000
@@ -99,6 +102,14 @@ class _State:
     first_accept_at: float | None = None
     last_accept_at: float | None = None
     outage_until: float = 0.0
+
+
+def _identity(item: Mapping[str, Any]) -> str | None:
+    ident = item.get("user_identifier")
+    if isinstance(ident, Mapping):
+        return str(ident.get("identity") or ident.get("anonymous_id") or "")
+    value = item.get("identity", item.get("user_id"))
+    return None if value is None else str(value)
 
 
 _CHECKS: dict[str, Callable[[Mapping[str, Any]], str | None]] = {
@@ -143,7 +154,7 @@ class FakeHeap:
             return self._log(endpoint, 400, "Bad Request: body is not JSON", items)
         if not isinstance(body, dict):
             return self._log(endpoint, 400, "Bad Request: body is not a JSON object", items)
-        problem = _CHECKS[endpoint](body)
+        problem = _CHECKS[endpoint](body) or self._injected_rejection(body)
         if problem:
             return self._log(endpoint, 400, f"Bad Request: {problem}", items)
         array = "events" if endpoint.endswith("track") else "users"
@@ -165,6 +176,20 @@ class FakeHeap:
         if s.accept_then_fail_rate and self._rng.random() < s.accept_then_fail_rate:
             return self._log(endpoint, 503, "answer lost after accepting", items)
         return self._log(endpoint, 200, "", items)
+
+    def _injected_rejection(self, body: Mapping[str, Any]) -> str | None:
+        if not self.settings.reject_identities:
+            return None
+        for name in ("events", "users"):
+            items = body.get(name)
+            if isinstance(items, list):
+                for n, item in enumerate(items):
+                    if _identity(item) in self.settings.reject_identities:
+                        return f"{name}[{n}]: identity refused (injected)"
+                return None
+        if _identity(body) in self.settings.reject_identities:
+            return "identity refused (injected)"
+        return None
 
     def _log(
         self,
@@ -306,6 +331,8 @@ class FakeHeap:
     def update(self, changes: Mapping[str, Any]) -> None:
         """Change settings at run time; ``outage_seconds``: answer 503 for that long from now."""
         changes = dict(changes)
+        if isinstance(changes.get("reject_identities"), list):
+            changes["reject_identities"] = tuple(changes["reject_identities"])
         if "outage_seconds" in changes:
             seconds = float(changes.pop("outage_seconds"))
             self._state.outage_until = self.clock.monotonic() + seconds

@@ -151,7 +151,7 @@ class Router:
         self.clock = clock
         self.settings = settings or DeliverySettings()
         self.name = name
-        self.policy = policy or RetryPolicy()
+        self.policy = policy or RetryPolicy(self.settings.retry_base, self.settings.retry_cap)
         self.rng = rng or random.Random()
         self.lease_seconds = lease_seconds
         s = self.settings
