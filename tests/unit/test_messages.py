@@ -7,10 +7,13 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from heaprelay.spec.messages import (
     PreparedRequest,
     Rejection,
+    _iso,
     corrected_timestamp,
     order_key,
     parse_json,
@@ -264,3 +267,19 @@ def test_corrected_timestamp_rule():
     assert corrected_timestamp(100.0, 50.0, 40.0) == 90.0
     assert corrected_timestamp(100.0, None, 40.0) == 40.0
     assert corrected_timestamp(100.0, 50.0, None) == 100.0
+
+
+@given(st.floats(min_value=0, max_value=253_402_300_798, allow_nan=False))
+def test_iso_times_round_trip_to_the_millisecond(seconds: float):
+    text = _iso(seconds)
+    assert text.endswith("Z")
+    assert len(text) == 24
+    back = datetime.fromisoformat(text).timestamp()
+    assert abs(back - seconds) <= 0.0005 + 1e-6 * max(1.0, seconds / 1e9)
+
+
+def test_prepare_enriches_the_parsed_body_in_place():
+    body = {"batch": [{"type": "track", "userId": "u", "event": "E"}]}
+    first = _stored(_batch(body))
+    assert first["messageId"] == "generated-id"
+    assert body["batch"][0]["receivedAt"] == first["receivedAt"]  # enriched in place

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import queue as thread_queue
 import sqlite3
 import threading
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from heaprelay.queue.base import (
+    STATES,
     AppendResult,
     DeadLetter,
     DeadLetterRecord,
@@ -34,7 +36,6 @@ from heaprelay.queue.base import (
     Outcome,
     QueueStats,
     Release,
-    STATES,
     RetryAt,
     Skipped,
 )
@@ -80,7 +81,8 @@ def _connect(path: Path) -> sqlite3.Connection:
 class _Append:
     jobs: Sequence[NewJob]
     now: float
-    future: Future[AppendResult]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[AppendResult]
 
 
 @dataclass(slots=True)
@@ -121,9 +123,11 @@ class SQLiteQueue:
     async def append(self, jobs: Sequence[NewJob], *, now: float) -> AppendResult:
         if not jobs:
             return AppendResult(stored=0)
-        future: Future[AppendResult] = Future()
-        self._submit(_Append(jobs, now, future))
-        result = await asyncio.wrap_future(future)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[AppendResult] = loop.create_future()
+        self._submit(_Append(jobs, now, loop, future))
+        # Shielded: a cancelled request must not cancel what the writer resolves.
+        result = await asyncio.shield(future)
         self._notify()
         return result
 
@@ -305,21 +309,17 @@ class SQLiteQueue:
         conn = self._write
         stop = False
         while not stop:
-            first = self._inbox.get()
-            if first is None:
-                break
+            item: _Append | _Call | None = self._inbox.get()
             appends: list[_Append] = []
             calls: list[_Call] = []
-            item: _Append | _Call | None = first
             while True:
                 if item is None:
-                    stop = True
-                    break
-                if isinstance(item, _Append):
+                    stop = True  # once what is already queued is done
+                elif isinstance(item, _Append):
                     appends.append(item)
                 else:
                     calls.append(item)
-                if len(appends) >= MAX_GROUP:
+                if len(appends) >= MAX_GROUP and not stop:
                     break
                 try:
                     item = self._inbox.get_nowait()
@@ -348,55 +348,80 @@ class SQLiteQueue:
             call.future.set_result(result)
 
     def _commit_appends(self, conn: sqlite3.Connection, appends: list[_Append]) -> None:
-        results: list[tuple[_Append, AppendResult | Exception]] = []
+        """One transaction (one fsync) for all ``appends``. Should it fail, each append is
+        tried alone, so that one bad append cannot fail the others."""
+        outcomes: list[AppendResult | BaseException]
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for append in appends:
-                conn.execute("SAVEPOINT one")
-                try:
-                    outcome: AppendResult | Exception = _insert(conn, append.jobs, append.now)
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO one")
-                    outcome = exc
-                conn.execute("RELEASE one")
-                results.append((append, outcome))
+            try:
+                outcomes = [_insert(conn, a.jobs, a.now) for a in appends]
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except Exception:
+            outcomes = [self._append_alone(conn, a) for a in appends]
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Append, Any]]] = {}
+        for append, outcome in zip(appends, outcomes, strict=True):
+            by_loop.setdefault(append.loop, []).append((append, outcome))
+        for loop, results in by_loop.items():
+            # One wake-up per event loop and commit, not one per request.
+            with contextlib.suppress(RuntimeError):  # that loop is closed
+                loop.call_soon_threadsafe(_resolve, results)
+
+    @staticmethod
+    def _append_alone(conn: sqlite3.Connection, append: _Append) -> AppendResult | Exception:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = _insert(conn, append.jobs, append.now)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
             conn.execute("COMMIT")
         except Exception as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            for append in appends:
-                if append.future.set_running_or_notify_cancel():
-                    append.future.set_exception(exc)
-            return
-        for append, outcome in results:
-            if not append.future.set_running_or_notify_cancel():
-                continue
-            if isinstance(outcome, Exception):
-                append.future.set_exception(outcome)
-            else:
-                append.future.set_result(outcome)
+            return exc
+        return result
+
+
+def _resolve(results: list[tuple[_Append, AppendResult | BaseException]]) -> None:
+    for append, outcome in results:
+        if append.future.done():
+            continue
+        if isinstance(outcome, BaseException):
+            append.future.set_exception(outcome)
+        else:
+            append.future.set_result(outcome)
 
 
 def _insert(conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float) -> AppendResult:
-    remember = QUERIES["remember_message"]
+    # Set-based: one lookup of the already-seen ids per (source, destination), then
+    # executemany for the rest (a statement per job would cost more than the whole request).
+    seen_before: set[tuple[str, str, str]] = set()
+    groups: dict[tuple[str, str], list[str]] = {}
+    for job in jobs:
+        if job.dedupe_window > 0:
+            groups.setdefault((job.source, job.destination), []).append(job.message_id)
+    lookup = QUERIES["seen_unexpired"]
+    for (source, destination), ids in groups.items():
+        for start in range(0, len(ids), _LOOKUP_CHUNK):
+            chunk = ids[start : start + _LOOKUP_CHUNK]
+            query = lookup.replace(":ids", ",".join("?" * len(chunk)))
+            for (message_id,) in conn.execute(query, (source, destination, now, *chunk)):
+                seen_before.add((source, destination, message_id))
+    remembered: list[tuple[str, str, str, float]] = []
     rows: list[tuple[Any, ...]] = []
     duplicates = 0
     for job in jobs:
         state, reason, finished = "pending", None, None
         if job.dedupe_window > 0:
-            fresh = conn.execute(
-                remember,
-                {
-                    "source": job.source,
-                    "destination": job.destination,
-                    "message_id": job.message_id,
-                    "expires_at": now + job.dedupe_window,
-                    "now": now,
-                },
-            ).rowcount
-            if not fresh:
-                state, reason, finished = "skipped", Reason.DUPLICATE.value, now
+            triple = (job.source, job.destination, job.message_id)
+            if triple in seen_before:
+                state, reason, finished = "skipped", _DUPLICATE, now
                 duplicates += 1
+            else:
+                seen_before.add(triple)
+                remembered.append((*triple, now + job.dedupe_window))
         rows.append(
             (
                 job.source,
@@ -410,5 +435,26 @@ def _insert(conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float) -> App
                 finished,
             )
         )
-    conn.executemany(QUERIES["insert_job"], rows)
+    _insert_rows(conn, "remember_messages", remembered)
+    _insert_rows(conn, "insert_jobs", rows)
     return AppendResult(stored=len(jobs) - duplicates, duplicates=duplicates)
+
+
+def _insert_rows(conn: sqlite3.Connection, query: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    for start in range(0, len(rows), _ROWS_PER_INSERT):
+        chunk = rows[start : start + _ROWS_PER_INSERT]
+        sql = _multi_row_sql(query, len(chunk), len(chunk[0]))
+        conn.execute(sql, [value for row in chunk for value in row])
+
+
+@functools.lru_cache(maxsize=64)
+def _multi_row_sql(query: str, rows: int, width: int) -> str:
+    one = "(" + ",".join("?" * width) + ")"
+    return QUERIES[query].replace(":rows", ",".join([one] * rows))
+
+
+_DUPLICATE: Final = Reason.DUPLICATE.value
+#: Rows per multi-row INSERT (9 parameters each: far under SQLite's parameter limit).
+_ROWS_PER_INSERT: Final = 200
+#: Ids per lookup query (well under SQLite's limit on parameters).
+_LOOKUP_CHUNK: Final = 500

@@ -111,12 +111,14 @@ def prepare(
     ``body_bytes``: the size of the inflated body (messages are only measured one by one when
     the whole body could be over ``max_message_bytes``). ``partial``: store the valid items
     of a batch and list the refused ones instead of refusing the whole batch.
+
+    The messages of ``body`` (this request's own parsed JSON) are enriched in place.
     """
     received = _iso(received_at)
     if route_type is not None:
         if body_bytes > max_message_bytes:
             return _too_large(body_bytes, max_message_bytes, None)
-        one = _prepare_one(body, route_type, received, received_at, None, None, new_id)
+        one = _prepare_one(body, route_type, received, received_at, (None, None), None, new_id)
         if isinstance(one, Rejection):
             return one
         return PreparedRequest([one])
@@ -133,7 +135,8 @@ def prepare(
         if not isinstance(value, dict):
             return Rejection("invalid_field", f"batch-level '{key}' must be an object")
     sent_at = body.get("sentAt")
-    if sent_at is not None and _parse_time(sent_at) is None:
+    sent_at_seconds = _parse_time(sent_at) if sent_at is not None else None
+    if sent_at is not None and sent_at_seconds is None:
         return Rejection(
             "invalid_timestamp", f"batch-level 'sentAt' is not an ISO-8601 time: {sent_at!r}"
         )
@@ -148,7 +151,13 @@ def prepare(
             result = _too_large(size, max_message_bytes, index)
         else:
             result = _prepare_one(
-                item, None, received, received_at, sent_at, batch_defaults, new_id
+                item,
+                None,
+                received,
+                received_at,
+                (sent_at, sent_at_seconds),
+                batch_defaults,
+                new_id,
             )
         if isinstance(result, Rejection):
             located = Rejection(
@@ -197,49 +206,8 @@ def order_key(message: Mapping[str, Any]) -> str:
 
 def check_message(message: Mapping[str, Any], route_type: str | None) -> Rejection | None:
     """What is wrong with one message, or ``None``. Does not look at sizes."""
-    kind = message.get("type")
-    if route_type is not None:
-        if kind is not None and kind != route_type:
-            return Rejection(
-                "invalid_type",
-                f"'type' is {kind!r} but this route takes {route_type!r} messages",
-            )
-        kind = route_type
-    if kind is None:
-        return Rejection("missing_type", "'type' is missing; use one of " + _TYPE_LIST)
-    if kind not in TYPES:
-        return Rejection("invalid_type", f"unknown 'type' {kind!r}; use one of " + _TYPE_LIST)
-    if not (_id_text(message.get("userId")) or _id_text(message.get("anonymousId"))):
-        return Rejection("missing_identity", f"{kind} needs a non-empty 'userId' or 'anonymousId'")
-    if kind == "track":
-        event = message.get("event")
-        if not isinstance(event, str) or not event.strip():
-            return Rejection("missing_event", "track needs a non-empty string 'event'")
-    elif kind == "group":
-        if not _id_text(message.get("groupId")):
-            return Rejection("missing_group_id", "group needs a non-empty 'groupId'")
-    elif kind == "alias" and not _id_text(message.get("previousId")):
-        return Rejection("missing_previous_id", "alias needs a non-empty 'previousId'")
-    for key in _OBJECT_FIELDS:
-        value = message.get(key)
-        if value is not None and not isinstance(value, dict):
-            return Rejection("invalid_field", f"'{key}' must be an object, not {_kind(value)}")
-    message_id = message.get("messageId")
-    if message_id is not None:
-        if not isinstance(message_id, str | int) or isinstance(message_id, bool):
-            return Rejection("invalid_field", "'messageId' must be a string")
-        if len(str(message_id)) > MAX_MESSAGE_ID_CHARS:
-            return Rejection(
-                "invalid_field",
-                f"'messageId' must be fewer than {MAX_MESSAGE_ID_CHARS + 1} characters",
-            )
-    for key in _TIME_FIELDS:
-        value = message.get(key)
-        if value is not None and _parse_time(value) is None:
-            return Rejection(
-                "invalid_timestamp", f"'{key}' is not an ISO-8601 date-time: {value!r}"
-            )
-    return None
+    checked = _check(message, route_type)
+    return checked if isinstance(checked, Rejection) else None
 
 
 def corrected_timestamp(received_at: float, sent_at: float | None, original: float | None) -> float:
@@ -257,21 +225,78 @@ _TYPE_LIST = ", ".join(sorted(TYPES))
 _MAX_SECONDS = 253_402_300_799.0
 
 
+_Times = tuple[str, float | None, float | None, float | None]
+
+
+def _check(message: Mapping[str, Any], route_type: str | None) -> Rejection | _Times:
+    """A Rejection, or the type and the parsed timestamp, originalTimestamp and sentAt."""
+    get = message.get
+    kind = get("type")
+    if route_type is not None:
+        if kind is not None and kind != route_type:
+            return Rejection(
+                "invalid_type",
+                f"'type' is {kind!r} but this route takes {route_type!r} messages",
+            )
+        kind = route_type
+    elif kind is None:
+        return Rejection("missing_type", "'type' is missing; use one of " + _TYPE_LIST)
+    if kind not in TYPES:
+        return Rejection("invalid_type", f"unknown 'type' {kind!r}; use one of " + _TYPE_LIST)
+    if not (_id_text(get("userId")) or _id_text(get("anonymousId"))):
+        return Rejection("missing_identity", f"{kind} needs a non-empty 'userId' or 'anonymousId'")
+    if kind == "track":
+        event = get("event")
+        if not isinstance(event, str) or not event.strip():
+            return Rejection("missing_event", "track needs a non-empty string 'event'")
+    elif kind == "group":
+        if not _id_text(get("groupId")):
+            return Rejection("missing_group_id", "group needs a non-empty 'groupId'")
+    elif kind == "alias" and not _id_text(get("previousId")):
+        return Rejection("missing_previous_id", "alias needs a non-empty 'previousId'")
+    for key in _OBJECT_FIELDS:
+        value = get(key)
+        if value is not None and type(value) is not dict:
+            return Rejection("invalid_field", f"'{key}' must be an object, not {_kind(value)}")
+    message_id = get("messageId")
+    if message_id is not None and type(message_id) is not str:
+        if not isinstance(message_id, int) or isinstance(message_id, bool):
+            return Rejection("invalid_field", "'messageId' must be a string")
+        message_id = str(message_id)
+    if message_id is not None and len(message_id) > MAX_MESSAGE_ID_CHARS:
+        return Rejection(
+            "invalid_field",
+            f"'messageId' must be fewer than {MAX_MESSAGE_ID_CHARS + 1} characters",
+        )
+    times: list[float | None] = [None, None, None]
+    for i, key in enumerate(_TIME_FIELDS):
+        value = get(key)
+        if value is not None:
+            parsed = _parse_time(value)
+            if parsed is None:
+                return Rejection(
+                    "invalid_timestamp", f"'{key}' is not an ISO-8601 date-time: {value!r}"
+                )
+            times[i] = parsed
+    return kind, times[0], times[1], times[2]
+
+
 def _prepare_one(
     item: dict[str, Any],
     route_type: str | None,
     received: str,
     received_at: float,
-    batch_sent_at: Any,
+    batch_sent_at: tuple[Any, float | None],
     batch_defaults: Mapping[str, Any] | None,
     new_id: Callable[[], str],
 ) -> Prepared | Rejection:
-    problem = check_message(item, route_type)
-    if problem is not None:
-        return problem
-    message = dict(item)
-    if route_type is not None:
-        message["type"] = route_type
+    checked = _check(item, route_type)
+    if isinstance(checked, Rejection):
+        return checked
+    kind, timestamp, original, sent = checked
+    # ``item`` is this request's own parsed JSON: enriched in place.
+    message = item
+    message["type"] = kind
     message.pop("writeKey", None)
     if batch_defaults:
         for key, value in batch_defaults.items():
@@ -280,20 +305,14 @@ def _prepare_one(
     message_id = message.get("messageId")
     message_id = new_id() if message_id is None or message_id == "" else str(message_id)
     message["messageId"] = message_id
-    sent_raw = message.get("sentAt")
-    if sent_raw is None:
-        sent_raw = batch_sent_at
-    original_raw = message.get("originalTimestamp")
-    if original_raw is None:
-        original_raw = message.get("timestamp")
-    original = _parse_time(original_raw) if original_raw is not None else None
-    sent = _parse_time(sent_raw) if sent_raw is not None else None
+    if sent is None and batch_sent_at[0] is not None:
+        message["sentAt"], sent = batch_sent_at
+    if original is None and timestamp is not None:
+        message["originalTimestamp"] = message["timestamp"]
+        original = timestamp
     message["receivedAt"] = received
-    if sent_raw is not None:
-        message["sentAt"] = sent_raw
-    if original_raw is not None:
-        message["originalTimestamp"] = original_raw
-    message["timestamp"] = _iso(corrected_timestamp(received_at, sent, original))
+    corrected = corrected_timestamp(received_at, sent, original)
+    message["timestamp"] = received if corrected == received_at else _iso(corrected)
     return Prepared(message_id, order_key(message), orjson.dumps(message))
 
 
@@ -347,8 +366,22 @@ def _trim_fraction(text: str) -> str | None:
 
 def _iso(seconds: float) -> str:
     """RFC 3339 in UTC with milliseconds, as Segment writes its times."""
-    moment = datetime.fromtimestamp(min(max(seconds, 0.0), _MAX_SECONDS), UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    seconds = min(max(seconds, 0.0), _MAX_SECONDS)
+    whole = int(seconds)
+    millis = round((seconds - whole) * 1000)
+    if millis == 1000:
+        whole, millis = whole + 1, 0
+    prefix = _ISO_PREFIXES.get(whole)
+    if prefix is None:
+        if len(_ISO_PREFIXES) > 4096:
+            _ISO_PREFIXES.clear()
+        prefix = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _ISO_PREFIXES[whole] = prefix
+    return f"{prefix}.{millis:03d}Z"
+
+
+#: Seconds -> "YYYY-MM-DDTHH:MM:SS" (events of one batch share their seconds).
+_ISO_PREFIXES: dict[int, str] = {}
 
 
 def _text(value: Any) -> str:

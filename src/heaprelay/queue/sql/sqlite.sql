@@ -39,17 +39,23 @@ CREATE TABLE IF NOT EXISTS seen (
     PRIMARY KEY (source, destination, message_id)
 ) WITHOUT ROWID;
 
--- name: remember_message
--- Inserts (or renews an expired) entry; no row changed means a duplicate within the window.
-INSERT INTO seen (source, destination, message_id, expires_at)
-VALUES (:source, :destination, :message_id, :expires_at)
-ON CONFLICT (source, destination, message_id) DO UPDATE SET expires_at = excluded.expires_at
-WHERE seen.expires_at <= :now;
+-- name: seen_unexpired
+-- Which of these messageIds (":ids" is expanded to one "?" per id) are within their window.
+SELECT message_id FROM seen
+WHERE source = ? AND destination = ? AND expires_at > ? AND message_id IN (:ids);
 
--- name: insert_job
+-- name: remember_messages
+-- New messageIds, or ones whose window has passed (the lookup above found them not current).
+-- ":rows" is expanded to one "(?, ?, ?, ?)" per messageId (a multi-row insert is much
+-- cheaper than executemany).
+INSERT INTO seen (source, destination, message_id, expires_at) VALUES :rows
+ON CONFLICT (source, destination, message_id) DO UPDATE SET expires_at = excluded.expires_at;
+
+-- name: insert_jobs
+-- ":rows" is expanded to one "(?, ?, ?, ?, ?, ?, ?, ?, ?)" per job.
 INSERT INTO jobs (source, destination, message_id, order_key, payload, received_at, state,
                   reason, finished_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?);
+VALUES :rows;
 
 -- name: claimable
 -- Unfinished jobs, oldest first, of keys with no leased (unexpired) or waiting-retry job.
