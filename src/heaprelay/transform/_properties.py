@@ -1,0 +1,243 @@
+"""Property and value helpers shared by the ``heap``, ``segment`` and ``rudderstack`` profiles.
+
+Each peer cleans properties its own way; these functions reproduce each way exactly, plus
+heaprelay's own (``heap_flatten``), which keeps every value within Heap's documented limits.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+
+from heaprelay.transform._js import number_to_string, object_keys, stringify
+
+#: Heap: property names and values must have *fewer* than 1024 characters.
+MAX_PROPERTY_CHARS: Final = 1023
+#: Heap: event names at most 1024 characters.
+MAX_EVENT_CHARS: Final = 1024
+#: Heap: identities at most 255 characters.
+MAX_IDENTITY_CHARS: Final = 255
+_MAX_SAFE_INT: Final = 2**53
+
+# orjson writes some numbers differently from JavaScript (``1.0``, ``1e+16``, ``-0.0``, big
+# integers) and keeps integer-like keys in insertion order; when its output could contain one
+# of those, the slow exact path is taken. The patterns may also match inside strings: that
+# only costs speed, never exactness.
+_NOT_JS_SAFE = re.compile(rb'\d[eE]|\d\.0(?![0-9])|\d{16}|"\d+":')
+
+
+def js_json(value: Any) -> str:
+    """``JSON.stringify(value)`` (compact), fast for the common case."""
+    try:
+        out = orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError):  # lone surrogates, integers over 64 bits
+        return stringify(value)
+    if _NOT_JS_SAFE.search(out):
+        return stringify(value)
+    return out.decode()
+
+
+def js_truthy(value: Any) -> bool:
+    """JavaScript truthiness of a JSON value (objects and arrays are always truthy)."""
+    if value is None or value is False:
+        return False
+    if isinstance(value, str):
+        return value != ""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value == value and value != 0
+    return True
+
+
+def utf16_len(text: str) -> int:
+    """Length as JavaScript (and Heap's JSON tooling) counts it: UTF-16 code units."""
+    if text.isascii():
+        return len(text)
+    return len(text.encode("utf-16-le")) // 2
+
+
+def truncate(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-16 code units, never inside a surrogate pair.
+
+    Counting UTF-16 units is the stricter of the two readings of "characters" (a code point
+    outside the BMP counts twice), so the result fits either way."""
+    if len(text) * 2 <= limit or (len(text) <= limit and text.isascii()):
+        return text
+    if utf16_len(text) <= limit:
+        return text
+    if text.isascii():
+        return text[:limit]
+    units = 0
+    for i, ch in enumerate(text):
+        units += 2 if ord(ch) > 0xFFFF else 1
+        if units > limit:
+            return text[:i]
+    return text
+
+
+# --- timestamps ---------------------------------------------------------------------------
+
+_CANONICAL_TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+_FRACTION = re.compile(r"(\.\d{1,6})\d*")
+
+
+def iso_utc(value: Any) -> str | None:
+    """An ISO-8601 UTC time with milliseconds (``2026-01-02T03:04:05.678Z``) for a JSON
+    timestamp: an ISO-8601 string (any precision; ``Z``, an offset, or none = UTC) or a
+    number of milliseconds since the epoch. ``None`` when it is not one."""
+    if isinstance(value, str):
+        if _CANONICAL_TS.fullmatch(value):
+            try:
+                datetime.fromisoformat(value)  # rejects month 13, Feb 30, …
+            except ValueError:
+                return None
+            return value
+        text = _FRACTION.sub(r"\1", value.strip(), count=1)
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        try:
+            parsed = parsed.astimezone(UTC)
+        except (OverflowError, ValueError):
+            return None
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            return None
+        try:
+            parsed = datetime.fromtimestamp(value / 1000, UTC)
+        except (OverflowError, ValueError, OSError):
+            return None
+    else:
+        return None
+    return parsed.strftime("%Y-%m-%dT%H:%M:%S.") + f"{parsed.microsecond // 1000:03d}Z"
+
+
+# --- RudderStack: flattenJson -------------------------------------------------------------
+
+
+def rudder_flatten(data: Any) -> dict[str, Any]:
+    """RudderStack's ``flattenJson(data)`` with its defaults (separator ``.``, arrays
+    exploded as ``key[i]``, nulls kept, empty objects/arrays kept as leaves, a top-level
+    scalar as ``{"": value}``), walking keys in JavaScript order."""
+    result: dict[str, Any] = {}
+    _rudder_recurse(data, "", result)
+    return result
+
+
+def _rudder_recurse(cur: Any, prop: str, result: dict[str, Any]) -> None:
+    if isinstance(cur, Mapping):
+        empty = True
+        for key in object_keys(cur):
+            empty = False
+            _rudder_recurse(cur[key], f"{prop}.{key}" if prop else key, result)
+        if empty and prop:
+            result[prop] = {}
+    elif isinstance(cur, list):
+        for i, item in enumerate(cur):
+            _rudder_recurse(item, f"{prop}[{i}]", result)
+        if not cur:
+            result[prop] = []
+    else:
+        result[prop] = cur
+
+
+# --- Segment classic: clean() -------------------------------------------------------------
+
+
+def segment_clean(props: Mapping[str, Any], library: str) -> dict[str, Any]:
+    """Segment's classic Heap cleaning of traits/properties (already with ``_email`` / ``id``
+    applied by the caller): nulls dropped, scalars kept, then ``segment_library``, then nested
+    objects flattened with ``.`` (arrays inside them stringified), then top-level arrays
+    stringified (compact, as ``JSON.stringify``)."""
+    out: dict[str, Any] = {}
+    objects: list[tuple[str, Mapping[str, Any]]] = []
+    arrays: list[tuple[str, list[Any]]] = []
+    for key in object_keys(props):
+        value = props[key]
+        if value is None:
+            continue
+        if isinstance(value, Mapping):
+            objects.append((key, value))
+        elif isinstance(value, list):
+            arrays.append((key, value))
+        else:
+            out[key] = value
+    out["segment_library"] = library
+    for key, value in objects:
+        _segment_flatten(value, key, out)
+    for key, value in arrays:
+        out[key] = js_json(value)
+    return out
+
+
+def _segment_flatten(obj: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:
+    for key in object_keys(obj):
+        value = obj[key]
+        name = f"{prefix}.{key}"
+        if value is None:
+            continue
+        if isinstance(value, Mapping):
+            _segment_flatten(value, name, out)
+        elif isinstance(value, list):
+            out[name] = js_json(value)
+        else:
+            out[name] = value
+
+
+# --- heaprelay's own: heap_flatten --------------------------------------------------------
+
+
+def _clip_key(name: str) -> str:
+    return name if len(name) <= 511 else truncate(name, MAX_PROPERTY_CHARS)
+
+
+def heap_flatten(props: Mapping[str, Any], out: dict[str, Any], prefix: str = "") -> None:
+    """Flatten ``props`` into ``out`` so that Heap accepts every entry.
+
+    Nested objects → ``a.b.c`` keys; arrays → compact JSON strings (``JSON.stringify``);
+    ``null`` (and non-finite numbers) dropped; booleans → ``"true"`` / ``"false"`` (Heap takes
+    only strings and numbers); integers beyond ±2^53 → their decimal string (a JSON number
+    would lose digits); names and string values cut to fewer than 1024 characters."""
+    for key, value in props.items():
+        name = _clip_key(prefix + key if prefix else key)
+        kind = type(value)
+        if kind is str:
+            out[name] = value if len(value) <= 511 else truncate(value, MAX_PROPERTY_CHARS)
+        elif kind is int:
+            out[name] = (
+                value
+                if -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT
+                else truncate(str(value), MAX_PROPERTY_CHARS)
+            )
+        elif kind is float:
+            if math.isfinite(value):
+                out[name] = value
+        elif kind is bool:
+            out[name] = "true" if value else "false"
+        elif value is None:
+            continue
+        elif kind is dict or isinstance(value, Mapping):
+            heap_flatten(value, out, name + ".")
+        elif kind is list or isinstance(value, list | tuple):
+            text = js_json(value)
+            out[name] = text if len(text) <= 511 else truncate(text, MAX_PROPERTY_CHARS)
+        else:  # not a JSON value; keep its text rather than lose it
+            out[name] = truncate(str(value), MAX_PROPERTY_CHARS)
+
+
+def js_string(value: Any) -> str:
+    """``String(value)`` for a JSON scalar."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return number_to_string(value)
+    return stringify(value)

@@ -1,0 +1,99 @@
+"""Profile ``segment``: Segment's classic Heap destination in cloud mode, byte for byte.
+Reference: ``reference/segment.md`` and the seeds; every vector of
+``tests/data/conformance/segment.json`` passes.
+
+- identify → ``/api/add_user_properties`` ``{app_id, identity, properties}``;
+  track → ``/api/track`` ``{app_id, identity, event, timestamp, properties}``; nothing else;
+- ``identity`` = ``userId`` (required: "Heap drops all anonymous events anyway");
+- ``timestamp``: the event's time as an ISO string in UTC with milliseconds;
+- properties (track) / traits (identify): ``email`` renamed ``_email``; identify adds
+  ``id`` = the userId; nulls dropped; scalars kept; ``segment_library`` =
+  ``context.library.name`` (``""`` without one); nested objects flattened with ``.`` and
+  arrays JSON-stringified (compact) — see :func:`~heaprelay.transform._properties.segment_clean`.
+
+Not pinned by the vectors, so chosen here: ``type`` is compared case-insensitively (Segment's
+API normalises it); an event without a timestamp is sent without one (Heap uses "now"); an
+unparseable timestamp is not sent (``invalid_timestamp``: the peer's ``toISOString`` throws).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from heaprelay.heap.models import HeapRequest
+from heaprelay.spec.reasons import Reason
+from heaprelay.transform._base import DestinationSettings, Skip, TransformResult
+from heaprelay.transform._properties import iso_utc, js_truthy, segment_clean
+
+HEADERS: Final[Mapping[str, str]] = {"Content-Type": "application/json"}
+
+
+class SegmentProfile:
+    name = "segment"
+    options: Mapping[str, tuple[str, ...] | None] = {}
+
+    def check_settings(self, settings: DestinationSettings) -> None:
+        # Segment lets a destination be saved without an App ID; each event is then refused
+        # ("settings.appId is required"), which transform() reproduces as invalid_app_id.
+        return None
+
+    def transform(
+        self, message: Mapping[str, Any], settings: DestinationSettings
+    ) -> TransformResult:
+        kind = message.get("type")
+        if not isinstance(kind, str) or not kind:
+            return Skip(Reason.MISSING_TYPE, "the message has no type")
+        kind = kind.lower()
+        if kind not in ("identify", "track"):
+            return Skip(Reason.UNSUPPORTED_TYPE, f"Segment's Heap destination does not send {kind}")
+        if not settings.app_id:
+            return Skip(Reason.INVALID_APP_ID, "settings.appId is required")
+        user_id = message.get("userId")
+        if not js_truthy(user_id):
+            return Skip(Reason.MISSING_IDENTITY, "message.userId is required")
+        library = _library(message)
+        if kind == "identify":
+            traits = message.get("traits")
+            props = _renamed_email(traits if isinstance(traits, Mapping) else {})
+            props["id"] = user_id
+            body: dict[str, Any] = {
+                "app_id": settings.app_id,
+                "identity": user_id,
+                "properties": segment_clean(props, library),
+            }
+            return [
+                HeapRequest(settings.heap_base_url, "add_user_properties", body, "POST", HEADERS)
+            ]
+        event = message.get("event")
+        if not js_truthy(event):
+            return Skip(Reason.MISSING_EVENT, "message.event is required")
+        body = {"app_id": settings.app_id, "identity": user_id, "event": event}
+        raw_ts = message.get("timestamp")
+        if raw_ts is not None:
+            timestamp = iso_utc(raw_ts)
+            if timestamp is None:
+                return Skip(Reason.INVALID_TIMESTAMP, f"timestamp {raw_ts!r} is not a date")
+            body["timestamp"] = timestamp
+        props_in = message.get("properties")
+        props = _renamed_email(props_in if isinstance(props_in, Mapping) else {})
+        body["properties"] = segment_clean(props, library)
+        return [HeapRequest(settings.heap_base_url, "track", body, "POST", HEADERS)]
+
+
+def _library(message: Mapping[str, Any]) -> str:
+    context = message.get("context")
+    library = context.get("library") if isinstance(context, Mapping) else None
+    name = library.get("name") if isinstance(library, Mapping) else None
+    return name if isinstance(name, str) else ""
+
+
+def _renamed_email(props: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy with ``email`` moved to ``_email`` (appended, as the peer's alias does)."""
+    out = dict(props)
+    if "email" in out:
+        out["_email"] = out.pop("email")
+    return out
+
+
+PROFILE: Final = SegmentProfile()
