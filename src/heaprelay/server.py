@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Final
 
+import orjson
 import uvicorn
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -132,7 +134,9 @@ def build_app(
     if config.role in ("all", "api"):
         routes += ingest_routes(ingest)
     routes += extra_routes
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error}
+    )
     app.state.runtime = runtime
     return app
 
@@ -165,6 +169,20 @@ def run(config: Config, *, app: Starlette | None = None, log_level: str = "info"
     server.run()
     if not server.started:
         raise SystemExit(1)
+
+
+_ERROR_CODES: Final = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Unknown paths and methods answer JSON errors too."""
+    assert isinstance(exc, HTTPException)
+    code = _ERROR_CODES.get(exc.status_code, "http_error")
+    message = f"{request.method} {request.url.path}: {exc.detail}"
+    if exc.status_code == 404:
+        message += " (ingest routes are under /v1/, e.g. POST /v1/batch)"
+    body = orjson.dumps({"code": code, "message": message})
+    return Response(body, exc.status_code, headers=exc.headers, media_type="application/json")
 
 
 def _redact(url: str) -> str:

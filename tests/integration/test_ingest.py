@@ -424,3 +424,13 @@ def test_large_rudderstack_batch_under_4mb_is_accepted(fresh: Relay):
     answer = fresh.post("/v1/batch", body, key="lenient-key")
     assert answer.status_code == 200, answer.text
     assert len(fresh.rows()) == 120
+
+
+def test_unknown_paths_and_methods_answer_json(relay: Relay):
+    missing = relay.http.post("/v2/track", content=b"{}")
+    assert missing.status_code == 404
+    assert missing.json()["code"] == "not_found"
+    wrong = relay.http.get("/v1/batch")
+    assert wrong.status_code == 405
+    assert wrong.json()["code"] == "method_not_allowed"
+    assert "POST" in wrong.headers["allow"]

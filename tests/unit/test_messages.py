@@ -283,3 +283,59 @@ def test_prepare_enriches_the_parsed_body_in_place():
     first = _stored(_batch(body))
     assert first["messageId"] == "generated-id"
     assert body["batch"][0]["receivedAt"] == first["receivedAt"]  # enriched in place
+
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=30),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+_field_names = st.sampled_from(
+    [
+        "type",
+        "userId",
+        "anonymousId",
+        "event",
+        "messageId",
+        "timestamp",
+        "originalTimestamp",
+        "sentAt",
+        "context",
+        "integrations",
+        "properties",
+        "traits",
+        "groupId",
+        "previousId",
+        "writeKey",
+        "batch",
+    ]
+)
+_messages = st.dictionaries(_field_names, _json_values, max_size=8)
+
+
+@given(_messages, st.sampled_from([None, "track", "identify", "alias", "group"]))
+def test_any_json_gives_messages_or_a_rejection_never_an_exception(message, route):
+    body = {"batch": [message, dict(message)], "context": message.get("context")}
+    for candidate, route_type in ((message, route), (body, None)):
+        result = prepare(
+            orjson.loads(orjson.dumps(candidate)),
+            route_type=route_type,
+            received_at=NOW,
+            max_message_bytes=BIG,
+            body_bytes=100,
+        )
+        if isinstance(result, Rejection):
+            assert result.status in (400, 413)
+            assert result.code
+            assert result.message
+        else:
+            for prepared in result.messages:
+                stored = orjson.loads(prepared.payload)
+                assert stored["messageId"] == prepared.message_id
+                assert stored["type"] in ("identify", "track", "page", "screen", "group", "alias")

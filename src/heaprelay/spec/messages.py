@@ -241,7 +241,7 @@ def _check(message: Mapping[str, Any], route_type: str | None) -> Rejection | _T
         kind = route_type
     elif kind is None:
         return Rejection("missing_type", "'type' is missing; use one of " + _TYPE_LIST)
-    if kind not in TYPES:
+    if type(kind) is not str or kind not in TYPES:
         return Rejection("invalid_type", f"unknown 'type' {kind!r}; use one of " + _TYPE_LIST)
     if not (_id_text(get("userId")) or _id_text(get("anonymousId"))):
         return Rejection("missing_identity", f"{kind} needs a non-empty 'userId' or 'anonymousId'")
