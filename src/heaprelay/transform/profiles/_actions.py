@@ -71,6 +71,8 @@ def str_field(value: Any, field: str) -> str | None:
 
 def obj_field(value: Any, field: str) -> Mapping[str, Any] | None:
     """A ``type: 'object'`` field after cleaning and coercion; ``None`` when absent."""
+    if type(value) is dict:
+        return value
     if value is None or value == "":
         return None
     if isinstance(value, Mapping):
@@ -82,6 +84,10 @@ def obj_field(value: Any, field: str) -> Mapping[str, Any] | None:
 
 def is_defined(value: Any) -> bool:
     """``isDefined`` of ``heap/heapUtils.ts``."""
+    if type(value) is str:
+        return value != "" and value != "0"
+    if value is None:
+        return False
     if isinstance(value, Mapping):
         return len(value) > 0
     return not (value is None or value == "" or value == "0" or (value == 0 and value is not False))
@@ -98,10 +104,17 @@ def _items(obj: Any) -> Any:
     """``(key, value)`` pairs in JavaScript's ``for … in`` order (array indexes as strings)."""
     if isinstance(obj, list):
         return [(str(i), v) for i, v in enumerate(obj)]
-    for key in obj:
-        if key[:1] in _DIGITS:  # rare: only then can JavaScript's order differ from ours
-            return [(k, obj[k]) for k in object_keys(obj)]
-    return obj.items()
+    return [(k, obj[k]) for k in object_keys(obj)]
+
+
+def _pairs(obj: Any) -> Any:
+    """:func:`_items`, without building a list in the usual case (no integer-like key)."""
+    if type(obj) is dict:
+        for key in obj:
+            if key[:1] in _DIGITS:
+                return _items(obj)
+        return obj.items()
+    return _items(obj)
 
 
 def leaf_string(value: Any) -> str:
@@ -130,13 +143,28 @@ def flat_into(out: dict[str, Any], obj: Any, prefix: str = "") -> None:
     like the object spreads of ``flat.ts``); every leaf becomes a string. ``prefix``: the
     dotted path of ``obj`` (empty at the top)."""
     base = prefix + "." if prefix else ""
-    for key, value in _items(obj):
-        if type(value) is str:
+    for key, value in _pairs(obj):
+        kind = type(value)
+        if kind is str:
             out[base + key] = value
-        elif isinstance(value, dict | list):
+        elif kind is dict or kind is list or isinstance(value, dict | list):
             flat_into(out, value, base + key)
         else:
             out[base + key] = leaf_string(value)
+
+
+def flat_json_into(out: dict[str, Any], obj: Any, prefix: str = "") -> None:
+    """Heap Cloud's profile flattening in ``flatten`` mode: dotted keys like :func:`flat_into`,
+    leaves kept as JSON values (strings, numbers, booleans, null)."""
+    base = prefix + "." if prefix else ""
+    for key, value in _pairs(obj):
+        kind = type(value)
+        if kind is dict or kind is list or isinstance(value, dict | list):
+            flat_json_into(out, value, base + key)
+        elif kind is float:
+            out[base + key] = json_number(value)
+        else:
+            out[base + key] = value
 
 
 def flat_mode_into(
@@ -147,12 +175,13 @@ def flat_mode_into(
     ``as_json_types``: profile properties keep strings, numbers, booleans and null as JSON
     values; event properties turn every leaf into a string.
     """
+    if mode == "flatten":
+        (flat_json_into if as_json_types else flat_into)(out, obj, prefix)
+        return
     base = prefix + "." if prefix else ""
-    for key, value in _items(obj):
+    for key, value in _pairs(obj):
         if isinstance(value, dict | list):
-            if mode == "flatten":
-                flat_mode_into(out, value, mode, as_json_types, base + key)
-            elif mode == "stringify":
+            if mode == "stringify":
                 out[base + key] = stringify(value)
             # "drop": objects and arrays are left out
         elif as_json_types:
@@ -444,6 +473,13 @@ def _canonical(text: str) -> bool:
     if not (1 <= mo <= 12 and 1 <= d <= _MONTH_DAYS[mo] and h <= 23 and mi <= 59 and s <= 59):
         return False
     return not (mo == 2 and d == 29 and (y % 4 != 0 or (y % 100 == 0 and y % 400 != 0)))
+
+
+def checked_utc_iso(text: str) -> tuple[bool, str | None]:
+    """(passes the ``date-like`` check, ``dayjs.utc(text).toISOString()`` or None)."""
+    if _canonical(text):
+        return True, text
+    return is_date_like(text), utc_iso(text)
 
 
 def utc_iso(text: str) -> str | None:

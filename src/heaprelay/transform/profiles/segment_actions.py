@@ -23,12 +23,11 @@ from heaprelay.transform.profiles._actions import (
     REGION_CHOICES,
     SEGMENT_LIBRARY,
     InvalidField,
+    checked_utc_iso,
     flat_into,
-    is_date_like,
     is_defined,
     obj_field,
     str_field,
-    utc_iso,
 )
 
 _TRACK_TYPES: Final = frozenset(("track", "page", "screen"))
@@ -106,10 +105,14 @@ def _track_event(
     ctx = msg.get("context")
     traits = obj_field(ctx.get("traits"), "context.traits") if isinstance(ctx, dict) else None
     raw_ts = str_field(msg.get("timestamp"), "timestamp")
-    if raw_ts is not None and not is_date_like(raw_ts):
-        return Skip(
-            Reason.INVALID_TIMESTAMP, "Timestamp must be a valid date-like string but it was not."
-        )
+    iso = None
+    if raw_ts is not None:
+        date_like, iso = checked_utc_iso(raw_ts)
+        if not date_like:
+            return Skip(
+                Reason.INVALID_TIMESTAMP,
+                "Timestamp must be a valid date-like string but it was not.",
+            )
     if not anonymous_id and not identity:
         return Skip(Reason.MISSING_IDENTITY, "Either Anonymous id or Identity should be specified.")
     if is_defined(identity):
@@ -131,7 +134,6 @@ def _track_event(
         "user_identifier": user_identifier,
     }
     if raw_ts is not None:
-        iso = utc_iso(raw_ts)
         if iso is None:  # passes the unix-time check but not dayjs.utc: toISOString throws
             return Skip(Reason.INVALID_TIMESTAMP, f"timestamp {raw_ts!r} is not a valid date")
         track_event["timestamp"] = iso
