@@ -1,0 +1,461 @@
+"""The scale-out queue: PostgreSQL, shared by any number of API and worker processes.
+
+The semantics are those of :mod:`heaprelay.queue.base`; queries are in ``sql/postgres.sql``,
+the schema in ``migrations/postgres/`` (applied by :func:`migrate`, which :meth:`open` runs
+and ``heaprelay db migrate`` runs on its own). All tables live in one PostgreSQL schema
+(``heaprelay`` unless told otherwise), so a database can hold several relays (or tests).
+
+Claims and per-key order across processes. Row locks on jobs alone do not keep a key's order:
+two claimers running ``SELECT … FOR UPDATE SKIP LOCKED`` at once over the same key can split
+it (the first locks job 1, the second skips job 1 and locks job 2, and both are sent at once).
+So a claimer first owns whole keys: it locks their rows in ``order_keys`` with
+``FOR UPDATE SKIP LOCKED`` (another claimer skips them, never waits), and only then, in a new
+statement (READ COMMITTED: a fresh snapshot that sees every claim committed before it got the
+lock), leases the keys' claimable jobs. A key owned by nobody has, in that snapshot, either a
+live lease (then it is skipped) or none (then its whole unfinished run is ours). Expired leases
+are first locked row by row, so that a slow worker completing one at that moment finishes
+before we look (its outcome is then seen). Completions lock their rows in id order, as claims
+do, so the two cannot deadlock; a deadlock or serialization failure is retried anyway.
+
+Wake-ups: every append (and release, retry, replay) sends ``NOTIFY`` on the schema's channel
+in its transaction; ``wait_for_work`` listens on one dedicated connection per queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from importlib import resources
+from typing import Any, Final, TypeVar
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg_pool import AsyncConnectionPool
+
+from heaprelay.queue.base import (
+    AppendResult,
+    DeadLetter,
+    DeadLetterRecord,
+    Delivered,
+    Job,
+    NewJob,
+    Outcome,
+    QueueStats,
+    Release,
+    RetryAt,
+    Skipped,
+)
+from heaprelay.spec.reasons import Reason
+
+T = TypeVar("T")
+
+DEFAULT_SCHEMA: Final = "heaprelay"
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_RETRIES: Final = 8
+_DUPLICATE_DETAIL: Final = "same messageId from the same source within the dedupe window"
+
+
+def load_queries(text: str) -> dict[str, str]:
+    """``-- name: x`` sections of a .sql file → {name: sql}."""
+    queries: dict[str, str] = {}
+    name: str | None = None
+    lines: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("-- name:"):
+            if name is not None:
+                queries[name] = "\n".join(lines).strip()
+            name, lines = line.removeprefix("-- name:").strip(), []
+        elif name is not None:
+            lines.append(line)
+    if name is not None:
+        queries[name] = "\n".join(lines).strip()
+    return queries
+
+
+QUERIES: Final = load_queries(
+    resources.files("heaprelay.queue").joinpath("sql/postgres.sql").read_text("utf-8")
+)
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """``(version, name, sql)`` of every migration, in order."""
+    found = []
+    folder = resources.files("heaprelay.queue").joinpath("migrations/postgres")
+    for entry in folder.iterdir():
+        match = re.fullmatch(r"(\d{4})_(\w+)\.sql", entry.name)
+        if match:
+            found.append((int(match[1]), match[2], entry.read_text("utf-8")))
+    return sorted(found)
+
+
+def check_schema(schema: str) -> str:
+    if not _SCHEMA_NAME.fullmatch(schema):
+        raise ValueError(f"invalid PostgreSQL schema name {schema!r}: use [a-z_][a-z0-9_]*")
+    return schema
+
+
+async def migrate(url: str, *, schema: str = DEFAULT_SCHEMA) -> list[str]:
+    """Create the schema or bring it up to date; return the migrations applied now.
+
+    Safe to run from several processes at once (an advisory lock serialises them).
+    """
+    check_schema(schema)
+    applied: list[str] = []
+    async with (
+        await psycopg.AsyncConnection.connect(url, autocommit=True) as conn,
+        conn.transaction(),
+    ):
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+            [f"heaprelay-migrate:{schema}"],
+        )
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await conn.execute(f'SET LOCAL search_path TO "{schema}"')
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        cur = await conn.execute("SELECT version FROM schema_migrations")
+        done = {row[0] for row in await cur.fetchall()}
+        for version, name, sql in migrations():
+            if version in done:
+                continue
+            await conn.execute(sql.encode())
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                [version, name],
+            )
+            applied.append(f"{version:04d}_{name}")
+    return applied
+
+
+class PostgresQueue:
+    """The Queue of :mod:`heaprelay.queue.base` on PostgreSQL (psycopg 3, a connection pool)."""
+
+    def __init__(self, url: str, schema: str, pool: AsyncConnectionPool) -> None:
+        self.url = url
+        self.schema = schema
+        self.channel = f"heaprelay_work_{schema}"
+        self._pool = pool
+        self._waiters: set[asyncio.Event] = set()
+        self._listener: asyncio.Task[None] | None = None
+        self._listen_conn: psycopg.AsyncConnection[Any] | None = None
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls, url: str, *, schema: str = DEFAULT_SCHEMA, max_connections: int = 8
+    ) -> PostgresQueue:
+        """Connect, create or migrate the schema, and return the queue."""
+        await migrate(url, schema=schema)
+        pool: AsyncConnectionPool = AsyncConnectionPool(
+            url,
+            min_size=1,
+            max_size=max_connections,
+            kwargs={"autocommit": True, "options": f"-c search_path={schema}"},
+            open=False,
+            check=AsyncConnectionPool.check_connection,
+        )
+        await pool.open(wait=True, timeout=30)
+        return cls(url, schema, pool)
+
+    # --- writes ---------------------------------------------------------------------------
+
+    async def append(self, jobs: Sequence[NewJob], *, now: float) -> AppendResult:
+        if not jobs:
+            return AppendResult(stored=0)
+        # One row per messageId in the remember statement (a statement may not touch a row
+        # twice); later jobs of the batch with the same messageId are duplicates of the first.
+        first: dict[tuple[str, str, str], NewJob] = {}
+        for job in jobs:
+            if job.dedupe_window > 0:
+                first.setdefault((job.source, job.destination, job.message_id), job)
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> AppendResult:
+            states: list[str] = []
+            reasons: list[str | None] = []
+            details: list[str] = []
+            finished: list[float | None] = []
+            fresh: set[tuple[str, str, str]] = set()
+            if first:
+                cur = await conn.execute(
+                    QUERIES["remember_messages"],
+                    {
+                        "sources": [t[0] for t in first],
+                        "destinations": [t[1] for t in first],
+                        "message_ids": [t[2] for t in first],
+                        "expires": [now + j.dedupe_window for j in first.values()],
+                        "now": now,
+                    },
+                )
+                fresh = {(s, d, m) for s, d, m in await cur.fetchall()}
+            duplicates = 0
+            for job in jobs:
+                triple = (job.source, job.destination, job.message_id)
+                if job.dedupe_window <= 0 or triple in fresh:
+                    if job.dedupe_window > 0:
+                        fresh.discard(triple)
+                    states.append("pending")
+                    reasons.append(None)
+                    details.append("")
+                    finished.append(None)
+                else:
+                    duplicates += 1
+                    states.append("skipped")
+                    reasons.append(Reason.DUPLICATE.value)
+                    details.append(_DUPLICATE_DETAIL)
+                    finished.append(now)
+            await conn.execute(
+                QUERIES["insert_jobs"],
+                {
+                    "sources": [j.source for j in jobs],
+                    "destinations": [j.destination for j in jobs],
+                    "message_ids": [j.message_id for j in jobs],
+                    "keys": [j.order_key for j in jobs],
+                    "payloads": [j.payload for j in jobs],
+                    "received": [j.received_at for j in jobs],
+                    "states": states,
+                    "reasons": reasons,
+                    "details": details,
+                    "finished": finished,
+                },
+            )
+            stored = len(jobs) - duplicates
+            if stored:
+                await self._send_notify(conn)
+            return AppendResult(stored=stored, duplicates=duplicates)
+
+        result = await self._transaction(run)
+        if result.stored:
+            self._wake_local()
+        return result
+
+    async def claim(
+        self, worker: str, *, limit: int, lease_seconds: float, now: float
+    ) -> list[Job]:
+        if limit <= 0:
+            return []
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(QUERIES["claim_candidates"], {"now": now, "limit": limit})
+            candidates = await cur.fetchall()
+            if not candidates:
+                return []
+            # Sorted, so that two claimers creating the same new keys never deadlock.
+            keys = sorted({(d, k) for d, k, _head in candidates})
+            await conn.execute(
+                QUERIES["ensure_keys"],
+                {"destinations": [d for d, _ in keys], "keys": [k for _, k in keys]},
+            )
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> list[Job]:
+            cur = await conn.execute(
+                QUERIES["lock_keys"],
+                {"destinations": [d for d, _ in keys], "keys": [k for _, k in keys]},
+            )
+            owned = await cur.fetchall()
+            if not owned:
+                return []
+            params: dict[str, Any] = {
+                "destinations": [d for d, _ in owned],
+                "keys": [k for _, k in owned],
+            }
+            await conn.execute(QUERIES["lock_expired_leases"], params)
+            cur = await conn.execute(
+                QUERIES["lease"],
+                params
+                | {"now": now, "limit": limit, "worker": worker, "due_at": now + lease_seconds},
+            )
+            return [Job(*row) for row in await cur.fetchall()]
+
+        jobs = await self._transaction(run)
+        return sorted(jobs, key=lambda j: j.id)
+
+    async def complete(self, outcomes: Sequence[Outcome], *, now: float) -> None:
+        if not outcomes:
+            return
+        delivered = [o for o in outcomes if isinstance(o, Delivered)]
+        retries = [o for o in outcomes if isinstance(o, RetryAt)]
+        dead = [o for o in outcomes if isinstance(o, DeadLetter)]
+        skipped = [o for o in outcomes if isinstance(o, Skipped)]
+        released = [o for o in outcomes if isinstance(o, Release)]
+        wakes = bool(retries or released)
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> None:
+            await conn.execute(QUERIES["lock_outcome_rows"], {"ids": [o.id for o in outcomes]})
+            if delivered:
+                await conn.execute(
+                    QUERIES["delivered"],
+                    {
+                        "ids": [o.id for o in delivered],
+                        "answers": [o.answer for o in delivered],
+                        "now": now,
+                    },
+                )
+            if retries:
+                await conn.execute(
+                    QUERIES["retry_at"],
+                    {
+                        "ids": [o.id for o in retries],
+                        "ats": [o.at for o in retries],
+                        "reasons": [str(o.reason) for o in retries],
+                        "answers": [o.answer for o in retries],
+                        "now": now,
+                    },
+                )
+            if dead:
+                await conn.execute(
+                    QUERIES["dead"],
+                    {
+                        "ids": [o.id for o in dead],
+                        "reasons": [o.reason.value for o in dead],
+                        "details": [o.detail for o in dead],
+                        "answers": [o.answer for o in dead],
+                        "now": now,
+                    },
+                )
+            if skipped:
+                await conn.execute(
+                    QUERIES["skipped"],
+                    {
+                        "ids": [o.id for o in skipped],
+                        "reasons": [o.reason.value for o in skipped],
+                        "details": [o.detail for o in skipped],
+                        "now": now,
+                    },
+                )
+            if released:
+                await conn.execute(QUERIES["release"], {"ids": [o.id for o in released]})
+            if wakes:
+                await self._send_notify(conn)
+
+        await self._transaction(run)
+        if wakes:
+            self._wake_local()
+
+    async def replay(self, ids: Sequence[int] | None, *, now: float) -> int:
+        async def run(conn: psycopg.AsyncConnection[Any]) -> int:
+            cur = await conn.execute(
+                QUERIES["replay"], {"all": ids is None, "ids": list(ids or [])}
+            )
+            if cur.rowcount:
+                await self._send_notify(conn)
+            return cur.rowcount
+
+        count = await self._transaction(run)
+        if count:
+            self._wake_local()
+        return count
+
+    async def purge(self, ids: Sequence[int] | None) -> int:
+        async def run(conn: psycopg.AsyncConnection[Any]) -> int:
+            cur = await conn.execute(QUERIES["purge"], {"all": ids is None, "ids": list(ids or [])})
+            return cur.rowcount
+
+        return await self._transaction(run)
+
+    async def prune(self, *, delivered_before: float) -> int:
+        async def run(conn: psycopg.AsyncConnection[Any]) -> int:
+            cur = await conn.execute(QUERIES["prune_finished"], {"before": delivered_before})
+            # A remembered messageId that expired before the cut-off can no longer match.
+            await conn.execute(QUERIES["prune_seen"], {"before": delivered_before})
+            await conn.execute(QUERIES["prune_keys"])
+            return cur.rowcount
+
+        return await self._transaction(run)
+
+    # --- reads ----------------------------------------------------------------------------
+
+    async def wait_for_work(self, timeout: float) -> None:
+        await self._ensure_listener()
+        event = asyncio.Event()
+        self._waiters.add(event)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout)
+        finally:
+            self._waiters.discard(event)
+
+    async def stats(self) -> QueueStats:
+        async with self._pool.connection() as conn, conn.transaction():
+            by_state: dict[str, int] = {}
+            by_destination: dict[str, dict[str, int]] = {}
+            cur = await conn.execute(QUERIES["count_by_destination_state"])
+            for destination, state, count in await cur.fetchall():
+                by_state[state] = by_state.get(state, 0) + count
+                by_destination.setdefault(destination, {})[state] = count
+            cur = await conn.execute(QUERIES["count_by_reason"])
+            by_reason = {reason: count for reason, count in await cur.fetchall()}
+            cur = await conn.execute(QUERIES["oldest_unfinished"])
+            row = await cur.fetchone()
+            oldest = row[0] if row else None
+        return QueueStats(by_state, by_destination, by_reason, oldest)
+
+    async def dead_letters(
+        self, *, limit: int = 100, offset: int = 0, destination: str | None = None
+    ) -> list[DeadLetterRecord]:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                QUERIES["dead_letters"],
+                {"limit": limit, "offset": offset, "destination": destination},
+            )
+            return [DeadLetterRecord(*row) for row in await cur.fetchall()]
+
+    async def dead_letter(self, job_id: int) -> DeadLetterRecord | None:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(QUERIES["dead_letter"], {"id": job_id})
+            row = await cur.fetchone()
+            return DeadLetterRecord(*row) if row else None
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, psycopg.Error):
+                await self._listener
+        if self._listen_conn is not None:
+            await self._listen_conn.close()
+        await self._pool.close()
+
+    # --- internals ------------------------------------------------------------------------
+
+    async def _transaction(self, fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
+        """Run ``fn`` in a transaction; retried on deadlock or serialization failure."""
+        for attempt in range(_RETRIES):
+            try:
+                async with self._pool.connection() as conn, conn.transaction():
+                    return await fn(conn)
+            except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure):
+                if attempt == _RETRIES - 1:
+                    raise
+                await asyncio.sleep(0.005 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    async def _send_notify(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        await conn.execute(QUERIES["notify"], {"channel": self.channel})
+
+    def _wake_local(self) -> None:
+        for event in list(self._waiters):
+            event.set()
+
+    async def _ensure_listener(self) -> None:
+        if self._listener is not None and not self._listener.done():
+            return
+        if self._listen_conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await self._listen_conn.close()
+        conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+        await conn.execute(f'LISTEN "{self.channel}"')
+        self._listen_conn = conn
+        self._listener = asyncio.ensure_future(self._listen(conn))
+
+    async def _listen(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        # Ends when the connection breaks; the next wait_for_work reconnects (and until then
+        # waiters still return at their timeout, so work is never stranded).
+        with contextlib.suppress(psycopg.OperationalError):
+            async for _notify in conn.notifies():
+                self._wake_local()

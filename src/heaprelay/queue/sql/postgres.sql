@@ -1,0 +1,182 @@
+-- Named queries of the PostgreSQL queue (heaprelay.queue.postgres). Each query starts with a
+-- "-- name: <name>" line and runs until the next one. Parameters are %(named)s (psycopg).
+-- The schema itself lives in migrations/postgres/*.sql.
+
+-- name: remember_messages
+-- Remembers each (source, destination, message_id) not already remembered and unexpired;
+-- returns those it remembered. The others are duplicates. The conflict makes a concurrent
+-- append of the same messageId in another process wait for this one, then see it.
+INSERT INTO seen (source, destination, message_id, expires_at)
+SELECT * FROM unnest(%(sources)s::text[], %(destinations)s::text[], %(message_ids)s::text[],
+                     %(expires)s::float8[])
+ON CONFLICT (source, destination, message_id) DO UPDATE SET expires_at = excluded.expires_at
+WHERE seen.expires_at <= %(now)s
+RETURNING source, destination, message_id;
+
+-- name: insert_jobs
+INSERT INTO jobs (source, destination, message_id, order_key, payload, received_at, state,
+                  reason, detail, finished_at)
+SELECT s, d, m, k, p, r, st, rs, dt, f
+FROM unnest(%(sources)s::text[], %(destinations)s::text[], %(message_ids)s::text[],
+            %(keys)s::text[], %(payloads)s::bytea[], %(received)s::float8[],
+            %(states)s::text[], %(reasons)s::text[], %(details)s::text[],
+            %(finished)s::float8[]) WITH ORDINALITY AS t(s, d, m, k, p, r, st, rs, dt, f, n)
+ORDER BY n;
+
+-- name: claim_candidates
+-- The keys of the oldest claimable jobs: unfinished, of keys with no leased (unexpired) or
+-- waiting-retry job. Takes no locks; the keys are then locked and looked at again.
+SELECT j.destination, j.order_key, min(j.id) AS head
+FROM (
+    SELECT j.id, j.destination, j.order_key FROM jobs AS j
+    WHERE j.state IN ('pending', 'leased', 'retry')
+      AND NOT EXISTS (
+          SELECT 1 FROM jobs AS b
+          WHERE b.state IN ('leased', 'retry')
+            AND b.destination = j.destination
+            AND b.order_key = j.order_key
+            AND b.due_at > %(now)s
+      )
+    ORDER BY j.id
+    LIMIT %(limit)s
+) AS j
+GROUP BY j.destination, j.order_key
+ORDER BY head;
+
+-- name: ensure_keys
+INSERT INTO order_keys (destination, order_key)
+SELECT * FROM unnest(%(destinations)s::text[], %(keys)s::text[])
+ON CONFLICT DO NOTHING;
+
+-- name: lock_keys
+-- Own the keys no other claimer owns right now; the others are skipped, not waited for.
+SELECT o.destination, o.order_key FROM order_keys AS o
+JOIN unnest(%(destinations)s::text[], %(keys)s::text[]) AS k(destination, order_key)
+  USING (destination, order_key)
+FOR UPDATE OF o SKIP LOCKED;
+
+-- name: lock_expired_leases
+-- Rows of our keys whose lease expired may be being completed right now by the worker that
+-- held them: wait for that (row lock), so that the next statement sees its outcome.
+SELECT j.id FROM jobs AS j
+JOIN unnest(%(destinations)s::text[], %(keys)s::text[]) AS k(destination, order_key)
+  USING (destination, order_key)
+WHERE j.state = 'leased'
+ORDER BY j.id
+FOR UPDATE OF j;
+
+-- name: lease
+WITH k AS (
+    SELECT * FROM unnest(%(destinations)s::text[], %(keys)s::text[]) AS k(destination, order_key)
+), picked AS (
+    SELECT j.id FROM jobs AS j JOIN k USING (destination, order_key)
+    WHERE j.state IN ('pending', 'leased', 'retry')
+      AND NOT EXISTS (
+          SELECT 1 FROM jobs AS b
+          WHERE b.state IN ('leased', 'retry')
+            AND b.destination = j.destination
+            AND b.order_key = j.order_key
+            AND b.due_at > %(now)s
+      )
+    ORDER BY j.id
+    LIMIT %(limit)s
+)
+UPDATE jobs SET state = 'leased', worker = %(worker)s, due_at = %(due_at)s
+FROM picked WHERE jobs.id = picked.id
+RETURNING jobs.id, jobs.source, jobs.destination, jobs.message_id, jobs.order_key,
+          jobs.payload, jobs.received_at, jobs.attempts, jobs.first_attempt_at;
+
+-- name: delivered
+UPDATE jobs SET state = 'delivered', answer = o.answer, attempts = attempts + 1,
+       first_attempt_at = coalesce(first_attempt_at, %(now)s), finished_at = %(now)s,
+       due_at = NULL, worker = NULL
+FROM unnest(%(ids)s::bigint[], %(answers)s::text[]) AS o(id, answer)
+WHERE jobs.id = o.id AND jobs.state = 'leased';
+
+-- name: retry_at
+UPDATE jobs SET state = 'retry', due_at = o.at, reason = o.reason, answer = o.answer,
+       attempts = attempts + 1, first_attempt_at = coalesce(first_attempt_at, %(now)s),
+       worker = NULL
+FROM unnest(%(ids)s::bigint[], %(ats)s::float8[], %(reasons)s::text[], %(answers)s::text[])
+     AS o(id, at, reason, answer)
+WHERE jobs.id = o.id AND jobs.state = 'leased';
+
+-- name: dead
+UPDATE jobs SET state = 'dead', reason = o.reason, detail = o.detail, answer = o.answer,
+       attempts = attempts + 1, first_attempt_at = coalesce(first_attempt_at, %(now)s),
+       finished_at = %(now)s, due_at = NULL, worker = NULL
+FROM unnest(%(ids)s::bigint[], %(reasons)s::text[], %(details)s::text[], %(answers)s::text[])
+     AS o(id, reason, detail, answer)
+WHERE jobs.id = o.id AND jobs.state = 'leased';
+
+-- name: skipped
+UPDATE jobs SET state = 'skipped', reason = o.reason, detail = o.detail,
+       finished_at = %(now)s, due_at = NULL, worker = NULL
+FROM unnest(%(ids)s::bigint[], %(reasons)s::text[], %(details)s::text[])
+     AS o(id, reason, detail)
+WHERE jobs.id = o.id AND jobs.state = 'leased';
+
+-- name: release
+UPDATE jobs SET state = 'pending', due_at = NULL, worker = NULL
+WHERE id = ANY(%(ids)s::bigint[]) AND state = 'leased';
+
+-- name: lock_outcome_rows
+-- Completing locks rows in id order, as claims do, so the two never deadlock.
+SELECT id FROM jobs WHERE id = ANY(%(ids)s::bigint[]) AND state = 'leased' ORDER BY id
+FOR UPDATE;
+
+-- name: count_by_destination_state
+SELECT destination, state, count(*) FROM jobs GROUP BY destination, state;
+
+-- name: count_by_reason
+SELECT reason, count(*) FROM jobs
+WHERE state IN ('dead', 'skipped') AND reason IS NOT NULL
+GROUP BY reason;
+
+-- name: oldest_unfinished
+SELECT min(received_at) FROM jobs WHERE state IN ('pending', 'leased', 'retry');
+
+-- name: dead_letters
+SELECT id, source, destination, message_id, payload, reason, detail, answer, attempts,
+       received_at, finished_at
+FROM jobs
+WHERE state = 'dead' AND (%(destination)s::text IS NULL OR destination = %(destination)s::text)
+ORDER BY id
+LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: dead_letter
+SELECT id, source, destination, message_id, payload, reason, detail, answer, attempts,
+       received_at, finished_at
+FROM jobs WHERE state = 'dead' AND id = %(id)s;
+
+-- name: replay
+UPDATE jobs SET state = 'pending', attempts = 0, first_attempt_at = NULL, reason = NULL,
+       detail = '', answer = '', finished_at = NULL, due_at = NULL
+WHERE state = 'dead' AND (%(all)s OR id = ANY(%(ids)s::bigint[]));
+
+-- name: purge
+DELETE FROM jobs WHERE state = 'dead' AND (%(all)s OR id = ANY(%(ids)s::bigint[]));
+
+-- name: prune_finished
+DELETE FROM jobs WHERE state IN ('delivered', 'skipped') AND finished_at < %(before)s;
+
+-- name: prune_seen
+DELETE FROM seen WHERE expires_at < %(before)s;
+
+-- name: prune_keys
+-- Forget keys with no unfinished job, unless a claimer owns one right now (it would re-create
+-- it anyway: claims insert the keys they look at).
+DELETE FROM order_keys AS o
+USING (
+    SELECT destination, order_key FROM order_keys AS x
+    WHERE NOT EXISTS (
+        SELECT 1 FROM jobs AS j
+        WHERE j.state IN ('pending', 'leased', 'retry')
+          AND j.destination = x.destination AND j.order_key = x.order_key
+    )
+    FOR UPDATE SKIP LOCKED
+) AS gone
+WHERE o.destination = gone.destination AND o.order_key = gone.order_key;
+
+-- name: notify
+SELECT pg_notify(%(channel)s, '');
