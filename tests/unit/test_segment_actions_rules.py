@@ -285,3 +285,38 @@ def test_non_ascii_digit_keys_are_ordinary_keys() -> None:
     out: dict[str, Any] = {}
     flat_into(out, {"b": 1, "¹": 2, "٣": 3, "1": 4})  # only ASCII integer-like keys go first
     assert list(out) == ["1", "b", "¹", "٣"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--profile", CLOUD], "needs the region setting"),
+        (["--profile", ACTIONS, "--region", "eu"], "accepts exactly US or EU"),
+        (["--profile", CLOUD, "--region", "eu"], "accepts exactly US or EU"),
+    ],
+)
+def test_serve_refuses_what_segment_refuses_before_starting(
+    tmp_path: Any, args: list[str], message: str
+) -> None:
+    from click.testing import CliRunner
+
+    from heaprelay.cli.serve import command
+
+    base = ["--app-id", "1", "--write-key", "k", "--data-dir", str(tmp_path)]
+    result = CliRunner().invoke(command, base + args)
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_serve_passes_the_region_as_written() -> None:
+    from pathlib import Path
+
+    from heaprelay.cli.serve import config_from_flags
+
+    kw: dict[str, Any] = {"app_id": "1", "write_key": "k", "host": "127.0.0.1", "port": 1}
+    kw |= {"data_dir": Path("."), "base_url": None, "queue_url": None}
+    s = config_from_flags(profile=CLOUD, region="EU", **kw).sources[0].destinations[0].settings
+    assert (s.region, s.region_setting, s.heap_base_url) == ("eu", "EU", EU_BASE_URL)
+    validate_settings(s)
+    s = config_from_flags(profile="heap", region=None, **kw).sources[0].destinations[0].settings
+    assert (s.region, s.region_setting) == ("us", None)
