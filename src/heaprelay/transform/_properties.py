@@ -24,20 +24,27 @@ MAX_EVENT_CHARS: Final = 1024
 MAX_IDENTITY_CHARS: Final = 255
 _MAX_SAFE_INT: Final = 2**53
 
-# orjson writes some numbers differently from JavaScript (``1.0``, ``1e+16``, ``-0.0``, big
-# integers) and keeps integer-like keys in insertion order; when its output could contain one
-# of those, the slow exact path is taken. The patterns may also match inside strings: that
-# only costs speed, never exactness.
-_NOT_JS_SAFE = re.compile(rb'\d[eE]|\d\.0(?![0-9])|\d{16}|"\d+":')
+# orjson writes some numbers differently from JavaScript (``1.0``, ``-0.0``, ``1e+16``) and
+# keeps integer-like keys in insertion order; when its output could hold one of those, the
+# exact (slower) path is taken. The checks may also fire on text inside strings: that costs
+# speed, never exactness. Integers beyond 2^53 (JavaScript rounds them) make orjson raise
+# (OPT_STRICT_INTEGER). Digits are mapped to 0 (zero) / 1 (other) so that plain substring
+# searches find "a digit before a key's closing quote".
+_DIGIT_CLASSES = bytes.maketrans(b"123456789", b"111111111")
+_INTEGRAL_FLOAT = re.compile(rb"\.0(?![01])")
+_STRICT = orjson.OPT_STRICT_INTEGER
 
 
 def js_json(value: Any) -> str:
     """``JSON.stringify(value)`` (compact), fast for the common case."""
     try:
-        out = orjson.dumps(value)
-    except (TypeError, orjson.JSONEncodeError):  # lone surrogates, integers over 64 bits
+        out = orjson.dumps(value, option=_STRICT)
+    except (TypeError, orjson.JSONEncodeError):  # lone surrogates, integers beyond 2^53
         return stringify(value)
-    if _NOT_JS_SAFE.search(out):
+    if b"e+" in out or b"e-" in out:
+        return stringify(value)
+    digits = out.translate(_DIGIT_CLASSES)
+    if b'0":' in digits or b'1":' in digits or _INTEGRAL_FLOAT.search(digits):
         return stringify(value)
     return out.decode()
 
@@ -194,10 +201,6 @@ def _segment_flatten(obj: Mapping[str, Any], prefix: str, out: dict[str, Any]) -
 # --- heaprelay's own: heap_flatten --------------------------------------------------------
 
 
-def _clip_key(name: str) -> str:
-    return name if len(name) <= 511 else truncate(name, MAX_PROPERTY_CHARS)
-
-
 def heap_flatten(props: Mapping[str, Any], out: dict[str, Any], prefix: str = "") -> None:
     """Flatten ``props`` into ``out`` so that Heap accepts every entry.
 
@@ -205,8 +208,12 @@ def heap_flatten(props: Mapping[str, Any], out: dict[str, Any], prefix: str = ""
     ``null`` (and non-finite numbers) dropped; booleans → ``"true"`` / ``"false"`` (Heap takes
     only strings and numbers); integers beyond ±2^53 → their decimal string (a JSON number
     would lose digits); names and string values cut to fewer than 1024 characters."""
+    # The hot path of the default profile: exact type tests, and the length checks skipped
+    # for strings too short to reach the limit even in UTF-16 (511 * 2 < 1024).
     for key, value in props.items():
-        name = _clip_key(prefix + key if prefix else key)
+        name = prefix + key if prefix else key
+        if len(name) > 511:
+            name = truncate(name, MAX_PROPERTY_CHARS)
         kind = type(value)
         if kind is str:
             out[name] = value if len(value) <= 511 else truncate(value, MAX_PROPERTY_CHARS)
@@ -216,18 +223,20 @@ def heap_flatten(props: Mapping[str, Any], out: dict[str, Any], prefix: str = ""
                 if -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT
                 else truncate(str(value), MAX_PROPERTY_CHARS)
             )
+        elif kind is dict:
+            heap_flatten(value, out, name + ".")
         elif kind is float:
-            if math.isfinite(value):
+            if value - value == 0.0:  # finite
                 out[name] = value
         elif kind is bool:
             out[name] = "true" if value else "false"
         elif value is None:
             continue
-        elif kind is dict or isinstance(value, Mapping):
-            heap_flatten(value, out, name + ".")
         elif kind is list or isinstance(value, list | tuple):
             text = js_json(value)
             out[name] = text if len(text) <= 511 else truncate(text, MAX_PROPERTY_CHARS)
+        elif isinstance(value, Mapping):
+            heap_flatten(value, out, name + ".")
         else:  # not a JSON value; keep its text rather than lose it
             out[name] = truncate(str(value), MAX_PROPERTY_CHARS)
 

@@ -16,8 +16,9 @@ Rules:
   with option ``anonymous_identity=allow`` (default ``deny``: Segment's rule, as Heap's
   server-side API is meant for identified users). Usable: a string, or a number (sent as its
   JavaScript text), that is not junk: empty, blank, or (ignoring case and surrounding blanks)
-  ``null``, ``undefined``, ``none``, ``nan``, ``0``, ``[object Object]`` — such values come
-  from bugs and would merge unrelated users in Heap for good. None usable: ``missing_identity``.
+  ``null``, ``undefined``, ``none``, ``nan``, ``infinity``, ``0``, ``[object Object]`` —
+  such values come from bugs and would merge unrelated users in Heap for good. None usable:
+  ``missing_identity``.
   An identity longer than 255 characters is refused (``invalid_field``), not truncated: two
   users whose ids share their first 255 characters would become one user.
 - ``event``: a non-blank string (a number is taken as its text), cut to 1024 characters;
@@ -44,7 +45,7 @@ Rules:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
 from heaprelay.heap.models import HeapRequest
@@ -61,7 +62,9 @@ from heaprelay.transform._properties import (
 )
 
 HEADERS: Final[Mapping[str, str]] = {"Content-Type": "application/json"}
-JUNK_IDENTITIES: Final = frozenset({"", "null", "undefined", "none", "nan", "0", "[object object]"})
+JUNK_IDENTITIES: Final = frozenset(
+    {"", "null", "undefined", "none", "nan", "infinity", "-infinity", "0", "[object object]"}
+)
 _EVENT_NAMES: Final = {"page": "Page viewed", "screen": "Screen viewed"}
 _MAX_KEY_CHARS: Final = 255
 
@@ -82,11 +85,24 @@ def usable_identity(value: Any) -> str | None:
     return text
 
 
-def _traits_get(message: Mapping[str, Any], container: str, key: str) -> Any:
-    obj = message.get(container)
-    if container == "context":
-        obj = obj.get("traits") if isinstance(obj, Mapping) else None
-    return obj.get(key) if isinstance(obj, Mapping) else None
+_IDENTITY_PATHS: Final = (
+    ("userId",),
+    ("traits", "userId"),
+    ("traits", "id"),
+    ("context", "traits", "userId"),
+    ("context", "traits", "id"),
+)
+_ANONYMOUS_PATH: Final = ("anonymousId",)
+
+
+def _candidates(message: Mapping[str, Any], allow_anonymous: bool) -> Iterator[tuple[str, Any]]:
+    """(where, value) of every identity candidate, in order, looked up lazily."""
+    for path in (*_IDENTITY_PATHS, _ANONYMOUS_PATH) if allow_anonymous else _IDENTITY_PATHS:
+        obj: Any = message
+        for key in path:
+            obj = obj.get(key) if isinstance(obj, Mapping) else None
+        if obj is not None:
+            yield ".".join(path), obj
 
 
 class HeapProfile:
@@ -136,19 +152,16 @@ class HeapProfile:
 
 
 def _identity(message: Mapping[str, Any], settings: DestinationSettings) -> str | Skip:
-    candidates: tuple[tuple[str, Any], ...] = (
-        ("userId", message.get("userId")),
-        ("traits.userId", _traits_get(message, "traits", "userId")),
-        ("traits.id", _traits_get(message, "traits", "id")),
-        ("context.traits.userId", _traits_get(message, "context", "userId")),
-        ("context.traits.id", _traits_get(message, "context", "id")),
-    )
     allow_anonymous = settings.options.get("anonymous_identity") == "allow"
-    if allow_anonymous:
-        candidates += (("anonymousId", message.get("anonymousId")),)
+    user_id = message.get("userId")
+    if (
+        type(user_id) is str
+        and 0 < len(user_id) <= 16
+        and user_id.strip().casefold() not in JUNK_IDENTITIES
+    ):
+        return user_id  # the common case, short-circuited
+    candidates = _candidates(message, allow_anonymous)
     for where, value in candidates:
-        if value is None:
-            continue
         text = usable_identity(value)
         if text is None:
             continue
@@ -222,7 +235,7 @@ def _track(
         event = _EVENT_NAMES[kind]
     raw_props = message.get("properties")
     properties: dict[str, Any] = {}
-    if isinstance(raw_props, Mapping):
+    if type(raw_props) is dict or isinstance(raw_props, Mapping):
         heap_flatten(raw_props, properties)
     elif raw_props is not None:
         return Skip(Reason.INVALID_FIELD, "properties must be an object")
