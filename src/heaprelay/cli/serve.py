@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
@@ -11,6 +12,7 @@ from heaprelay.config import (
     DEFAULT_PORT,
     Config,
     Destination,
+    Role,
     Source,
     default_data_dir,
 )
@@ -95,6 +97,15 @@ def config_from_flags(
     help="Queue URL: sqlite:///PATH or postgresql://… [default: SQLite in the data dir].",
 )
 @click.option(
+    "--role",
+    envvar="HEAPRELAY_ROLE",
+    type=click.Choice(["all", "api", "worker"]),
+    default="all",
+    show_default=True,
+    help="all: accept and deliver events in this process; api: only accept them; worker: only "
+    "deliver them. Run several of each against one PostgreSQL queue (--queue postgresql://…).",
+)
+@click.option(
     "--log-level",
     envvar="HEAPRELAY_LOG_LEVEL",
     type=click.Choice(["debug", "info", "warning", "error"]),
@@ -117,6 +128,7 @@ def command(
     region: str | None,
     base_url: str | None,
     queue_url: str | None,
+    role: Role,
     log_level: str,
     sandbox: bool,
 ) -> None:
@@ -159,6 +171,7 @@ def command(
         base_url=base_url,
         queue_url=queue_url,
     )
+    config = dataclasses.replace(config, role=role)
     if not app_id.strip():
         raise click.BadParameter("must not be empty", param_hint="--app-id")
     if not write_key.strip():
