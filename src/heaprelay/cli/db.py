@@ -1,0 +1,74 @@
+"""``heaprelay db migrate``: create or update the queue's schema before starting relays."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import click
+
+from heaprelay.cli.dlq import queue_options
+
+
+@click.group()
+def command() -> None:
+    """The queue's database (PostgreSQL or SQLite)."""
+
+
+@command.command()
+@queue_options
+def migrate(queue_url: str | None, data_dir: Path | None, config_file: Path | None) -> None:
+    """Create the queue's tables or bring them up to date, then exit.
+
+    Relays also migrate on start; run this once before rolling out a new version to many
+    machines, so that none of them starts on a half-migrated database. Safe to run twice or
+    from several machines at once.
+    """
+    from heaprelay.config import default_data_dir
+    from heaprelay.queue import queue_url_for
+
+    if config_file is not None:
+        from heaprelay.cli.config import load_or_exit
+
+        config = load_or_exit(config_file)
+        url = queue_url_for(queue_url or config.queue_url, data_dir or config.data_dir)
+    else:
+        url = queue_url_for(queue_url, data_dir or default_data_dir())
+    shown = _redact(url)
+    if url.startswith(("postgresql:", "postgres:")):
+        import psycopg
+
+        from heaprelay.queue.postgres import DEFAULT_SCHEMA
+        from heaprelay.queue.postgres import migrate as pg_migrate
+
+        try:
+            applied = asyncio.run(pg_migrate(url, schema=DEFAULT_SCHEMA))
+        except psycopg.Error as exc:
+            raise click.ClickException(f"cannot migrate {shown}: {exc}") from None
+        if applied:
+            click.echo(f"{shown}: applied {', '.join(applied)}")
+        else:
+            click.echo(f"{shown}: up to date")
+        return
+    if url.startswith("sqlite:"):
+        from heaprelay.queue import open_queue
+
+        async def touch() -> None:
+            queue = await open_queue(url)
+            await queue.close()
+
+        try:
+            asyncio.run(touch())
+        except OSError as exc:
+            raise click.ClickException(f"cannot open {shown}: {exc}") from None
+        click.echo(f"{shown}: up to date (SQLite creates its tables on open)")
+        return
+    raise click.UsageError(f"unsupported queue URL {shown!r}; use sqlite:///PATH or postgresql://…")
+
+
+def _redact(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    return f"{scheme}{sep}{creds.partition(':')[0]}:***@{host}"
