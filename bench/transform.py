@@ -24,8 +24,14 @@ from pathlib import Path
 
 import orjson
 
-from heaprelay.transform import PROFILE_NAMES, DestinationSettings, SettingsError, Skip
-from heaprelay.transform import get_profile, validate_settings
+from heaprelay.transform import (
+    PROFILE_NAMES,
+    DestinationSettings,
+    SettingsError,
+    Skip,
+    get_profile,
+    validate_settings,
+)
 
 HERE = Path(__file__).resolve().parent
 

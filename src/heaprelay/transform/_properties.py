@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -129,6 +129,14 @@ def iso_utc(value: Any) -> str | None:
 # --- RudderStack: flattenJson -------------------------------------------------------------
 
 
+def js_items(obj: Mapping[str, Any]) -> Iterable[tuple[str, Any]]:
+    """``obj``'s items in JavaScript's key order (integer-like keys first)."""
+    for key in obj:
+        if "0" <= key[:1] <= "9":  # maybe an array index: take the exact path
+            return [(k, obj[k]) for k in object_keys(obj)]
+    return obj.items()
+
+
 def rudder_flatten(data: Any) -> dict[str, Any]:
     """RudderStack's ``flattenJson(data)`` with its defaults (separator ``.``, arrays
     exploded as ``key[i]``, nulls kept, empty objects/arrays kept as leaves, a top-level
@@ -139,20 +147,28 @@ def rudder_flatten(data: Any) -> dict[str, Any]:
 
 
 def _rudder_recurse(cur: Any, prop: str, result: dict[str, Any]) -> None:
-    if isinstance(cur, Mapping):
-        empty = True
-        for key in object_keys(cur):
-            empty = False
-            _rudder_recurse(cur[key], f"{prop}.{key}" if prop else key, result)
-        if empty and prop:
-            result[prop] = {}
-    elif isinstance(cur, list):
+    kind = type(cur)
+    if kind is dict or (kind is not list and isinstance(cur, Mapping)):
+        if not cur:
+            if prop:
+                result[prop] = {}
+            return
+        for key, value in js_items(cur):
+            name = prop + "." + key if prop else key
+            if type(value) in _CONTAINERS:
+                _rudder_recurse(value, name, result)
+            else:
+                result[name] = value
+    elif kind is list:
         for i, item in enumerate(cur):
             _rudder_recurse(item, f"{prop}[{i}]", result)
         if not cur:
             result[prop] = []
     else:
         result[prop] = cur
+
+
+_CONTAINERS: Final = (dict, list)
 
 
 # --- Segment classic: clean() -------------------------------------------------------------
@@ -166,8 +182,7 @@ def segment_clean(props: Mapping[str, Any], library: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     objects: list[tuple[str, Mapping[str, Any]]] = []
     arrays: list[tuple[str, list[Any]]] = []
-    for key in object_keys(props):
-        value = props[key]
+    for key, value in js_items(props):
         if value is None:
             continue
         if isinstance(value, Mapping):
@@ -185,8 +200,7 @@ def segment_clean(props: Mapping[str, Any], library: str) -> dict[str, Any]:
 
 
 def _segment_flatten(obj: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:
-    for key in object_keys(obj):
-        value = obj[key]
+    for key, value in js_items(obj):
         name = f"{prefix}.{key}"
         if value is None:
             continue
