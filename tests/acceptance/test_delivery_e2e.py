@@ -35,8 +35,9 @@ APP = "31337"
 PROFILE = "segment-actions"
 
 
-def settings_for(url: str) -> DestinationSettings:
-    return DestinationSettings(app_id=APP, profile=PROFILE, region_setting="US", base_url=url)
+def settings_for(url: str, profile: str = PROFILE) -> DestinationSettings:
+    region = "US" if profile.startswith("segment-") else None
+    return DestinationSettings(app_id=APP, profile=profile, region_setting=region, base_url=url)
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
@@ -54,11 +55,11 @@ def fake() -> Iterator[tuple[FakeHeap, str]]:
         yield heap, url
 
 
-def relay(tmp_path: Path, heap_url: str, batch_size: int = 1000) -> Any:
+def relay(tmp_path: Path, heap_url: str, batch_size: int = 1000, profile: str = PROFILE) -> Any:
     delivery = DeliverySettings(
         batch_size=batch_size, flush_interval=0.05, retry_base=0.1, retry_cap=1.0, concurrency=2
     )
-    source = Source("sdk", KEY, (Destination("heap", settings_for(heap_url)),))
+    source = Source("sdk", KEY, (Destination("heap", settings_for(heap_url, profile)),))
     config = Config(sources=(source,), data_dir=tmp_path, delivery=delivery)
     return serve_in_thread(build_app(config))
 
@@ -93,11 +94,12 @@ def received_item(event: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@pytest.mark.parametrize("profile", ["heap", "segment-actions"])
 def test_sdk_events_reach_heap_in_bulk_exactly_as_transformed(
-    tmp_path: Path, fake: tuple[FakeHeap, str]
+    tmp_path: Path, fake: tuple[FakeHeap, str], profile: str
 ) -> None:
     heap, heap_url = fake
-    with relay(tmp_path, heap_url) as url:
+    with relay(tmp_path, heap_url, profile=profile) as url:
         client = sdk(url)
         for i in range(40):
             client.identify(user_id=f"user-{i % 8}", traits={"plan": f"p{i}", "n": i})
@@ -113,7 +115,7 @@ def test_sdk_events_reach_heap_in_bulk_exactly_as_transformed(
     expected_events: list[dict[str, Any]] = []
     expected_users: dict[str, dict[str, Any]] = {}
     for message in stored_payloads(db):
-        result = transform(message, settings_for(heap_url))
+        result = transform(message, settings_for(heap_url, profile))
         assert not isinstance(result, Skip)
         for request in result:
             request = with_idempotency_key(request, message["messageId"])

@@ -45,10 +45,11 @@ def heap_url(fake: FakeHeap) -> Iterator[str]:
         yield url
 
 
-def destination(url: str, retry_window: float = 3600.0) -> Destination:
-    settings = DestinationSettings(
-        app_id=APP, profile="segment-actions", region_setting="US", base_url=url
-    )
+def destination(
+    url: str, retry_window: float = 3600.0, profile: str = "segment-actions"
+) -> Destination:
+    region = "US" if profile.startswith("segment-") else None
+    settings = DestinationSettings(app_id=APP, profile=profile, region_setting=region, base_url=url)
     return Destination(id="heap", settings=settings, retry_window=retry_window)
 
 
@@ -247,3 +248,23 @@ async def test_unknown_destination_and_skips_are_recorded(heap_url: str) -> None
     [dead] = await queue.dead_letters()
     assert dead.reason == Reason.DESTINATION_REMOVED
     assert (await queue.stats()).by_reason.get("filtered_integrations") == 1
+
+
+@sync
+async def test_rate_limits_on_compressed_time_no_429(heap_url: str, fake: FakeHeap) -> None:
+    """Heap's limits (scaled down and compressed, same factors on both sides): no 429."""
+    limits = {"app_events_per_minute": 3000, "identity_events_per_minute": 1000}
+    fake.update({"rate_limits": True, "time_scale": 60.0, **limits})
+    queue = MemoryQueue()
+    clock = SystemClock()
+    await queue.append([track(i, f"user{i % 40}") for i in range(6000)], now=clock.now())
+    settings = DeliverySettings(flush_interval=0.0, rate_limits=True, time_scale=60.0, **limits)
+    async with HeapClient() as client:
+        router = Router(
+            queue, {"heap": destination(heap_url, profile="heap")}, client, clock, settings
+        )
+        await drive(queue, router, finished(queue), timeout=60)
+    report = fake.report()
+    assert report["accepted_events"] == 6000
+    assert report["rate_limited"] == 0
+    assert report["by_endpoint"] == {"track": report["requests"]}

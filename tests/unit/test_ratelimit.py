@@ -63,3 +63,15 @@ def test_debt_wait_reports_app_debt() -> None:
     limiter.reserve("a", {"u": 30}, 0.0)
     assert abs(limiter.debt_wait(0.0) - 2.0) < 1e-9
     assert limiter.debt_wait(2.0) == 0.0
+
+
+def test_claim_wait_lets_workers_claim_two_requests_ahead() -> None:
+    limiter = RateLimiter(app_per_minute=60_000, app_burst=1000)  # 1000 per second
+    assert limiter.claim_wait(0.0) == 0.0  # no app seen yet
+    limiter.reserve("a", {f"u{i}": 1 for i in range(1000)}, 0.0)  # burst used
+    assert limiter.claim_wait(0.0) == 0.0
+    for _ in range(3):
+        limiter.reserve("a", {f"u{i}": 1 for i in range(1000)}, 0.0)
+    # 3 s of debt, 2 s of lookahead: claim again in 1 s
+    assert abs(limiter.claim_wait(0.0) - 1.0) < 1e-9
+    assert limiter.claim_wait(1.0) == 0.0

@@ -111,6 +111,19 @@ class RateLimiter:
         at = max((b.available_at(0.0, now) for b in self._apps.values()), default=now)
         return max(0.0, at - now)
 
+    def claim_wait(self, now: float, lookahead_requests: float = 2.0) -> float:
+        """Seconds to wait before claiming more work: until the app budget's debt is down to
+        ``lookahead_requests`` bulk requests' worth. Claiming that far ahead lets the next
+        request be claimed and prepared while the budget refills, so the budget is used
+        fully; not further, so that claimed jobs do not sit leased for long."""
+        if not self.enabled:
+            return 0.0
+        wait = 0.0
+        for bucket in self._apps.values():
+            lead = lookahead_requests * bucket.burst / bucket.rate
+            wait = max(wait, bucket.available_at(0.0, now) - now - lead)
+        return wait
+
     def prune(self, now: float) -> None:
         """Forget full identity buckets (they behave like new ones)."""
         for key, bucket in list(self._identities.items()):

@@ -194,7 +194,7 @@ class Router:
         limit = max(1, self.settings.batch_size)
         # Do not claim more while the rate budget is in debt: the claimed jobs would sit
         # leased while they wait.
-        wait = self.limiter.debt_wait(self.clock.monotonic())
+        wait = self.limiter.claim_wait(self.clock.monotonic())
         if wait > 0:
             await self.clock.sleep(wait)
         jobs = await self.queue.claim(
