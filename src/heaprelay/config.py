@@ -106,6 +106,9 @@ class DeliverySettings:
     #: Retry backoff: ``retry_base * 2**n`` seconds (with jitter), at most ``retry_cap``.
     retry_base: float = 1.0
     retry_cap: float = 300.0
+    #: How long a worker holds claimed jobs; a worker that dies (kill -9, lost machine) gives
+    #: them back after this long, to be taken over by another worker.
+    lease_seconds: float = 120.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -423,6 +423,7 @@ def _delivery(r: _Reader, value: Any) -> DeliverySettings:
         "time_scale": _positive_number,
         "concurrency": _positive_int,
         "request_timeout": _duration,
+        "lease_seconds": _duration,
     }
     r.keys(table, "delivery", tuple(checks))
     kw = {

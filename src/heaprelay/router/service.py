@@ -27,5 +27,6 @@ async def delivery_service(runtime: Runtime) -> None:
             runtime.clock,
             settings,
             name=f"worker-{id(runtime):x}",
+            lease_seconds=settings.lease_seconds,
         )
         await router.run(runtime.stopping)
