@@ -104,8 +104,8 @@ def make_body(kind: str, tag: str, n: int) -> bytes:
 
 
 async def drive(
-    port: int, path: str, kind: str, seconds: float, connections: int
-) -> dict[str, object]:
+    port: int, path: str, kind: str, seconds: float, connections: int, server_pid: int
+) -> dict[str, float]:
     tag = f"{kind}-{path.strip('/').replace('/', '_')}-{os.getpid()}-{time.time_ns()}"
     latencies: list[float] = []
     ok = errors = 0
@@ -145,12 +145,22 @@ async def drive(
                 errors += 1
         writer.close()
 
+    async def server_cpu() -> float:
+        """The server's CPU seconds during the measured window (after the warm-up)."""
+        await asyncio.sleep(warmup_end - time.perf_counter())
+        before = process_cpu(server_pid)
+        await asyncio.sleep(end - time.perf_counter())
+        return process_cpu(server_pid) - before
+
+    cpu_task = asyncio.create_task(server_cpu())
     await asyncio.gather(*(connection(c) for c in range(connections)))
+    cpu = await cpu_task
     latencies.sort()
     events_per_request = BATCH_SIZE if kind == "batch" else 1
     return {
         "requests": ok + errors,
         "errors": errors,
+        "server_cpu": cpu,
         "events_per_s": ok * events_per_request / seconds,
         "requests_per_s": (ok + errors) / seconds,
         "p50_ms": 1000 * statistics.median(latencies) if latencies else 0.0,
@@ -176,7 +186,7 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
 
 
 def run_driver(
-    port: int, path: str, kind: str, seconds: float, connections: int
+    port: int, path: str, kind: str, seconds: float, connections: int, server_pid: int
 ) -> dict[str, float]:
     out = subprocess.run(
         [
@@ -187,6 +197,8 @@ def run_driver(
             str(port),
             "--path",
             path,
+            "--server-pid",
+            str(server_pid),
             "--kind",
             kind,
             "--seconds",
@@ -212,6 +224,10 @@ SCENARIOS = [
 ]
 
 
+def cpu_per_request(result: dict[str, float]) -> float:
+    return result["server_cpu"] / max(result["requests"], 1)
+
+
 def process_cpu(pid: int) -> float:
     """CPU seconds (user + system, all threads) used so far by a process (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
@@ -222,7 +238,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=5.0, help="per scenario")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per scenario and round")
+    parser.add_argument("--rounds", type=int, default=2, help="best of")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--data-dir", type=Path, default=None)
@@ -230,12 +247,15 @@ def main() -> None:
     parser.add_argument("--drive", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--path", default="/v1/batch", help=argparse.SUPPRESS)
     parser.add_argument("--kind", default="batch", help=argparse.SUPPRESS)
+    parser.add_argument("--server-pid", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(args.port, args.data_dir)
         return
     if args.drive:
-        result = asyncio.run(drive(args.port, args.path, args.kind, args.seconds, args.connections))
+        result = asyncio.run(
+            drive(args.port, args.path, args.kind, args.seconds, args.connections, args.server_pid)
+        )
         print(json.dumps(result))
         return
 
@@ -250,11 +270,19 @@ def main() -> None:
         )
         try:
             wait_ready(url, server)
-            results = {}
-            for name, path, kind in SCENARIOS:
-                cpu_before = process_cpu(server.pid)
-                results[name] = run_driver(port, path, kind, args.seconds, args.connections)
-                results[name]["server_cpu"] = process_cpu(server.pid) - cpu_before
+            # Scenarios alternate, several rounds, best round kept: on a shared machine a
+            # neighbour's burst then hurts one round of one scenario, not the comparison.
+            results: dict[str, dict[str, float]] = {}
+            for _ in range(args.rounds):
+                for name, path, kind in SCENARIOS:
+                    result = run_driver(
+                        port, path, kind, args.seconds, args.connections, server.pid
+                    )
+                    if (
+                        name not in results
+                        or result["events_per_s"] > results[name]["events_per_s"]
+                    ):
+                        results[name] = result
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=60)
@@ -263,15 +291,15 @@ def main() -> None:
         conn.close()
 
     print(
-        f"\nheaprelay ingest, {args.connections} connections, {args.seconds:g} s a scenario, "
-        f"SQLite synchronous=FULL (WAL), {os.cpu_count()} CPUs\n"
+        f"\nheaprelay ingest, {args.connections} connections, best of {args.rounds} x "
+        f"{args.seconds:g} s a scenario, SQLite synchronous=FULL (WAL), {os.cpu_count()} CPUs\n"
     )
     print(
         f"{'scenario':<28}{'events/s':>12}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
         f"{'errors':>8}{'server CPU':>12}{'CPU us/req':>12}"
     )
     for name, r in results.items():
-        cpu_per_req = 1e6 * r["server_cpu"] / max(r["requests"], 1)
+        cpu_per_req = 1e6 * cpu_per_request(r)
         print(
             f"{name:<28}{r['events_per_s']:>12,.0f}{r['requests_per_s']:>10,.0f}"
             f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['errors']:>8.0f}"
@@ -285,7 +313,8 @@ def main() -> None:
         ("/v1/track", "/v1/track, no store"),
     ):
         ratio = results[durable]["requests_per_s"] / max(results[other]["requests_per_s"], 1e-9)
-        print(f"{durable} / {other}: {ratio:.0%} of its throughput")
+        cpu = cpu_per_request(results[durable]) / max(cpu_per_request(results[other]), 1e-9)
+        print(f"{durable} / {other}: {ratio:.0%} of its throughput, {cpu:.1f}x its CPU a request")
     batch_eps = results["/v1/batch (100 events)"]["events_per_s"]
     print(
         f"goal >= 25,000 events/s through /v1/batch: {'met' if batch_eps >= 25_000 else 'NOT met'}"
