@@ -285,3 +285,43 @@ def _ready(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_serve_sandbox_shows_the_whole_flow(tmp_path: Path) -> None:
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "heaprelay",
+        "serve",
+        "--sandbox",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(tmp_path),
+        "--log-level",
+        "warning",
+    ]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: _ready(port), timeout=20, what="sandbox start")
+        client = Client("sandbox", host=f"http://127.0.0.1:{port}", upload_interval=0.05)
+        client.identify(user_id="ada", traits={"plan": "pro"})
+        client.track(user_id="ada", event="Signed Up", properties={"source": "docs"})
+        client.flush()
+        fake = f"http://127.0.0.1:{port}/fake-heap/_fake"
+        import httpx
+
+        wait_until(
+            lambda: httpx.get(fake + "/report").json()["accepted_events"] == 1,
+            what="sandbox delivery",
+        )
+        assert httpx.get(fake + "/users").json() == {"ada": {"plan": "pro"}}
+        [event] = httpx.get(fake + "/events").json()
+        assert event["app_id"] == "sandbox-app"
+        assert event["event"] == "Signed Up"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert b"sandbox: delivering to the embedded fake Heap" in err

@@ -268,3 +268,28 @@ async def test_rate_limits_on_compressed_time_no_429(heap_url: str, fake: FakeHe
     assert report["accepted_events"] == 6000
     assert report["rate_limited"] == 0
     assert report["by_endpoint"] == {"track": report["requests"]}
+
+
+@sync
+async def test_429_answers_are_retried_after_retry_after(heap_url: str, fake: FakeHeap) -> None:
+    """With our own limiter off, Heap's 429s pause delivery; nothing is lost or dead."""
+    limits = {"app_events_per_minute": 3000, "identity_events_per_minute": 100_000}
+    fake.update({"rate_limits": True, "time_scale": 60.0, **limits})
+    queue = MemoryQueue()
+    clock = SystemClock()
+    await queue.append([track(i, f"user{i % 40}") for i in range(7000)], now=clock.now())
+    settings = DeliverySettings(flush_interval=0.0, rate_limits=False, concurrency=2)
+    async with HeapClient() as client:
+        router = Router(
+            queue,
+            {"heap": destination(heap_url, profile="heap")},
+            client,
+            clock,
+            settings,
+            policy=RetryPolicy(base=0.05, cap=0.2),
+        )
+        await drive(queue, router, finished(queue), timeout=60)
+    report = fake.report()
+    assert report["rate_limited"] >= 1
+    assert report["accepted_events"] == 7000
+    assert (await queue.stats()).by_state["dead"] == 0

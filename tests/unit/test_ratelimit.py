@@ -75,3 +75,11 @@ def test_claim_wait_lets_workers_claim_two_requests_ahead() -> None:
     # 3 s of debt, 2 s of lookahead: claim again in 1 s
     assert abs(limiter.claim_wait(0.0) - 1.0) < 1e-9
     assert limiter.claim_wait(1.0) == 0.0
+
+
+def test_pause_after_a_429_holds_every_sender_of_the_app() -> None:
+    limiter = RateLimiter(app_per_minute=60_000, app_burst=1000)  # 1000 per second
+    limiter.pause("a", 5.0, now=10.0)
+    assert abs(limiter.reserve("a", {"u": 1}, 10.0) - 5.001) < 1e-9
+    assert limiter.reserve("b", {"u": 1}, 10.0) == 0.0
+    RateLimiter(enabled=False).pause("a", 5.0, now=0.0)  # no-op when limits are off

@@ -136,7 +136,12 @@ def list_(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("id", "destination", "message_id", "reason", "Heap's answer", "tries", "dead at")
+    table = Table()
+    for name in ("id", "destination", "message_id", "reason"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("Heap's answer", overflow="fold")
+    table.add_column("tries", no_wrap=True)
+    table.add_column("dead at")
     for r in records:
         table.add_row(
             str(r.id),

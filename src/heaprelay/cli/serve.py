@@ -144,13 +144,14 @@ def command(
             raise click.UsageError("--sandbox delivers to the embedded fake Heap; drop --base-url")
         from starlette.routing import Mount
 
-        from heaprelay.heap.fake import FakeHeap
+        from heaprelay.heap.fake import FakeHeap, FakeHeapSettings
 
         app_id = app_id or "sandbox-app"
         write_key = write_key or "sandbox"
         loopback = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
         base_url = f"http://{loopback}:{port}/fake-heap"
-        sandbox_routes.append(Mount("/fake-heap", app=FakeHeap().app))
+        fake = FakeHeap(FakeHeapSettings(max_kept_events=10_000))
+        sandbox_routes.append(Mount("/fake-heap", app=fake.app))
         click.echo(
             f"sandbox: delivering to the embedded fake Heap; what it accepted: "
             f"{base_url}/_fake/report (write key {write_key!r}, app id {app_id!r})",

@@ -68,6 +68,8 @@ class FakeHeapSettings:
     reject_identities: tuple[str, ...] = ()
     #: Keep every accepted event and user in memory (turn off for long benchmarks).
     keep_items: bool = True
+    #: At most this many accepted events are kept (the oldest are forgotten first).
+    max_kept_events: int = 1_000_000
     max_request_log: int = 10_000
 
 
@@ -271,6 +273,8 @@ class FakeHeap:
                     record = dict(entry)
                     if isinstance(record.get("properties"), Mapping):
                         record["properties"] = rules.accepted_properties(record["properties"])
+                    if len(st.events) >= self.settings.max_kept_events:
+                        del st.events[: len(st.events) - self.settings.max_kept_events + 1]
                     st.events.append(
                         {
                             "app_id": app_id,

@@ -111,6 +111,14 @@ class RateLimiter:
         at = max((b.available_at(0.0, now) for b in self._apps.values()), default=now)
         return max(0.0, at - now)
 
+    def pause(self, app_id: str, seconds: float, now: float) -> None:
+        """Heap answered 429: book no more for ``app_id`` for ``seconds`` from ``now``."""
+        if not self.enabled:
+            return
+        bucket = self._bucket_app(app_id)
+        bucket.available_at(0.0, now)  # refill up to now first
+        bucket.tokens = min(bucket.tokens, -seconds * bucket.rate)
+
     def claim_wait(self, now: float, lookahead_requests: float = 2.0) -> float:
         """Seconds to wait before claiming more work: until the app budget's debt is down to
         ``lookahead_requests`` bulk requests' worth. Claiming that far ahead lets the next

@@ -48,7 +48,7 @@ from heaprelay.queue.base import (
 from heaprelay.router.batcher import MAX_BULK_ITEMS, Batch, batch
 from heaprelay.router.filters import check
 from heaprelay.router.ratelimit import RateLimiter
-from heaprelay.router.retry import RetryPolicy, classify, decide
+from heaprelay.router.retry import RetryPolicy, classify, decide, parse_retry_after
 from heaprelay.spec.reasons import Reason
 from heaprelay.transform import Skip, transform
 
@@ -256,7 +256,11 @@ class Router:
         skip = check(message, destination)
         if skip is not None:
             return Skipped(job.id, skip.reason, skip.detail)
-        result = transform(message, destination.settings)
+        try:
+            result = transform(message, destination.settings)
+        except Exception as exc:  # profiles must not raise; if one does, keep the event
+            log.exception("transform failed for job %d", job.id)
+            return DeadLetter(job.id, Reason.INVALID_FIELD, f"transform failed: {exc!r}")
         if isinstance(result, Skip):
             return Skipped(job.id, result.reason, result.detail)
         key = job.message_id or f"heaprelay:{job.destination}:{job.id}"
@@ -291,6 +295,11 @@ class Router:
                 await self.clock.sleep(wait)
         answer = await self.client.post(b.url, b.body(), headers=dict(b.headers))
         self.stats.requests[answer.status] += 1
+        if answer.status == 429:
+            # Heap says the budget is spent: pause every sender of this app_id, not just the
+            # jobs of this request (backpressure, not failure).
+            pause = parse_retry_after(answer.retry_after, now=self.clock.now()) or 1.0
+            self.limiter.pause(b.app_id, pause, self.clock.monotonic())
         kind = classify(answer)
         if kind == "reject" and len(b.items) > 1:
             first, second = b.split()
