@@ -46,6 +46,10 @@ class Server:
                     "1",
                     "--write-key",
                     KEY,
+                    # Only the API: this test is about what ingest acknowledges, and no
+                    # delivery may try to reach Heap.
+                    "--role",
+                    "api",
                     "--port",
                     str(self.port),
                     "--data-dir",

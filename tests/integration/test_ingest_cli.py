@@ -27,6 +27,7 @@ def test_serve_from_environment_variables(tmp_path: Path):
         "HEAPRELAY_PORT": str(port),
         "HEAPRELAY_DATA_DIR": str(tmp_path / "data"),
         "HEAPRELAY_LOG_LEVEL": "warning",
+        "HEAPRELAY_ROLE": "api",  # no delivery: nothing may try to reach Heap
     }
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
