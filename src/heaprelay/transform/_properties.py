@@ -123,7 +123,10 @@ def iso_utc(value: Any) -> str | None:
             return None
     else:
         return None
-    return parsed.strftime("%Y-%m-%dT%H:%M:%S.") + f"{parsed.microsecond // 1000:03d}Z"
+    return (
+        f"{parsed.year:04d}-{parsed.month:02d}-{parsed.day:02d}T{parsed.hour:02d}:"
+        f"{parsed.minute:02d}:{parsed.second:02d}.{parsed.microsecond // 1000:03d}Z"
+    )
 
 
 # --- RudderStack: flattenJson -------------------------------------------------------------
