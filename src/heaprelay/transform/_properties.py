@@ -134,9 +134,10 @@ def iso_utc(value: Any) -> str | None:
 
 def js_items(obj: Mapping[str, Any]) -> Iterable[tuple[str, Any]]:
     """``obj``'s items in JavaScript's key order (integer-like keys first)."""
-    for key in obj:
-        if "0" <= key[:1] <= "9":  # maybe an array index: take the exact path
-            return [(k, obj[k]) for k in object_keys(obj)]
+    if obj and min(obj) < ":":  # (in C) no key below ":" means none starts with a digit
+        for key in obj:
+            if "0" <= key[:1] <= "9":  # maybe an array index: take the exact path
+                return [(k, obj[k]) for k in object_keys(obj)]
     return obj.items()
 
 
