@@ -110,9 +110,11 @@ def _items(obj: Any) -> Any:
 def _pairs(obj: Any) -> Any:
     """:func:`_items`, without building a list in the usual case (no integer-like key)."""
     if type(obj) is dict:
-        for key in obj:
-            if key[:1] in _DIGITS:
-                return _items(obj)
+        # min() (in C) first: no key below ":" means no key starts with a digit.
+        if obj and min(obj) < ":":
+            for key in obj:
+                if key[:1] in _DIGITS:
+                    return _items(obj)
         return obj.items()
     return _items(obj)
 
@@ -142,15 +144,39 @@ def flat_into(out: dict[str, Any], obj: Any, prefix: str = "") -> None:
     """``flat(obj)`` merged into ``out`` (later keys win, keeping the first position, exactly
     like the object spreads of ``flat.ts``); every leaf becomes a string. ``prefix``: the
     dotted path of ``obj`` (empty at the top)."""
+    # The hot path of both profiles: the two loops repeat one body rather than pay for a
+    # (key, value) list per array or a call per level.
     base = prefix + "." if prefix else ""
+    if type(obj) is list:
+        i = -1
+        for value in obj:
+            i += 1
+            path = base + str(i)
+            kind = type(value)
+            if kind is str:
+                out[path] = value
+            elif kind is dict or kind is list:
+                flat_into(out, value, path)
+            elif kind is int and -_MAX_SAFE <= value <= _MAX_SAFE:
+                out[path] = str(value)
+            elif isinstance(value, dict | list):
+                flat_into(out, value, path)
+            else:
+                out[path] = leaf_string(value)
+        return
     for key, value in _pairs(obj):
+        path = base + key
         kind = type(value)
         if kind is str:
-            out[base + key] = value
-        elif kind is dict or kind is list or isinstance(value, dict | list):
-            flat_into(out, value, base + key)
+            out[path] = value
+        elif kind is dict or kind is list:
+            flat_into(out, value, path)
+        elif kind is int and -_MAX_SAFE <= value <= _MAX_SAFE:
+            out[path] = str(value)
+        elif isinstance(value, dict | list):
+            flat_into(out, value, path)
         else:
-            out[base + key] = leaf_string(value)
+            out[path] = leaf_string(value)
 
 
 def flat_json_into(out: dict[str, Any], obj: Any, prefix: str = "") -> None:
@@ -460,17 +486,21 @@ def dayjs_utc(text: str) -> int | None:
     return _v8_parse(text)
 
 
-_CANONICAL = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)\.\d{3}Z", re.ASCII)
+_CANONICAL = re.compile(
+    r"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d\.\d{3}Z",
+    re.ASCII,
+)
 _MONTH_DAYS = (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
 def _canonical(text: str) -> bool:
     """Already what ``toISOString`` writes (the usual Segment timestamp): a fast path."""
-    m = _CANONICAL.fullmatch(text)
-    if m is None:
+    if _CANONICAL.fullmatch(text) is None:
         return False
-    y, mo, d, h, mi, s = map(int, m.groups())
-    if not (1 <= mo <= 12 and 1 <= d <= _MONTH_DAYS[mo] and h <= 23 and mi <= 59 and s <= 59):
+    if text[8:10] < "29":
+        return True
+    y, mo, d = int(text[:4]), int(text[5:7]), int(text[8:10])
+    if d > _MONTH_DAYS[mo]:
         return False
     return not (mo == 2 and d == 29 and (y % 4 != 0 or (y % 100 == 0 and y % 400 != 0)))
 

@@ -143,7 +143,8 @@ def _track_event(
         base,
         "integrations/track",
         {"app_id": app_id, "events": [track_event], "library": "server"},
-        headers=ACTIONS_HEADERS,
+        "POST",
+        ACTIONS_HEADERS,
     )
     if not is_defined(identity) or not (is_defined(anonymous_id) or is_defined(traits)):
         return [track]
@@ -156,7 +157,8 @@ def _track_event(
         base,
         "add_user_properties",
         {"app_id": app_id, "identity": identity, "properties": props},
-        headers=ACTIONS_HEADERS,
+        "POST",
+        ACTIONS_HEADERS,
     )
     return [profile, track]
 
@@ -176,7 +178,7 @@ def _identify_user(msg: Mapping[str, Any], settings: DestinationSettings) -> Tra
         flat_into(props, traits)
     body = {"identity": user_id, "app_id": settings.app_id, "properties": props}
     return [
-        HeapRequest(settings.heap_base_url, "add_user_properties", body, headers=ACTIONS_HEADERS)
+        HeapRequest(settings.heap_base_url, "add_user_properties", body, "POST", ACTIONS_HEADERS)
     ]
 
 

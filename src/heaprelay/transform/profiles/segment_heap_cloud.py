@@ -139,7 +139,8 @@ def _send_event(
                 base,
                 "integrations/add_user_properties",
                 {"app_id": app_id, "library": "server", "users": users},
-                headers=ACTIONS_HEADERS,
+                "POST",
+                ACTIONS_HEADERS,
             )
         )
     if kind == "identify":
@@ -180,7 +181,8 @@ def _send_event(
             base,
             "integrations/track",
             {"app_id": app_id, "library": "server", "events": [track_event]},
-            headers=ACTIONS_HEADERS,
+            "POST",
+            ACTIONS_HEADERS,
         )
     )
     return out
