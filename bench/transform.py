@@ -118,7 +118,7 @@ def main() -> None:
                 counts[1] += 1
             else:
                 counts[0] += 1
-                counts[2] += len(result)  # type: ignore[arg-type]
+                counts[2] += len(result)
         t = best_of(args.repeat, run)
         print(
             f"{name:22} {n / t:>10,.0f} {t / n * 1e6:>9.2f} {t / base:>7.2f}  "
