@@ -1,0 +1,71 @@
+"""Profiles ``segment`` and ``rudderstack``: behaviour beyond the conformance vectors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from heaprelay.spec.reasons import Reason
+from heaprelay.transform import DestinationSettings, Skip, transform
+from heaprelay.transform._properties import rudder_flatten
+
+
+def run(profile: str, message: dict[str, Any]) -> Any:
+    return transform(message, DestinationSettings(app_id="7", profile=profile))
+
+
+def test_segment_timestamp_is_utc_with_milliseconds() -> None:
+    out = run(
+        "segment",
+        {"type": "track", "userId": "u", "event": "E", "timestamp": "2020-01-16T18:51:59+05:30"},
+    )
+    assert not isinstance(out, Skip)
+    assert out[0].body["timestamp"] == "2020-01-16T13:21:59.000Z"
+    bad = run("segment", {"type": "track", "userId": "u", "event": "E", "timestamp": "never"})
+    assert isinstance(bad, Skip)
+    assert bad.reason is Reason.INVALID_TIMESTAMP
+
+
+def test_segment_property_order_is_the_peers() -> None:
+    # scalars (with _email and id appended, as the facade does), segment_library, then
+    # flattened objects, then stringified top-level arrays
+    out = run(
+        "segment",
+        {
+            "type": "identify",
+            "userId": "123",
+            "traits": {"email": "e", "list": [1], "obj": {"a": {"b": None, "c": 1}}, "n": 2},
+            "context": {"library": {"name": "lib"}},
+        },
+    )
+    assert not isinstance(out, Skip)
+    assert list(out[0].body["properties"].items()) == [
+        ("n", 2),
+        ("_email", "e"),
+        ("id", "123"),
+        ("segment_library", "lib"),
+        ("obj.a.c", 1),
+        ("list", "[1]"),
+    ]
+
+
+def test_segment_refuses_what_the_peer_refuses() -> None:
+    assert run("segment", {"type": "track", "userId": "u"}).reason is Reason.MISSING_EVENT
+    assert run("segment", {"type": "page", "userId": "u"}).reason is Reason.UNSUPPORTED_TYPE
+    assert run("segment", {"userId": "u"}).reason is Reason.MISSING_TYPE
+
+
+def test_rudder_flatten_edge_cases() -> None:
+    assert rudder_flatten({}) == {}
+    assert rudder_flatten(None) == {"": None}
+    assert rudder_flatten("x") == {"": "x"}
+    assert rudder_flatten([]) == {"": []}
+    assert rudder_flatten([{"a": [[]]}]) == {"[0].a[0]": []}
+    # JavaScript key order: integer-like keys first, ascending
+    assert list(rudder_flatten({"b": 1, "10": 2, "2": {"x": 3}})) == ["2.x", "10", "b"]
+
+
+def test_rudderstack_identity_keeps_the_peers_types() -> None:
+    out = run("rudderstack", {"type": "identify", "userId": 12.5, "traits": {"a": True}})
+    assert not isinstance(out, Skip)
+    assert out[0].body == {"identity": 12.5, "properties": {"a": True}, "app_id": "7"}
+    assert list(out[0].body) == ["identity", "properties", "app_id"]
