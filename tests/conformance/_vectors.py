@@ -47,6 +47,28 @@ Case = dict[str, Any]
 
 #: peer_error texts that name one of heaprelay's reasons exactly (others are informative).
 _PEER_ERROR_REASONS = {"not subscribed": "not_subscribed"}
+#: (profile, beginning of the peer's error) -> the reason heaprelay gives for it.
+_PEER_ERROR_PREFIXES: dict[tuple[str, str], str] = {
+    ("rudderstack", "message Type is not present"): "missing_type",
+    ("rudderstack", "invalid message type for heap"): "missing_type",  # v0: no type
+    ("rudderstack", "message type "): "unsupported_type",
+    ("rudderstack", "event is required"): "missing_event",
+    ("rudderstack", "traits are required"): "missing_traits",
+    ("rudderstack", "userId is required"): "missing_identity",
+    ("segment", "message.userId is required"): "missing_identity",
+    ("segment", "settings.appId is required"): "invalid_app_id",
+}
+
+
+def expected_reason(case: Case) -> str | None:
+    """The reason heaprelay must give for a case the peer does not send, when pinned."""
+    error = case["expect"].get("peer_error", "")
+    if error in _PEER_ERROR_REASONS:
+        return _PEER_ERROR_REASONS[error]
+    for (profile, prefix), reason in _PEER_ERROR_PREFIXES.items():
+        if case["profile"] == profile and error.startswith(prefix):
+            return reason
+    return None
 
 
 def load_cases(file: str | Path) -> list[Case]:
@@ -145,7 +167,7 @@ def check_case(case: Case) -> None:
     if not expect["sent"]:
         assert isinstance(out, Skip), f"{name}: the peer does not send this, heaprelay did: {out}"
         assert out.reason, name
-        want_reason = _PEER_ERROR_REASONS.get(expect.get("peer_error", ""))
+        want_reason = expected_reason(case)
         if want_reason is not None:
             assert out.reason == want_reason, f"{name}: reason {out.reason}, want {want_reason}"
         return
@@ -232,6 +254,9 @@ def check_file_via_cli(cases: Sequence[Case]) -> int:
         )
         for i in want_skipped:
             assert skipped[i]["messageId"] == group[i]["input"].get("messageId"), skipped[i]
+            want_reason = expected_reason(group[i])
+            if want_reason is not None:
+                assert skipped[i]["reason"] == want_reason, (group[i]["name"], skipped[i])
         want_lines: list[tuple[str, dict[str, Any]]] = []
         for c in group:
             if c["expect"]["sent"]:

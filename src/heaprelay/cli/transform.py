@@ -188,7 +188,12 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
     cls=_Command,
     epilog="Example: heaprelay transform --profile segment --app-id 123 events.ndjson",
 )
-@click.option("--profile", default="heap", show_default=True, help="Transform profile.")
+@click.option(
+    "--profile",
+    default="heap",
+    show_default=True,
+    help="Transform profile: " + ", ".join(PROFILE_NAMES) + ".",
+)
 @click.option("--app-id", default="", help="The Heap app_id (environment id).")
 @click.option(
     "--region",
