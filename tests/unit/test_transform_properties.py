@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
@@ -177,3 +178,22 @@ def test_profiles_never_raise_and_are_deterministic(message: dict[str, Any], pro
         assert first
         for request in first:
             assert isinstance(request.body, dict)
+
+
+def nested(depth: int, kind: type) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = {"a": value} if kind is dict else [value]
+    return value
+
+
+@pytest.mark.parametrize("profile", ["heap", "rudderstack", "segment"])
+def test_deep_nesting_is_a_reason_not_an_exception(profile: str) -> None:
+    s = DestinationSettings(app_id="1", profile=profile)
+    message = {"type": "track", "userId": "u", "event": "E", "messageId": "m"}
+    ok = transform({**message, "properties": {"d": nested(100, dict), "l": nested(100, list)}}, s)
+    assert not isinstance(ok, Skip)
+    for deep in (nested(5000, dict), nested(5000, list)):
+        out = transform({**message, "properties": {"x": deep}}, s)
+        assert isinstance(out, Skip)
+        assert out.reason is Reason.INVALID_FIELD

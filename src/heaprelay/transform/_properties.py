@@ -23,6 +23,10 @@ MAX_EVENT_CHARS: Final = 1024
 #: Heap: identities at most 255 characters.
 MAX_IDENTITY_CHARS: Final = 255
 _MAX_SAFE_INT: Final = 2**53
+#: The detail of a Skip for values nested deeper than Python's stack allows walking them
+#: (about 900 levels of objects, 450 of arrays; JSON parsers stop at 1024): refused, as a
+#: value, rather than an exception escaping the pipeline.
+TOO_DEEP: Final = "properties or traits nested too deeply to be flattened"
 
 # orjson writes some numbers differently from JavaScript (``1.0``, ``-0.0``, ``1e+16``) and
 # keeps integer-like keys in insertion order; when its output could hold one of those, the
