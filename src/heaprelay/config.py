@@ -17,6 +17,7 @@ DEFAULT_PORT = 8787
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_RETRY_WINDOW = 4 * 3600.0
 DEFAULT_DEDUPE_WINDOW = 24 * 3600.0
+DEFAULT_RETENTION = 7 * 24 * 3600.0
 
 Role = Literal["all", "api", "worker"]
 
@@ -120,6 +121,9 @@ class Config:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     role: Role = "all"
+    #: How long delivered and skipped jobs are kept (for the debugger) before they are deleted;
+    #: dead letters stay until replayed or purged.
+    retention: float = DEFAULT_RETENTION
     sandbox: bool = False
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
 
