@@ -19,6 +19,7 @@ from heaprelay.queue.base import (
     RetryAt,
     Skipped,
     State,
+    WorkerRegistry,
 )
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "RetryAt",
     "Skipped",
     "State",
+    "WorkerRegistry",
     "open_queue",
     "queue_url_for",
 ]

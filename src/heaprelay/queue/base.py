@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from heaprelay.spec.reasons import Reason
 
@@ -180,3 +180,19 @@ class Queue(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class WorkerRegistry(Protocol):
+    """Optional, for queues shared by several worker processes (PostgreSQL, and the memory
+    model): which workers are alive, so that a budget shared by all of them (Heap's rate
+    limits per app_id) can be divided among them. A queue without it has one worker process."""
+
+    async def heartbeat(self, worker: str, *, now: float, ttl: float) -> int:
+        """Record that ``worker`` is alive at ``now``; return how many workers (this one
+        included) were seen within the last ``ttl`` seconds."""
+        ...
+
+    async def leave(self, worker: str) -> None:
+        """Forget ``worker`` (a clean stop), so the others take its share at once."""
+        ...

@@ -105,6 +105,8 @@ class MemoryQueue:
         #: (source, message_id, destination) -> until when it is remembered
         self._seen: dict[tuple[str, str, str], float] = {}
         self._rows: dict[int, _Row] = {}
+        #: worker -> last heartbeat (WorkerRegistry)
+        self._workers: dict[str, float] = {}
         self._next_id = 1
         self._wake = asyncio.Event()
 
@@ -290,6 +292,13 @@ class MemoryQueue:
             del self._rows[job_id]
         self._seen = {t: until for t, until in self._seen.items() if until >= delivered_before}
         return len(doomed)
+
+    async def heartbeat(self, worker: str, *, now: float, ttl: float) -> int:
+        self._workers[worker] = max(now, self._workers.get(worker, now))
+        return sum(1 for seen in self._workers.values() if seen >= now - ttl)
+
+    async def leave(self, worker: str) -> None:
+        self._workers.pop(worker, None)
 
     async def close(self) -> None:
         return None

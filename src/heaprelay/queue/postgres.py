@@ -366,6 +366,23 @@ class PostgresQueue:
 
         return await self._transaction(run)
 
+    # --- WorkerRegistry -------------------------------------------------------------------
+
+    async def heartbeat(self, worker: str, *, now: float, ttl: float) -> int:
+        async def run(conn: psycopg.AsyncConnection[Any]) -> int:
+            await conn.execute(QUERIES["heartbeat"], {"name": worker, "now": now})
+            # Long-dead workers are forgotten; ten TTLs keeps the table small.
+            await conn.execute(QUERIES["forget_workers"], {"before": now - 10 * ttl})
+            cur = await conn.execute(QUERIES["count_workers"], {"since": now - ttl})
+            row = await cur.fetchone()
+            return int(row[0]) if row else 1
+
+        return await self._transaction(run)
+
+    async def leave(self, worker: str) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(QUERIES["leave"], {"name": worker})
+
     # --- reads ----------------------------------------------------------------------------
 
     async def wait_for_work(self, timeout: float) -> None:

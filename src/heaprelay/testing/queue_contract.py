@@ -48,6 +48,7 @@ from heaprelay.queue.base import (
     Release,
     RetryAt,
     Skipped,
+    WorkerRegistry,
 )
 from heaprelay.queue.memory import MemoryQueue
 from heaprelay.spec.reasons import Reason
@@ -507,6 +508,28 @@ class QueueContract:
                 expected = [n for n in range(1, 241) if n % len(keys) == i]
                 assert delivered[key] == expected, key
             assert normalised(await q.stats())["by_state"] == {"delivered": 240}
+
+        run(queue_factory, body)
+
+    # --- optional: the worker registry --------------------------------------------------------
+
+    def test_worker_registry_counts_live_workers(self, queue_factory: QueueFactory) -> None:
+        async def body(q: Queue) -> None:
+            if not isinstance(q, WorkerRegistry):
+                pytest.skip("this backend has no worker registry (one worker process)")
+            assert await q.heartbeat("a", now=T0, ttl=10) == 1
+            other = await queue_factory(fresh=False)
+            try:
+                assert isinstance(other, WorkerRegistry)
+                assert await other.heartbeat("b", now=T0 + 1, ttl=10) == 2
+                assert await q.heartbeat("a", now=T0 + 5, ttl=10) == 2
+                # b fell silent (died): after the TTL only a counts.
+                assert await q.heartbeat("a", now=T0 + 11.5, ttl=10) == 1
+                assert await other.heartbeat("b", now=T0 + 12, ttl=10) == 2
+                await other.leave("b")
+                assert await q.heartbeat("a", now=T0 + 13, ttl=10) == 1
+            finally:
+                await other.close()
 
         run(queue_factory, body)
 

@@ -180,3 +180,16 @@ WHERE o.destination = gone.destination AND o.order_key = gone.order_key;
 
 -- name: notify
 SELECT pg_notify(%(channel)s, '');
+
+-- name: heartbeat
+INSERT INTO workers (name, seen_at) VALUES (%(name)s, %(now)s)
+ON CONFLICT (name) DO UPDATE SET seen_at = greatest(workers.seen_at, excluded.seen_at);
+
+-- name: forget_workers
+DELETE FROM workers WHERE seen_at < %(before)s;
+
+-- name: count_workers
+SELECT count(*) FROM workers WHERE seen_at >= %(since)s;
+
+-- name: leave
+DELETE FROM workers WHERE name = %(name)s;
