@@ -120,6 +120,14 @@ def scale_db(pg_url: str) -> Iterator[str]:
         )
         assert done.returncode == 0, done.stderr
         assert "applied 0001_jobs" in done.stdout
+        again = subprocess.run(
+            [sys.executable, "-m", "heaprelay", "db", "migrate", "--queue", url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert (again.returncode, again.stdout.strip().endswith("up to date")) == (0, True)
         yield url
     finally:
         with psycopg.connect(pg_url, autocommit=True) as conn:
