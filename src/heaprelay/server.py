@@ -83,6 +83,12 @@ def build_app(
     ``services``: ``None`` means :func:`default_services`. ``extra_routes`` are mounted next
     to the API (the dashboard, metrics, the benchmark's do-nothing endpoint).
     """
+    sandbox_routes: list[BaseRoute] = []
+    if config.sandbox:  # destinations point at an embedded fake Heap (serve --sandbox)
+        from heaprelay.heap.fake import sandbox
+
+        config, mount = sandbox(config)
+        sandbox_routes.append(mount)
     runtime = Runtime(config=config, clock=clock or SystemClock())
     chosen = list(default_services(config) if services is None else services)
     ingest = IngestState(sources=config.sources, clock=runtime.clock)
@@ -134,6 +140,7 @@ def build_app(
     if config.role in ("all", "api"):
         routes += ingest_routes(ingest)
     routes += extra_routes
+    routes += sandbox_routes
     app = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error}
     )

@@ -224,28 +224,9 @@ def test_kill_9_during_delivery_loses_nothing(tmp_path: Path) -> None:
     port = free_port()
     db = tmp_path / "heaprelay.db"
     with serve_in_thread(heap.app) as heap_url:
-        cmd = [
-            sys.executable,
-            "-m",
-            "heaprelay",
-            "serve",
-            "--app-id",
-            APP,
-            "--write-key",
-            KEY,
-            "--port",
-            str(port),
-            "--data-dir",
-            str(tmp_path),
-            "--profile",
-            PROFILE,
-            "--region",
-            "US",
-            "--base-url",
-            heap_url,
-            "--log-level",
-            "warning",
-        ]
+        # The relay as its own process (the same server as ``heaprelay serve``), with a short
+        # lease so that the jobs the killed process held come back within seconds.
+        cmd = [sys.executable, "-c", RELAY_PROCESS, str(port), str(tmp_path), heap_url]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
         def start() -> subprocess.Popen[bytes]:
@@ -276,6 +257,22 @@ def test_kill_9_during_delivery_loses_nothing(tmp_path: Path) -> None:
     assert len(keys) == len(set(keys))  # duplicates were absorbed by the idempotency key
     assert set(keys) == set(sent)
     assert queue_counts(db) == {"delivered": 3000}
+
+
+RELAY_PROCESS = f"""
+import sys
+from pathlib import Path
+from heaprelay import server
+from heaprelay.config import Config, DeliverySettings, Destination, Source
+from heaprelay.transform import DestinationSettings
+port, data_dir, heap_url = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+settings = DestinationSettings(app_id={APP!r}, profile={PROFILE!r}, region_setting="US",
+                               base_url=heap_url)
+source = Source("sdk", {KEY!r}, (Destination("heap", settings),))
+delivery = DeliverySettings(lease_seconds=3.0, retry_base=0.1, retry_cap=1.0)
+server.run(Config(sources=(source,), data_dir=data_dir, port=port, delivery=delivery),
+           log_level="warning")
+"""
 
 
 def _ready(port: int) -> bool:

@@ -293,3 +293,30 @@ async def test_429_answers_are_retried_after_retry_after(heap_url: str, fake: Fa
     assert report["rate_limited"] >= 1
     assert report["accepted_events"] == 7000
     assert (await queue.stats()).by_state["dead"] == 0
+
+
+@sync
+async def test_hot_identity_is_released_not_held_and_keeps_order(
+    heap_url: str, fake: FakeHeap
+) -> None:
+    """An identity over its per-minute budget does not hold the others, nor its jobs leased."""
+    limits = {"app_events_per_minute": 100_000, "identity_events_per_minute": 600}
+    fake.update({"rate_limits": True, "time_scale": 10.0, **limits})  # 100 per identity per s
+    jobs = [track(i, "hot" if i % 2 else f"cold{i}") for i in range(600)]
+    queue = MemoryQueue()
+    clock = SystemClock()
+    await queue.append(jobs, now=clock.now())
+    settings = DeliverySettings(
+        flush_interval=0.0, rate_limits=True, time_scale=10.0, lease_seconds=0.9, **limits
+    )
+    async with HeapClient() as client:
+        router = Router(
+            queue, {"heap": destination(heap_url, profile="heap")}, client, clock, settings
+        )
+        await drive(queue, router, finished(queue), timeout=60)
+    report = fake.report()
+    assert report["rate_limited"] == 0
+    assert report["accepted_events"] == 600
+    assert router.stats.released_jobs > 0
+    hot = [e["properties"]["n"] for e in fake.events(APP) if e["identity"] == "hot"]
+    assert hot == sorted(hot)

@@ -138,23 +138,15 @@ def command(
     """
     from heaprelay import server
 
-    sandbox_routes = []
     if sandbox:
         if base_url:
             raise click.UsageError("--sandbox delivers to the embedded fake Heap; drop --base-url")
-        from starlette.routing import Mount
-
-        from heaprelay.heap.fake import FakeHeap, FakeHeapSettings
-
         app_id = app_id or "sandbox-app"
         write_key = write_key or "sandbox"
-        loopback = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-        base_url = f"http://{loopback}:{port}/fake-heap"
-        fake = FakeHeap(FakeHeapSettings(max_kept_events=10_000))
-        sandbox_routes.append(Mount("/fake-heap", app=fake.app))
         click.echo(
             f"sandbox: delivering to the embedded fake Heap; what it accepted: "
-            f"{base_url}/_fake/report (write key {write_key!r}, app id {app_id!r})",
+            f"http://{host}:{port}/fake-heap/_fake/report "
+            f"(write key {write_key!r}, app id {app_id!r})",
             err=True,
         )
     if app_id is None:
@@ -184,8 +176,4 @@ def command(
     except ImportError:  # a registered profile whose module is not there: reported on use
         pass
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    if sandbox:
-        app = server.build_app(config, extra_routes=sandbox_routes)
-        server.run(config, app=app, log_level=log_level)
-        return
-    server.run(config, log_level=log_level)
+    server.run(dataclasses.replace(config, sandbox=sandbox), log_level=log_level)

@@ -37,12 +37,16 @@ import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from heaprelay.clock import Clock, SystemClock
+from heaprelay.config import Config
 from heaprelay.heap import _fake_rules as rules
 
-__all__ = ["FakeHeap", "FakeHeapSettings"]
+__all__ = ["SANDBOX_PATH", "FakeHeap", "FakeHeapSettings", "sandbox"]
+
+#: Where ``serve --sandbox`` mounts the embedded fake Heap on the relay's own port.
+SANDBOX_PATH = "/fake-heap"
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,3 +411,24 @@ class FakeHeap:
                     )
                 )
         return Starlette(routes=routes)
+
+
+def sandbox(config: Config) -> tuple[Config, Mount]:
+    """``serve --sandbox``: a fake Heap mounted at :data:`SANDBOX_PATH` on the relay's own
+    host and port, and ``config`` with every destination's base URL pointing at it."""
+    fake = FakeHeap(FakeHeapSettings(max_kept_events=10_000))
+    host = "127.0.0.1" if config.host in ("0.0.0.0", "::", "") else config.host
+    if ":" in host:
+        host = f"[{host}]"
+    base_url = f"http://{host}:{config.port}{SANDBOX_PATH}"
+    sources = tuple(
+        replace(
+            source,
+            destinations=tuple(
+                replace(d, settings=replace(d.settings, base_url=base_url))
+                for d in source.destinations
+            ),
+        )
+        for source in config.sources
+    )
+    return replace(config, sources=sources, sandbox=True), Mount(SANDBOX_PATH, app=fake.app)

@@ -93,6 +93,14 @@ class RateLimiter:
             return 0.0
         return self._bucket_identity(app_id, identity).available_at(n, now) - now
 
+    def identity_allowance(self, app_id: str, identity: str, within: float, now: float) -> int:
+        """How many events of the identity could be sent within ``within`` seconds."""
+        if not self.enabled:
+            return 1 << 62
+        bucket = self._bucket_identity(app_id, identity)
+        bucket.available_at(0.0, now)  # refill up to now
+        return max(0, int(bucket.tokens + bucket.rate * within))
+
     def reserve(self, app_id: str, identities: Mapping[str, int], now: float) -> float:
         """Book a bulk track request (events per identity); return seconds to wait before
         sending it. A request larger than a bucket's burst is booked whole (it waits for the
@@ -103,6 +111,14 @@ class RateLimiter:
         for identity, n in identities.items():
             at = max(at, self._bucket_identity(app_id, identity).reserve(n, now))
         return max(0.0, at - now)
+
+    def cancel(self, app_id: str, identities: Mapping[str, int]) -> None:
+        """Give back a booking that will not be used."""
+        if not self.enabled:
+            return
+        self._bucket_app(app_id).tokens += sum(identities.values())
+        for identity, n in identities.items():
+            self._bucket_identity(app_id, identity).tokens += n
 
     def debt_wait(self, now: float) -> float:
         """Seconds until no app bucket is in debt (claim more work only then)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import TYPE_CHECKING
 
 from heaprelay.heap.client import HeapClient
@@ -26,7 +28,8 @@ async def delivery_service(runtime: Runtime) -> None:
             client,
             runtime.clock,
             settings,
-            name=f"worker-{id(runtime):x}",
+            # Unique across processes and machines sharing a PostgreSQL queue.
+            name=f"{socket.gethostname()}:{os.getpid()}",
             lease_seconds=settings.lease_seconds,
         )
         await router.run(runtime.stopping)

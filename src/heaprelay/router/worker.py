@@ -3,12 +3,13 @@ complete.
 
 Each :class:`Router` runs ``concurrency`` loops. One pass of a loop (:meth:`Router.run_once`):
 
-1. claim up to ``batch_size`` jobs (waiting ``flush_interval`` once for more when the claim
-   came back short, so that a trickle still makes bulk requests);
+1. claim up to ``claim_requests × batch_size`` jobs (waiting ``flush_interval`` once for
+   more when the claim came back short, so that a trickle still makes bulk requests);
 2. per job: the destination's filters, then its profile's transform (a skip is recorded with
    its reason); every track event gets an ``idempotency_key``;
 3. batch the requests per (url, app_id, endpoint) into Heap's bulk form;
-4. per bulk request: book the rate limits and wait for them (backpressure, never a failure),
+4. per bulk request: book the rate limits and wait for them (backpressure, never a failure;
+   the jobs of an identity whose budget is too far out are released untried instead),
    send, and classify Heap's answer with :func:`heaprelay.router.retry.decide`. A refused
    (4xx) bulk request is split in halves until the refused items are alone: they are
    dead-lettered with Heap's answer, the others are delivered;
@@ -123,6 +124,8 @@ class _Pass:
     answers: dict[int, list[HeapAnswer]] = field(default_factory=dict)
     released: set[int] = field(default_factory=set)
     blocked: set[str] = field(default_factory=set)
+    #: Seconds until a released hot identity has budget again (0: none released for that).
+    hold: float = 0.0
 
     def key(self, job_id: int) -> str:
         job = self.jobs[job_id]
@@ -143,7 +146,8 @@ class Router:
         name: str = "worker",
         policy: RetryPolicy | None = None,
         rng: random.Random | None = None,
-        lease_seconds: float = 120.0,
+        lease_seconds: float | None = None,
+        claim_requests: int = 4,
     ) -> None:
         self.queue = queue
         self.destinations = dict(destinations)
@@ -153,7 +157,7 @@ class Router:
         self.name = name
         self.policy = policy or RetryPolicy(self.settings.retry_base, self.settings.retry_cap)
         self.rng = rng or random.Random()
-        self.lease_seconds = lease_seconds
+        self.lease_seconds = lease_seconds or self.settings.lease_seconds
         s = self.settings
         self.limiter = RateLimiter(
             app_per_minute=s.app_events_per_minute,
@@ -163,6 +167,8 @@ class Router:
             enabled=s.rate_limits,
         )
         self.stats = DeliveryStats()
+        self.claim_requests = max(1, claim_requests)
+        self._last_hold = 0.0
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -186,14 +192,29 @@ class Router:
                 self.stats.error("delivery pass failed (see logs)")
                 handled = 0
             if handled == 0:
-                await self.queue.wait_for_work(self.settings.flush_interval * 5)
+                # New jobs wake every loop at once. Retries that come due are found by polling:
+                # loop 0 often, the others less and less, so idle loops do not crowd the queue.
+                idle = max(0.1, self.settings.flush_interval * 5)
+                await self._idle(stopping, idle * (1 + n))
+
+    async def _idle(self, stopping: asyncio.Event, timeout: float) -> None:
+        """Wait for new work, ``timeout`` or the stop signal, whichever comes first."""
+        waiters = {
+            asyncio.ensure_future(self.queue.wait_for_work(timeout)),
+            asyncio.ensure_future(stopping.wait()),
+        }
+        _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
 
     async def run_once(self, *, worker: str | None = None) -> int:
         """Claim, deliver and complete one batch of jobs. Returns how many were claimed."""
         worker = worker or self.name
-        limit = max(1, self.settings.batch_size)
-        # Do not claim more while the rate budget is in debt: the claimed jobs would sit
-        # leased while they wait.
+        # Several bulk requests' worth per claim: claiming and completing cost the same for
+        # 1 or 4,000 jobs, and the requests of one claim go out back to back.
+        limit = max(1, self.settings.batch_size) * self.claim_requests
+        # Claim only while the rate budget is at most two requests in debt: further ahead, the
+        # claimed jobs would sit leased while they wait (see RateLimiter.claim_wait).
         wait = self.limiter.claim_wait(self.clock.monotonic())
         if wait > 0:
             await self.clock.sleep(wait)
@@ -212,6 +233,9 @@ class Router:
             )
         outcomes = await self.deliver(jobs)
         await self.queue.complete(outcomes, now=self.clock.now())
+        if self._last_hold and all(isinstance(o, Release) for o in outcomes):
+            # Only jobs of identities out of budget: wait instead of claiming them again at once.
+            await self.clock.sleep(min(self._last_hold, self.lease_seconds / 3))
         return len(jobs)
 
     # --- one claim --------------------------------------------------------------------------
@@ -232,6 +256,7 @@ class Router:
         for b in batch(pairs, max_items=min(MAX_BULK_ITEMS, max(1, self.settings.batch_size))):
             groups.setdefault((b.url, b.endpoint, b.app_id), []).append(b)
         await asyncio.gather(*(self._send_group(state, g) for g in groups.values()))
+        self._last_hold = state.hold
         now = self.clock.now()
         for job_id, answers in state.answers.items():
             outcomes[job_id] = self._outcome(state, state.jobs[job_id], answers, now)
@@ -288,9 +313,21 @@ class Router:
         if not items:
             return
         b = b.with_items(items)
-        if b.endpoint == "track":
+        if b.endpoint == "track" and self.limiter.enabled:
+            b = self._hold_hot_identities(state, b)
+            if not b.items:
+                return
             counts = Counter(_identity_of(item.body) for item in b.items)
             wait = self.limiter.reserve(b.app_id, counts, self.clock.monotonic())
+            if wait > self.lease_seconds / 3:
+                # Other passes booked the app's budget that far ahead: give these jobs back
+                # rather than hold them leased (a lease must never expire while we wait).
+                self.limiter.cancel(b.app_id, counts)
+                for item in b.items:
+                    state.released.add(item.owner)
+                    state.blocked.add(state.key(item.owner))
+                state.hold = min(wait, self.lease_seconds / 3)
+                return
             if wait > 0:
                 await self.clock.sleep(wait)
         answer = await self.client.post(b.url, b.body(), headers=dict(b.headers))
@@ -314,6 +351,33 @@ class Router:
                 state.blocked.add(state.key(owner))
         if kind == "ok":
             self.stats.delivered_items += len(b.items)
+
+    def _hold_hot_identities(self, state: _Pass, b: Batch) -> Batch:
+        """Release the items of an identity beyond what its budget allows soon (Heap allows
+        1,000 events a minute per identity), rather than keep their jobs leased while waiting.
+        The first items of the identity go; from the first one released, the rest of its
+        order key waits for a later claim."""
+        now = self.clock.monotonic()
+        # Half the longest wait allowed for a booking (see _send), so that what is kept here
+        # surely fits.
+        within = self.lease_seconds / 6
+        allowance: dict[str, int] = {}
+        keep = []
+        for item in b.items:
+            identity = _identity_of(item.body)
+            left = allowance.get(identity)
+            if left is None:
+                left = self.limiter.identity_allowance(b.app_id, identity, within, now)
+            key = state.key(item.owner)
+            if left <= 0 or key in state.blocked:
+                state.released.add(item.owner)
+                state.blocked.add(key)
+                state.hold = within
+            else:
+                keep.append(item)
+                left -= 1
+            allowance[identity] = left
+        return b if len(keep) == len(b.items) else b.with_items(keep)
 
     def _outcome(self, state: _Pass, job: Job, answers: list[HeapAnswer], now: float) -> Outcome:
         retry_window = self.destinations[job.destination].retry_window
