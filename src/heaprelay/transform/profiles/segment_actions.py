@@ -24,7 +24,7 @@ from heaprelay.transform.profiles._actions import (
     SEGMENT_LIBRARY,
     InvalidField,
     checked_utc_iso,
-    flat_into,
+    flat_under,
     is_defined,
     obj_field,
     str_field,
@@ -92,19 +92,39 @@ class SegmentActionsProfile:
 def _track_event(
     msg: Mapping[str, Any], settings: DestinationSettings, kind: str
 ) -> TransformResult:
-    message_id = str_field(msg.get("messageId"), "messageId")
+    # str_field / obj_field in the same order as before (the first invalid field is the one
+    # named), with the usual case (a non-empty string, a dict) taken inline.
+    value = msg.get("messageId")
+    message_id = value if type(value) is str and value else str_field(value, "messageId")
     if message_id is None:
         return Skip(
             Reason.MISSING_MESSAGE_ID, "The root value is missing the required field 'message_id'."
         )
-    anonymous_id = str_field(msg.get("anonymousId"), "anonymousId")
-    identity = str_field(msg.get("userId"), "userId") if "identity" in settings.options else None
-    event = str_field(msg.get("event"), "event")
-    name = str_field(msg.get("name"), "name")
-    properties = obj_field(msg.get("properties"), "properties")
+    value = msg.get("anonymousId")
+    anonymous_id = value if type(value) is str and value else str_field(value, "anonymousId")
+    if "identity" in settings.options:
+        value = msg.get("userId")
+        identity = value if type(value) is str and value else str_field(value, "userId")
+    else:
+        identity = None
+    value = msg.get("event")
+    event = value if type(value) is str and value else str_field(value, "event")
+    value = msg.get("name")
+    name = None if value is None else str_field(value, "name")
+    value = msg.get("properties")
+    properties = value if type(value) is dict else obj_field(value, "properties")
     ctx = msg.get("context")
-    traits = obj_field(ctx.get("traits"), "context.traits") if isinstance(ctx, dict) else None
-    raw_ts = str_field(msg.get("timestamp"), "timestamp")
+    traits: Mapping[str, Any] | None
+    if isinstance(ctx, dict):
+        value = ctx.get("traits")
+        if value is None or type(value) is dict:
+            traits = value
+        else:
+            traits = obj_field(value, "context.traits")
+    else:
+        traits = None
+    value = msg.get("timestamp")
+    raw_ts = value if type(value) is str and value else str_field(value, "timestamp")
     iso = None
     if raw_ts is not None:
         date_like, iso = checked_utc_iso(raw_ts)
@@ -115,17 +135,20 @@ def _track_event(
             )
     if not anonymous_id and not identity:
         return Skip(Reason.MISSING_IDENTITY, "Either Anonymous id or Identity should be specified.")
-    if is_defined(identity):
+    # is_defined of a string or None: neither empty nor "0".
+    has_identity = bool(identity) and identity != "0"
+    has_anonymous_id = bool(anonymous_id) and anonymous_id != "0"
+    if has_identity:
         user_identifier = {"identity": identity}
-    elif is_defined(anonymous_id):
+    elif has_anonymous_id:
         user_identifier = {"anonymous_id": anonymous_id}
     else:
         return Skip(Reason.MISSING_IDENTITY, "Either identity or anonymous id are required.")
 
     custom: dict[str, Any] = {"segment_library": SEGMENT_LIBRARY}
     if properties:
-        flat_into(custom, properties)
-    if is_defined(name):
+        flat_under(custom, properties, "")
+    if name and name != "0":
         custom["name"] = name
     track_event: dict[str, Any] = {
         "event": (event or "track") if kind == "track" else _EVENT_NAMES[kind],
@@ -146,13 +169,13 @@ def _track_event(
         "POST",
         ACTIONS_HEADERS,
     )
-    if not is_defined(identity) or not (is_defined(anonymous_id) or is_defined(traits)):
+    if not has_identity or not (has_anonymous_id or is_defined(traits)):
         return [track]
     props: dict[str, Any] = {}
-    if is_defined(anonymous_id):
+    if has_anonymous_id:
         props["anonymous_id"] = anonymous_id
     if traits:
-        flat_into(props, traits)
+        flat_under(props, traits, "")
     profile = HeapRequest(
         base,
         "add_user_properties",
@@ -164,10 +187,13 @@ def _track_event(
 
 
 def _identify_user(msg: Mapping[str, Any], settings: DestinationSettings) -> TransformResult:
-    user_id = str_field(msg.get("userId"), "userId")
-    anonymous_id = str_field(msg.get("anonymousId"), "anonymousId")
-    traits = obj_field(msg.get("traits"), "traits")
-    if not user_id or not is_defined(user_id):
+    value = msg.get("userId")
+    user_id = value if type(value) is str and value else str_field(value, "userId")
+    value = msg.get("anonymousId")
+    anonymous_id = value if type(value) is str and value else str_field(value, "anonymousId")
+    value = msg.get("traits")
+    traits = value if value is None or type(value) is dict else obj_field(value, "traits")
+    if not user_id or user_id == "0":
         return Skip(
             Reason.MISSING_IDENTITY, "Missing identity, cannot add user properties without identity"
         )
@@ -175,7 +201,7 @@ def _identify_user(msg: Mapping[str, Any], settings: DestinationSettings) -> Tra
     if anonymous_id:
         props["anonymous_id"] = anonymous_id
     if traits:
-        flat_into(props, traits)
+        flat_under(props, traits, "")
     body = {"identity": user_id, "app_id": settings.app_id, "properties": props}
     return [
         HeapRequest(settings.heap_base_url, "add_user_properties", body, "POST", ACTIONS_HEADERS)
