@@ -17,6 +17,20 @@ oldest, and never while another job of the key is leased (unexpired) or waiting 
 So a later user-property update is never sent before an earlier one, across any number of
 workers. ``dead`` and ``skipped`` jobs do not block their key.
 
+Lease ownership: an outcome is applied only while its job is still leased *by that claim*.
+Once a lease has expired and another claim has taken the job over, the old holder's late
+outcome is ignored: a late ``Release``/``RetryAt`` would otherwise hand the job out again
+while the new holder still sends it (and a later update of the key could then go out before
+an earlier one), and a late ``Delivered`` would mark done a job the new holder may still fail.
+A claim is identified by ``Job.lease``, a per-job counter that every claim increments: the
+worker's name alone is not enough, since the same name can claim a job again after its own
+lease expired (one loop re-claiming after a slow pass, or two processes that ended up with the
+same ``host:pid`` name), and then an outcome of the first claim would pass for one of the
+second. So ``complete(outcomes, worker=…)`` applies an outcome only if the job is leased,
+leased to ``worker`` (when given) and, when the outcome carries ``lease``, its current lease is
+that one. An expired lease that nobody took over still accepts its holder's outcome (the work
+was done; nothing else has started). The router always passes both.
+
 Durability: ``append`` returns only after the jobs are committed (acknowledge after it).
 Time is always passed in (``now``, seconds since the epoch): backends never read a clock.
 """
@@ -24,7 +38,7 @@ Time is always passed in (``now``, seconds since the epoch): backends never read
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol, runtime_checkable
 
 from heaprelay.spec.reasons import Reason
@@ -60,6 +74,10 @@ class Job:
     #: Delivery attempts made before this claim.
     attempts: int
     first_attempt_at: float | None
+    #: This claim's lease token: how many times the job has been leased, this claim included
+    #: (1 on its first claim; replay does not reset it). Give it back in the outcome's
+    #: ``lease`` so that an outcome of an older claim is never taken for this one.
+    lease: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +97,8 @@ class Delivered:
     id: int
     #: Heap's answer (status and a short body), kept for the debugger.
     answer: str = ""
+    #: ``Job.lease`` of the claim this outcome is for (None: whichever lease is current).
+    lease: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +107,8 @@ class RetryAt:
     at: float
     reason: str
     answer: str = ""
+    #: ``Job.lease`` of the claim this outcome is for (None: whichever lease is current).
+    lease: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +118,8 @@ class DeadLetter:
     detail: str
     #: Heap's answer (status line and body) when Heap refused the request.
     answer: str = ""
+    #: ``Job.lease`` of the claim this outcome is for (None: whichever lease is current).
+    lease: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +127,8 @@ class Skipped:
     id: int
     reason: Reason
     detail: str = ""
+    #: ``Job.lease`` of the claim this outcome is for (None: whichever lease is current).
+    lease: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +136,18 @@ class Release:
     """Give a claimed job back untried (e.g. an earlier job of its key must be retried first)."""
 
     id: int
+    #: ``Job.lease`` of the claim this outcome is for (None: whichever lease is current).
+    lease: int | None = None
 
 
 Outcome = Delivered | RetryAt | DeadLetter | Skipped | Release
+
+
+def with_leases(outcomes: Sequence[Outcome], jobs: Sequence[Job]) -> list[Outcome]:
+    """``outcomes`` with the lease token of the claim of their job among ``jobs`` (pass the
+    result to ``complete`` with the claiming ``worker``): see "Lease ownership" above."""
+    leases = {job.id: job.lease for job in jobs}
+    return [replace(o, lease=leases[o.id]) if o.id in leases else o for o in outcomes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +186,14 @@ class Queue(Protocol):
         """Lease up to ``limit`` claimable jobs, oldest first, per-key order kept (module doc)."""
         ...
 
-    async def complete(self, outcomes: Sequence[Outcome], *, now: float) -> None:
-        """Record what happened to claimed jobs. Attempts count for Delivered/RetryAt/DeadLetter."""
+    async def complete(
+        self, outcomes: Sequence[Outcome], *, now: float, worker: str | None = None
+    ) -> None:
+        """Record what happened to claimed jobs. Attempts count for Delivered/RetryAt/DeadLetter.
+
+        Only outcomes of the current lease are applied (module doc, "Lease ownership"): the job
+        must be leased, to ``worker`` if given, and with ``outcome.lease`` if set; the others
+        are ignored. ``worker=None`` and ``lease=None`` skip those checks (tools and tests)."""
         ...
 
     async def wait_for_work(self, timeout: float) -> None:

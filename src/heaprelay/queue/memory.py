@@ -7,7 +7,9 @@ suite checks them on every backend):
 
 - a claim hands out the ``limit`` lowest-id claimable jobs (see :meth:`MemoryQueue.claimable`);
 - ``complete`` ignores outcomes for jobs that are not leased any more (a worker whose lease
-  expired and whose job was finished by another worker must not undo that);
+  expired and whose job was finished by another worker must not undo that), and outcomes
+  whose ``worker`` or ``lease`` is not the job's current lease (taken over by another claim);
+  ``Job.lease`` counts the claims of a job (1 on the first; replay keeps counting);
 - ``stats().by_state`` lists every state (zeros included); ``by_destination`` and
   ``by_reason`` only non-zero counts; ``oldest_pending_received_at`` is the oldest
   ``received_at`` of the unfinished jobs (pending, leased, retry);
@@ -57,6 +59,8 @@ class _Row:
     first_attempt_at: float | None = None
     leased_by: str | None = None
     lease_until: float | None = None
+    #: Claims so far (the current claim's lease token).
+    leases: int = 0
     retry_at: float | None = None
     reason: str = ""
     detail: str = ""
@@ -79,6 +83,7 @@ class _Row:
             received_at=n.received_at,
             attempts=self.attempts,
             first_attempt_at=self.first_attempt_at,
+            lease=self.leases,
         )
 
     def dead_letter(self) -> DeadLetterRecord:
@@ -145,6 +150,7 @@ class MemoryQueue:
             row.state = "leased"
             row.leased_by = worker
             row.lease_until = now + lease_seconds
+            row.leases += 1
             row.retry_at = None
             jobs.append(row.job())
         return jobs
@@ -178,12 +184,24 @@ class MemoryQueue:
         ids = self.claimable(now)[: max(0, limit)]
         return self.lease(ids, worker, lease_seconds=lease_seconds, now=now)
 
-    async def complete(self, outcomes: Sequence[Outcome], *, now: float) -> None:
+    def holds(self, outcome: Outcome, worker: str | None) -> bool:
+        """Whether ``outcome`` (reported by ``worker``) is for the job's current lease."""
+        row = self._rows.get(outcome.id)
+        return (
+            row is not None
+            and row.state == "leased"
+            and (worker is None or row.leased_by == worker)
+            and (outcome.lease is None or row.leases == outcome.lease)
+        )
+
+    async def complete(
+        self, outcomes: Sequence[Outcome], *, now: float, worker: str | None = None
+    ) -> None:
         woke = False
         for outcome in outcomes:
-            row = self._rows.get(outcome.id)
-            if row is None or row.state != "leased":
+            if not self.holds(outcome, worker):
                 continue
+            row = self._rows[outcome.id]
             row.leased_by = None
             row.lease_until = None
             if isinstance(outcome, Release):

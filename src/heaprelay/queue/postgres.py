@@ -273,7 +273,9 @@ class PostgresQueue:
         jobs = await self._transaction(run)
         return sorted(jobs, key=lambda j: j.id)
 
-    async def complete(self, outcomes: Sequence[Outcome], *, now: float) -> None:
+    async def complete(
+        self, outcomes: Sequence[Outcome], *, now: float, worker: str | None = None
+    ) -> None:
         if not outcomes:
             return
         delivered = [o for o in outcomes if isinstance(o, Delivered)]
@@ -290,8 +292,10 @@ class PostgresQueue:
                     QUERIES["delivered"],
                     {
                         "ids": [o.id for o in delivered],
+                        "leases": [o.lease for o in delivered],
                         "answers": [o.answer for o in delivered],
                         "now": now,
+                        "worker": worker,
                     },
                 )
             if retries:
@@ -299,10 +303,12 @@ class PostgresQueue:
                     QUERIES["retry_at"],
                     {
                         "ids": [o.id for o in retries],
+                        "leases": [o.lease for o in retries],
                         "ats": [o.at for o in retries],
                         "reasons": [str(o.reason) for o in retries],
                         "answers": [o.answer for o in retries],
                         "now": now,
+                        "worker": worker,
                     },
                 )
             if dead:
@@ -310,10 +316,12 @@ class PostgresQueue:
                     QUERIES["dead"],
                     {
                         "ids": [o.id for o in dead],
+                        "leases": [o.lease for o in dead],
                         "reasons": [o.reason.value for o in dead],
                         "details": [o.detail for o in dead],
                         "answers": [o.answer for o in dead],
                         "now": now,
+                        "worker": worker,
                     },
                 )
             if skipped:
@@ -321,13 +329,22 @@ class PostgresQueue:
                     QUERIES["skipped"],
                     {
                         "ids": [o.id for o in skipped],
+                        "leases": [o.lease for o in skipped],
                         "reasons": [o.reason.value for o in skipped],
                         "details": [o.detail for o in skipped],
                         "now": now,
+                        "worker": worker,
                     },
                 )
             if released:
-                await conn.execute(QUERIES["release"], {"ids": [o.id for o in released]})
+                await conn.execute(
+                    QUERIES["release"],
+                    {
+                        "ids": [o.id for o in released],
+                        "leases": [o.lease for o in released],
+                        "worker": worker,
+                    },
+                )
             if wakes:
                 await self._send_notify(conn)
 

@@ -114,6 +114,9 @@ class SQLiteQueue:
             path.parent.mkdir(parents=True, exist_ok=True)
             write = _connect(path)
             write.executescript(QUERIES["schema"])
+            columns = {row[1] for row in write.execute("PRAGMA table_info(jobs)")}
+            if "leases" not in columns:  # a file from before lease tokens
+                write.execute(QUERIES["add_leases"])
             return cls(path, write, _connect(path))
 
         return await asyncio.to_thread(connect)
@@ -149,41 +152,32 @@ class SQLiteQueue:
 
         return await self._call(run)
 
-    async def complete(self, outcomes: Sequence[Outcome], *, now: float) -> None:
+    async def complete(
+        self, outcomes: Sequence[Outcome], *, now: float, worker: str | None = None
+    ) -> None:
         def run(conn: sqlite3.Connection) -> None:
             for outcome in outcomes:
+                # Only the current lease's outcomes apply (base.py, "Lease ownership").
+                params: dict[str, Any] = {
+                    "id": outcome.id,
+                    "worker": worker,
+                    "lease": outcome.lease,
+                    "now": now,
+                }
                 match outcome:
-                    case Delivered(id=job_id, answer=answer):
-                        params: dict[str, Any] = {"id": job_id, "answer": answer, "now": now}
-                        conn.execute(QUERIES["delivered"], params)
-                    case RetryAt(id=job_id, at=at, reason=reason, answer=answer):
-                        params = {
-                            "id": job_id,
-                            "at": at,
-                            "reason": str(reason),
-                            "answer": answer,
-                            "now": now,
-                        }
+                    case Delivered(answer=answer):
+                        conn.execute(QUERIES["delivered"], params | {"answer": answer})
+                    case RetryAt(at=at, reason=reason, answer=answer):
+                        params |= {"at": at, "reason": str(reason), "answer": answer}
                         conn.execute(QUERIES["retry_at"], params)
-                    case DeadLetter(id=job_id, reason=reason, detail=detail, answer=answer):
-                        params = {
-                            "id": job_id,
-                            "reason": str(reason),
-                            "detail": detail,
-                            "answer": answer,
-                            "now": now,
-                        }
+                    case DeadLetter(reason=reason, detail=detail, answer=answer):
+                        params |= {"reason": str(reason), "detail": detail, "answer": answer}
                         conn.execute(QUERIES["dead"], params)
-                    case Skipped(id=job_id, reason=reason, detail=detail):
-                        params = {
-                            "id": job_id,
-                            "reason": str(reason),
-                            "detail": detail,
-                            "now": now,
-                        }
+                    case Skipped(reason=reason, detail=detail):
+                        params |= {"reason": str(reason), "detail": detail}
                         conn.execute(QUERIES["skipped"], params)
-                    case Release(id=job_id):
-                        conn.execute(QUERIES["release"], {"id": job_id})
+                    case Release():
+                        conn.execute(QUERIES["release"], params)
 
         await self._call(run)
         if any(isinstance(o, Release | RetryAt) for o in outcomes):

@@ -45,6 +45,7 @@ from heaprelay.queue.base import (
     Queue,
     Release,
     Skipped,
+    with_leases,
 )
 from heaprelay.router.batcher import MAX_BULK_ITEMS, Batch, batch
 from heaprelay.router.filters import check
@@ -232,7 +233,8 @@ class Router:
                 now=self.clock.now(),
             )
         outcomes = await self.deliver(jobs)
-        await self.queue.complete(outcomes, now=self.clock.now())
+        # Only while this claim still holds the jobs (a lease taken over ignores them).
+        await self.queue.complete(with_leases(outcomes, jobs), now=self.clock.now(), worker=worker)
         if self._last_hold and all(isinstance(o, Release) for o in outcomes):
             # Only jobs of identities out of budget: wait instead of claiming them again at once.
             await self.clock.sleep(min(self._last_hold, self.lease_seconds / 3))

@@ -285,6 +285,92 @@ class QueueContract:
 
         run(queue_factory, body)
 
+    def test_a_late_outcome_of_a_lease_taken_over_is_ignored(
+        self, queue_factory: QueueFactory
+    ) -> None:
+        """A slow worker whose lease expired and was taken over must not change the job."""
+
+        async def body(q: Queue) -> None:
+            await q.append([job(1), job(2)], now=T0)
+            old = await claim(q, "slow", now=T0)
+            one, two = await claim(q, "w2", now=T0 + LEASE + 1)
+            assert [j.id for j in old] == [one.id, two.id]
+            assert (one.lease, two.lease) == (old[0].lease + 1, old[1].lease + 1)
+            late = T0 + LEASE + 2
+            # Release / RetryAt would hand job 1 out again while w2 still sends it (and then
+            # job 2 could reach Heap before job 1); Delivered / DeadLetter would finish it.
+            for stale in (
+                Release(old[0].id, lease=old[0].lease),
+                RetryAt(old[0].id, at=late, reason="timeout", lease=old[0].lease),
+                Delivered(old[1].id, answer="200", lease=old[1].lease),
+                DeadLetter(old[1].id, Reason.HEAP_REJECTED, "late", lease=old[1].lease),
+                Skipped(old[1].id, Reason.FILTERED_EVENT_NAME, "late", lease=old[1].lease),
+            ):
+                await q.complete([stale], now=late, worker="slow")
+            assert normalised(await q.stats())["by_state"] == {"leased": 2}
+            assert await claim(q, "w3", now=late) == []
+            # The new holder's outcomes still count, with or without its lease token.
+            await q.complete([Delivered(one.id, lease=one.lease)], now=late, worker="w2")
+            await q.complete([RetryAt(two.id, at=late + 5, reason="503")], now=late, worker="w2")
+            stats = normalised(await q.stats())
+            assert stats["by_state"] == {"delivered": 1, "retry": 1}
+            [again] = await claim(q, "w3", now=late + 5)
+            assert (n_of(again), again.attempts) == (2, 1)
+
+        run(queue_factory, body)
+
+    def test_an_outcome_from_another_worker_is_ignored(self, queue_factory: QueueFactory) -> None:
+        async def body(q: Queue) -> None:
+            await q.append([job(1)], now=T0)
+            [held] = await claim(q, "w1", now=T0)
+            await q.complete([Delivered(held.id)], now=T0 + 1, worker="w2")
+            await q.complete([Release(held.id)], now=T0 + 1, worker="w2")
+            assert normalised(await q.stats())["by_state"] == {"leased": 1}
+            await q.complete([Delivered(held.id)], now=T0 + 2, worker="w1")
+            assert normalised(await q.stats())["by_state"] == {"delivered": 1}
+
+        run(queue_factory, body)
+
+    def test_the_same_worker_re_leasing_does_not_take_an_old_outcome(
+        self, queue_factory: QueueFactory
+    ) -> None:
+        """The worker name alone cannot tell an old claim from a new one: the lease token can."""
+
+        async def body(q: Queue) -> None:
+            await q.append([job(1), job(2)], now=T0)
+            first = await claim(q, "w", now=T0)
+            second = await claim(q, "w", now=T0 + LEASE + 1)
+            assert [j.lease for j in second] == [j.lease + 1 for j in first]
+            late = T0 + LEASE + 2
+            await q.complete(
+                [
+                    RetryAt(first[0].id, at=late, reason="timeout", lease=first[0].lease),
+                    Delivered(first[1].id, lease=first[1].lease),
+                ],
+                now=late,
+                worker="w",
+            )
+            assert normalised(await q.stats())["by_state"] == {"leased": 2}
+            await q.complete([Delivered(j.id, lease=j.lease) for j in second], now=late, worker="w")
+            assert normalised(await q.stats())["by_state"] == {"delivered": 2}
+
+        run(queue_factory, body)
+
+    def test_an_expired_lease_not_taken_over_still_takes_its_outcome(
+        self, queue_factory: QueueFactory
+    ) -> None:
+        async def body(q: Queue) -> None:
+            await q.append([job(1), job(2, key="b")], now=T0)
+            one, two = await claim(q, "slow", now=T0)
+            late = T0 + LEASE + 5
+            await q.complete([Delivered(one.id, lease=one.lease)], now=late, worker="slow")
+            await q.complete([Release(two.id, lease=two.lease)], now=late, worker="slow")
+            assert normalised(await q.stats())["by_state"] == {"delivered": 1, "pending": 1}
+            [again] = await claim(q, "w2", now=late)
+            assert (n_of(again), again.lease) == (2, two.lease + 1)
+
+        run(queue_factory, body)
+
     # --- dead letters -----------------------------------------------------------------------
 
     def test_dead_letters_keep_reason_answer_and_attempts(
@@ -580,6 +666,8 @@ class QueueModelMachine(RuleBasedStateMachine):
         self.model_id: dict[int, int] = {}
         #: serials leased in the model (with the ids to report outcomes)
         self.leased: list[int] = []
+        #: payload serial -> lease tokens of its claims so far (outcomes may name old ones)
+        self.leases: dict[int, list[int]] = {}
         self.workers = ("w1", "w2")
 
     def _run(self, coro: Awaitable[Any]) -> Any:
@@ -644,10 +732,11 @@ class QueueModelMachine(RuleBasedStateMachine):
             assert got == by_key[key][: len(got)], (key, got, by_key[key])
         mirrored = self.model.lease(model_ids, worker, lease_seconds=lease, now=self.now)
         for b, m in zip(jobs, mirrored, strict=True):
-            assert (b.attempts, b.first_attempt_at, b.received_at) == (
+            assert (b.attempts, b.first_attempt_at, b.received_at, b.lease) == (
                 m.attempts,
                 m.first_attempt_at,
                 m.received_at,
+                m.lease,
             )
             assert (b.source, b.destination, b.message_id, b.order_key, b.payload) == (
                 m.source,
@@ -658,6 +747,7 @@ class QueueModelMachine(RuleBasedStateMachine):
             )
             self.backend_id[n_of(b)] = b.id
             self.model_id[n_of(b)] = m.id
+            self.leases.setdefault(n_of(b), []).append(b.lease)
             if n_of(b) not in self.leased:
                 self.leased.append(n_of(b))
 
@@ -684,23 +774,31 @@ class QueueModelMachine(RuleBasedStateMachine):
             st.lists(st.sampled_from(self.leased), min_size=1, max_size=3, unique=True)
         )
         delay = data.draw(st.sampled_from((1.0, 20.0)))
+        # As the job's holder or not (a worker whose lease was taken over), with the current
+        # lease token, an older one, or none.
+        worker = data.draw(st.sampled_from((None, *self.workers)))
         b_out: list[Outcome] = []
         m_out: list[Outcome] = []
         for n in picked:
+            lease = data.draw(st.sampled_from((None, *self.leases[n][-2:])))
             for ids, out in ((self.backend_id, b_out), (self.model_id, m_out)):
                 i = ids[n]
                 if kind == "delivered":
-                    out.append(Delivered(i, answer="200"))
+                    out.append(Delivered(i, answer="200", lease=lease))
                 elif kind == "retry":
-                    out.append(RetryAt(i, at=self.now + delay, reason="503", answer="503"))
+                    out.append(
+                        RetryAt(i, at=self.now + delay, reason="503", answer="503", lease=lease)
+                    )
                 elif kind == "dead":
-                    out.append(DeadLetter(i, Reason.HEAP_REJECTED, "refused", answer="400"))
+                    out.append(
+                        DeadLetter(i, Reason.HEAP_REJECTED, "refused", answer="400", lease=lease)
+                    )
                 elif kind == "skipped":
-                    out.append(Skipped(i, Reason.FILTERED_EVENT_NAME, "deny"))
+                    out.append(Skipped(i, Reason.FILTERED_EVENT_NAME, "deny", lease=lease))
                 else:
-                    out.append(Release(i))
-        self._run(self.backend.complete(b_out, now=self.now))
-        self._run(self.model.complete(m_out, now=self.now))
+                    out.append(Release(i, lease=lease))
+        self._run(self.backend.complete(b_out, now=self.now, worker=worker))
+        self._run(self.model.complete(m_out, now=self.now, worker=worker))
         self.leased = [n for n in self.leased if self._model_state(n) == "leased"]
 
     def _model_state(self, n: int) -> str | None:

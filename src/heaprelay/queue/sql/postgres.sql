@@ -81,44 +81,59 @@ WITH k AS (
     ORDER BY j.id
     LIMIT %(limit)s
 )
-UPDATE jobs SET state = 'leased', worker = %(worker)s, due_at = %(due_at)s
+UPDATE jobs SET state = 'leased', worker = %(worker)s, due_at = %(due_at)s,
+       leases = jobs.leases + 1
 FROM picked WHERE jobs.id = picked.id
 RETURNING jobs.id, jobs.source, jobs.destination, jobs.message_id, jobs.order_key,
-          jobs.payload, jobs.received_at, jobs.attempts, jobs.first_attempt_at;
+          jobs.payload, jobs.received_at, jobs.attempts, jobs.first_attempt_at, jobs.leases;
 
 -- name: delivered
+-- Outcomes (delivered … release) apply only to the current lease: the job is leased, to
+-- %(worker)s when given, with the outcome's lease token when given (queue/base.py, "Lease
+-- ownership"). Under READ COMMITTED a row re-leased meanwhile is re-checked after its lock.
 UPDATE jobs SET state = 'delivered', answer = o.answer, attempts = attempts + 1,
        first_attempt_at = coalesce(first_attempt_at, %(now)s), finished_at = %(now)s,
        due_at = NULL, worker = NULL
-FROM unnest(%(ids)s::bigint[], %(answers)s::text[]) AS o(id, answer)
-WHERE jobs.id = o.id AND jobs.state = 'leased';
+FROM unnest(%(ids)s::bigint[], %(leases)s::int[], %(answers)s::text[]) AS o(id, lease, answer)
+WHERE jobs.id = o.id AND jobs.state = 'leased'
+  AND (%(worker)s::text IS NULL OR jobs.worker = %(worker)s::text)
+  AND (o.lease IS NULL OR jobs.leases = o.lease);
 
 -- name: retry_at
 UPDATE jobs SET state = 'retry', due_at = o.at, reason = o.reason, answer = o.answer,
        attempts = attempts + 1, first_attempt_at = coalesce(first_attempt_at, %(now)s),
        worker = NULL
-FROM unnest(%(ids)s::bigint[], %(ats)s::float8[], %(reasons)s::text[], %(answers)s::text[])
-     AS o(id, at, reason, answer)
-WHERE jobs.id = o.id AND jobs.state = 'leased';
+FROM unnest(%(ids)s::bigint[], %(leases)s::int[], %(ats)s::float8[], %(reasons)s::text[],
+            %(answers)s::text[]) AS o(id, lease, at, reason, answer)
+WHERE jobs.id = o.id AND jobs.state = 'leased'
+  AND (%(worker)s::text IS NULL OR jobs.worker = %(worker)s::text)
+  AND (o.lease IS NULL OR jobs.leases = o.lease);
 
 -- name: dead
 UPDATE jobs SET state = 'dead', reason = o.reason, detail = o.detail, answer = o.answer,
        attempts = attempts + 1, first_attempt_at = coalesce(first_attempt_at, %(now)s),
        finished_at = %(now)s, due_at = NULL, worker = NULL
-FROM unnest(%(ids)s::bigint[], %(reasons)s::text[], %(details)s::text[], %(answers)s::text[])
-     AS o(id, reason, detail, answer)
-WHERE jobs.id = o.id AND jobs.state = 'leased';
+FROM unnest(%(ids)s::bigint[], %(leases)s::int[], %(reasons)s::text[], %(details)s::text[],
+            %(answers)s::text[]) AS o(id, lease, reason, detail, answer)
+WHERE jobs.id = o.id AND jobs.state = 'leased'
+  AND (%(worker)s::text IS NULL OR jobs.worker = %(worker)s::text)
+  AND (o.lease IS NULL OR jobs.leases = o.lease);
 
 -- name: skipped
 UPDATE jobs SET state = 'skipped', reason = o.reason, detail = o.detail,
        finished_at = %(now)s, due_at = NULL, worker = NULL
-FROM unnest(%(ids)s::bigint[], %(reasons)s::text[], %(details)s::text[])
-     AS o(id, reason, detail)
-WHERE jobs.id = o.id AND jobs.state = 'leased';
+FROM unnest(%(ids)s::bigint[], %(leases)s::int[], %(reasons)s::text[], %(details)s::text[])
+     AS o(id, lease, reason, detail)
+WHERE jobs.id = o.id AND jobs.state = 'leased'
+  AND (%(worker)s::text IS NULL OR jobs.worker = %(worker)s::text)
+  AND (o.lease IS NULL OR jobs.leases = o.lease);
 
 -- name: release
 UPDATE jobs SET state = 'pending', due_at = NULL, worker = NULL
-WHERE id = ANY(%(ids)s::bigint[]) AND state = 'leased';
+FROM unnest(%(ids)s::bigint[], %(leases)s::int[]) AS o(id, lease)
+WHERE jobs.id = o.id AND jobs.state = 'leased'
+  AND (%(worker)s::text IS NULL OR jobs.worker = %(worker)s::text)
+  AND (o.lease IS NULL OR jobs.leases = o.lease);
 
 -- name: lock_outcome_rows
 -- Completing locks rows in id order, as claims do, so the two never deadlock.

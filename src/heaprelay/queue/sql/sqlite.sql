@@ -16,6 +16,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     -- retry: when the job becomes claimable again; leased: when the lease expires.
     due_at REAL,
     worker TEXT,
+    -- Claims so far: the current claim's lease token (Job.lease).
+    leases INTEGER NOT NULL DEFAULT 0,
     reason TEXT,
     detail TEXT NOT NULL DEFAULT '',
     answer TEXT NOT NULL DEFAULT '',
@@ -38,6 +40,10 @@ CREATE TABLE IF NOT EXISTS seen (
     expires_at REAL NOT NULL,
     PRIMARY KEY (source, destination, message_id)
 ) WITHOUT ROWID;
+
+-- name: add_leases
+-- For queue files made before lease tokens (open() runs it when the column is missing).
+ALTER TABLE jobs ADD COLUMN leases INTEGER NOT NULL DEFAULT 0;
 
 -- name: seen_unexpired
 -- Which of these messageIds (":ids" is expanded to one "?" per id) are within their window.
@@ -72,37 +78,44 @@ ORDER BY j.id
 LIMIT :limit;
 
 -- name: lease
-UPDATE jobs SET state = 'leased', worker = :worker, due_at = :due_at
+UPDATE jobs SET state = 'leased', worker = :worker, due_at = :due_at, leases = leases + 1
 WHERE id = :id
 RETURNING id, source, destination, message_id, order_key, payload, received_at, attempts,
-          first_attempt_at;
+          first_attempt_at, leases;
 
 -- name: delivered
+-- Outcomes (delivered … release) apply only to the current lease: the job is leased, to
+-- :worker when given, with lease token :lease when given (queue/base.py, "Lease ownership").
 UPDATE jobs SET state = 'delivered', answer = :answer, attempts = attempts + 1,
        first_attempt_at = coalesce(first_attempt_at, :now), finished_at = :now,
        due_at = NULL, worker = NULL
-WHERE id = :id AND state = 'leased';
+WHERE id = :id AND state = 'leased' AND (:worker IS NULL OR worker = :worker)
+  AND (:lease IS NULL OR leases = :lease);
 
 -- name: retry_at
 UPDATE jobs SET state = 'retry', due_at = :at, reason = :reason, answer = :answer,
        attempts = attempts + 1, first_attempt_at = coalesce(first_attempt_at, :now),
        worker = NULL
-WHERE id = :id AND state = 'leased';
+WHERE id = :id AND state = 'leased' AND (:worker IS NULL OR worker = :worker)
+  AND (:lease IS NULL OR leases = :lease);
 
 -- name: dead
 UPDATE jobs SET state = 'dead', reason = :reason, detail = :detail, answer = :answer,
        attempts = attempts + 1, first_attempt_at = coalesce(first_attempt_at, :now),
        finished_at = :now, due_at = NULL, worker = NULL
-WHERE id = :id AND state = 'leased';
+WHERE id = :id AND state = 'leased' AND (:worker IS NULL OR worker = :worker)
+  AND (:lease IS NULL OR leases = :lease);
 
 -- name: skipped
 UPDATE jobs SET state = 'skipped', reason = :reason, detail = :detail, finished_at = :now,
        due_at = NULL, worker = NULL
-WHERE id = :id AND state = 'leased';
+WHERE id = :id AND state = 'leased' AND (:worker IS NULL OR worker = :worker)
+  AND (:lease IS NULL OR leases = :lease);
 
 -- name: release
 UPDATE jobs SET state = 'pending', due_at = NULL, worker = NULL
-WHERE id = :id AND state = 'leased';
+WHERE id = :id AND state = 'leased' AND (:worker IS NULL OR worker = :worker)
+  AND (:lease IS NULL OR leases = :lease);
 
 -- name: count_by_destination_state
 SELECT destination, state, count(*) FROM jobs GROUP BY destination, state;
