@@ -31,7 +31,7 @@ def test_unreachable_postgres_is_a_clear_error() -> None:
 
     url = f"postgresql://someone:secret@127.0.0.1:{free_port()}/nothing"
     result = CliRunner().invoke(main, ["db", "migrate", "--queue", url])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "cannot migrate postgresql://someone:***@127.0.0.1" in result.output
     assert "secret" not in result.output
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from heaprelay.cli.dlq import queue_options
+from heaprelay.cli.dlq import queue_failure, queue_options
 
 
 @click.group()
@@ -44,13 +44,15 @@ def migrate(queue_url: str | None, data_dir: Path | None, config_file: Path | No
         try:
             applied = asyncio.run(pg_migrate(url, schema=DEFAULT_SCHEMA))
         except psycopg.Error as exc:
-            raise click.ClickException(f"cannot migrate {shown}: {exc}") from None
+            raise queue_failure("cannot migrate", url, exc) from None
         if applied:
             click.echo(f"{shown}: applied {', '.join(applied)}")
         else:
             click.echo(f"{shown}: up to date")
         return
     if url.startswith("sqlite:"):
+        import sqlite3
+
         from heaprelay.queue import open_queue
 
         async def touch() -> None:
@@ -59,8 +61,8 @@ def migrate(queue_url: str | None, data_dir: Path | None, config_file: Path | No
 
         try:
             asyncio.run(touch())
-        except OSError as exc:
-            raise click.ClickException(f"cannot open {shown}: {exc}") from None
+        except (OSError, sqlite3.Error) as exc:
+            raise queue_failure("cannot open", url, exc) from None
         click.echo(f"{shown}: up to date (SQLite creates its tables on open)")
         return
     raise click.UsageError(f"unsupported queue URL {shown!r}; use sqlite:///PATH or postgresql://…")

@@ -61,16 +61,36 @@ def resolve_queue_url(
     return queue_url_for(queue_url, directory)
 
 
+class QueueUnavailable(click.ClickException):
+    """The queue cannot be opened or used (server down, bad URL or file): one line, exit 2."""
+
+    exit_code = 2
+
+
+def queue_failure(what: str, url: str, exc: BaseException) -> QueueUnavailable:
+    """``what URL: reason`` on one line, without the URL's password."""
+    from heaprelay.cli.db import _redact
+
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    return QueueUnavailable(f"{what} {_redact(url)}: {reason}")
+
+
 def with_queue(url: str, fn: Callable[[Queue], Awaitable[T]]) -> T:
+    import sqlite3
+
+    import psycopg
+
     from heaprelay.queue import open_queue
 
     async def run() -> T:
         try:
             queue = await open_queue(url)
-        except (ValueError, OSError) as exc:
-            raise click.ClickException(f"cannot open queue {url}: {exc}") from None
+        except (ValueError, OSError, sqlite3.Error, psycopg.Error) as exc:
+            raise queue_failure("cannot open queue", url, exc) from None
         try:
             return await fn(queue)
+        except (sqlite3.Error, psycopg.Error) as exc:  # e.g. the server went away meanwhile
+            raise queue_failure("queue failed", url, exc) from None
         finally:
             await queue.close()
 
