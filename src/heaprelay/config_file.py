@@ -20,13 +20,14 @@ The format is documented in ``examples/heaprelay.toml``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar, cast, get_args
+from typing import Any, TypeVar, cast, get_args, get_type_hints
 
 from heaprelay.config import (
     DEFAULT_RETRY_WINDOW,
@@ -304,7 +305,7 @@ def _duration(value: Any) -> float:
 # --- the schema ----------------------------------------------------------------------------
 
 _TOP = ("server", "delivery", "sources")
-_SERVER = ("host", "port", "data_dir", "queue_url", "role", "sandbox")
+_SERVER = ("host", "port", "data_dir", "queue_url", "role", "sandbox", "retention")
 _SOURCE = (
     "name",
     "write_key",
@@ -386,6 +387,7 @@ def _build(r: _Reader, data: dict[str, Any]) -> Config:
         "queue_url": r.string(server, "queue_url", "server"),
         "role": cast(Role, role),
         "sandbox": r.typed(server, "sandbox", "server", _boolean, False),
+        "retention": r.typed(server, "retention", "server", _positive_duration, defaults.retention),
         "delivery": _delivery(r, data.get("delivery", {})),
     }
     queue_url = config_kw["queue_url"]
@@ -409,30 +411,67 @@ def _build(r: _Reader, data: dict[str, Any]) -> Config:
     return Config(sources=tuple(sources), **config_kw)
 
 
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"expected a duration above zero, got {value!r}")
+    return seconds
+
+
+#: ``[delivery]`` keys with a check of their own; every other field of
+#: :class:`DeliverySettings` is accepted too, checked by its type (see :func:`_delivery_checks`).
+_DELIVERY_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "batch_size": _positive_int,
+    "flush_interval": _duration,
+    "rate_limits": _boolean,
+    "app_events_per_minute": _positive_int,
+    "identity_events_per_minute": _positive_int,
+    "time_scale": _positive_number,
+    "concurrency": _positive_int,
+    "request_timeout": _positive_duration,
+    "retry_base": _positive_duration,
+    "retry_cap": _positive_duration,
+    "lease_seconds": _positive_duration,
+}
+
+
+def _delivery_checks() -> dict[str, Callable[[Any], Any]]:
+    """A check for every field of :class:`DeliverySettings`, so that a setting added there
+    is accepted in ``[delivery]`` at once: ints are positive integers, floats durations
+    (seconds or "90s"), booleans true/false."""
+    by_type: dict[Any, Callable[[Any], Any]] = {
+        int: _positive_int,
+        float: _duration,
+        bool: _boolean,
+    }
+    hints = get_type_hints(DeliverySettings)
+    checks: dict[str, Callable[[Any], Any]] = {}
+    for f in fields(DeliverySettings):
+        check = _DELIVERY_CHECKS.get(f.name) or by_type.get(hints.get(f.name))
+        if check is not None:
+            checks[f.name] = check
+    return checks
+
+
 def _delivery(r: _Reader, value: Any) -> DeliverySettings:
     default = DeliverySettings()
     table = r.table(value, "delivery")
     if table is None:
         return default
-    checks: dict[str, Callable[[Any], Any]] = {
-        "batch_size": _positive_int,
-        "flush_interval": _duration,
-        "rate_limits": _boolean,
-        "app_events_per_minute": _positive_int,
-        "identity_events_per_minute": _positive_int,
-        "time_scale": _positive_number,
-        "concurrency": _positive_int,
-        "request_timeout": _duration,
-        "lease_seconds": _duration,
-    }
+    checks = _delivery_checks()
     r.keys(table, "delivery", tuple(checks))
     kw = {
         key: r.typed(table, key, "delivery", check, getattr(default, key))
         for key, check in checks.items()
+        if key in table
     }
-    if kw["batch_size"] > 1000:
+    if kw.get("batch_size", 0) > 1000:
         r.problem("delivery.batch_size", "Heap accepts at most 1000 items per bulk request")
-    return DeliverySettings(**kw)
+    retry_base = kw.get("retry_base", default.retry_base)
+    if retry_base > kw.get("retry_cap", default.retry_cap):
+        where = "delivery.retry_cap" if "retry_cap" in table else "delivery.retry_base"
+        r.problem(where, "retry_cap is below retry_base (backoff: retry_base * 2**n, at most cap)")
+    return dataclasses.replace(default, **kw)
 
 
 def _source(r: _Reader, value: Any, path: str) -> Source | None:

@@ -3,8 +3,8 @@ problem, with its line and TOML path; ``heaprelay config check`` prints them and
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,45 +12,19 @@ import pytest
 from click.testing import CliRunner
 
 from heaprelay.cli import main
-from heaprelay.config import Consent, EventFilter
-from heaprelay.config_file import ConfigError, check_config, load_config, parse_duration
+from heaprelay.config import Config, Consent, DeliverySettings, EventFilter
+from heaprelay.config_file import (
+    ConfigError,
+    _delivery_checks,
+    check_config,
+    load_config,
+    parse_duration,
+)
 from heaprelay.heap.models import EU_BASE_URL
-from heaprelay.transform import _base
 
 CONFIGS = Path(__file__).parent.parent / "data" / "configs"
 EXAMPLE = Path(__file__).parent.parent.parent / "examples" / "heaprelay.toml"
 ENV = {"WEB_WRITE_KEY": "web-key-123456", "EU_APP_ID": "2222222222"}
-
-
-class _InterimProfile:
-    """Used only for profiles not yet in the tree (issue 2 writes them): these tests check the
-    config file, not the profiles. Not used once the real profile imports."""
-
-    options: dict[str, tuple[str, ...] | None] = {}  # noqa: RUF012
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def check_settings(self, settings: Any) -> None:
-        if not settings.app_id:
-            raise _base.SettingsError("app_id is required")
-
-    def transform(self, message: Any, settings: Any) -> Any:  # pragma: no cover
-        raise NotImplementedError
-
-
-@pytest.fixture(autouse=True)
-def profiles() -> Iterator[None]:
-    interim = []
-    for name in _base.PROFILE_NAMES:
-        try:
-            _base.get_profile(name)
-        except ImportError:
-            _base._loaded[name] = _InterimProfile(name)
-            interim.append(name)
-    yield
-    for name in interim:
-        _base._loaded.pop(name, None)
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -245,3 +219,74 @@ def test_segment_heap_cloud_needs_its_region_setting(tmp_path: Path) -> None:
         )
         == []
     )
+
+
+def test_delivery_accepts_every_delivery_setting(tmp_path: Path) -> None:
+    text = (
+        """
+[server]
+retention = "3d"
+
+[delivery]
+batch_size = 200
+flush_interval = "50ms"
+rate_limits = false
+app_events_per_minute = 6000
+identity_events_per_minute = 500
+time_scale = 10
+concurrency = 3
+request_timeout = "5s"
+retry_base = "500ms"
+retry_cap = "2m"
+lease_seconds = 90
+"""
+        + MINIMAL
+    )
+    config = load_config(write(tmp_path, text), {})
+    assert config.retention == 3 * 86400
+    assert config.delivery == DeliverySettings(
+        batch_size=200,
+        flush_interval=0.05,
+        rate_limits=False,
+        app_events_per_minute=6000,
+        identity_events_per_minute=500,
+        time_scale=10.0,
+        concurrency=3,
+        request_timeout=5.0,
+        retry_base=0.5,
+        retry_cap=120.0,
+        lease_seconds=90.0,
+    )
+
+
+def test_every_delivery_field_is_a_key_of_the_file() -> None:
+    """A setting added to DeliverySettings is accepted in [delivery] without more work."""
+    assert set(_delivery_checks()) == {f.name for f in dataclasses.fields(DeliverySettings)}
+
+
+def test_delivery_defaults_when_absent(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "[delivery]\n" + MINIMAL), {})
+    assert config.delivery == DeliverySettings()
+    assert config.retention == Config(sources=()).retention
+
+
+@pytest.mark.parametrize(
+    ("line", "path", "needle"),
+    [
+        ("retry_cap = 0", "delivery.retry_cap", "above zero"),
+        ('lease_seconds = "soon"', "delivery.lease_seconds", "not a duration"),
+        ("retry_base = 60\nretry_cap = 10", "delivery.retry_cap", "below retry_base"),
+        ("retry_capp = 10", "delivery.retry_capp", "did you mean 'retry_cap'"),
+        ("concurrency = 0", "delivery.concurrency", "positive integer"),
+        ("time_scale = -1", "delivery.time_scale", "positive number"),
+    ],
+)
+def test_bad_delivery_settings(tmp_path: Path, line: str, path: str, needle: str) -> None:
+    problems = check_config(write(tmp_path, f"[delivery]\n{line}\n" + MINIMAL), {})
+    assert [(p.path, needle in p.message) for p in problems] == [(path, True)], problems
+
+
+def test_bad_retention(tmp_path: Path) -> None:
+    (problem,) = check_config(write(tmp_path, '[server]\nretention = "0s"\n' + MINIMAL), {})
+    assert problem.path == "server.retention"
+    assert problem.line == 2

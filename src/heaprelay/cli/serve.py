@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from heaprelay.config import (
     DEFAULT_HOST,
@@ -47,19 +48,36 @@ def config_from_flags(
     return Config(sources=(source,), data_dir=data_dir, queue_url=queue_url, host=host, port=port)
 
 
+#: Flags that describe the one source and destination of the zero-config mode: with
+#: ``--config`` they belong in the file.
+PER_DESTINATION_FLAGS = ("app_id", "write_key", "profile", "region", "base_url")
+#: Flags that, given explicitly (or by their ``HEAPRELAY_*`` variable), win over the file.
+SERVER_FLAGS = ("host", "port", "data_dir", "queue_url", "role")
+
+
 @click.command()
+@click.option(
+    "--config",
+    "config_file",
+    envvar="HEAPRELAY_CONFIG",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML file with sources, destinations and filters (see examples/heaprelay.toml; "
+    "check it with `heaprelay config check FILE`). --host, --port, --data-dir, --queue, "
+    "--role and --sandbox override it; the per-destination flags cannot be combined with it.",
+)
 @click.option(
     "--app-id",
     envvar="HEAPRELAY_APP_ID",
     default=None,
-    help="Heap app id (required, except with --sandbox).",
+    help="Heap app id (required, except with --sandbox or --config).",
 )
 @click.option(
     "--write-key",
     envvar="HEAPRELAY_WRITE_KEY",
     default=None,
     help="The write key the SDKs send (HTTP Basic user or 'writeKey' in the body); "
-    "required, except with --sandbox (default there: sandbox).",
+    "required, except with --sandbox (default there: sandbox) or --config.",
 )
 @click.option("--host", envvar="HEAPRELAY_HOST", default=DEFAULT_HOST, show_default=True)
 @click.option("--port", envvar="HEAPRELAY_PORT", type=int, default=DEFAULT_PORT, show_default=True)
@@ -119,6 +137,7 @@ def config_from_flags(
     "(see what arrives at /fake-heap/_fake/report, /_fake/events, /_fake/users).",
 )
 def command(
+    config_file: Path | None,
     app_id: str | None,
     write_key: str | None,
     host: str,
@@ -135,9 +154,22 @@ def command(
     """Accept Segment/RudderStack events and relay them to Heap.
 
     Point an SDK's host at http://HOST:PORT. Stops cleanly on SIGTERM/SIGINT.
+
+    One source and one Heap destination from the flags (--write-key, --app-id, ...), or any
+    number of both from a configuration file (--config FILE).
     """
     from heaprelay import server
 
+    if config_file is not None:
+        config = _config_from_file(config_file, sandbox=sandbox)
+        if config.sandbox:
+            click.echo(
+                f"sandbox: delivering to the embedded fake Heap; what it accepted: "
+                f"http://{config.host}:{config.port}/fake-heap/_fake/report",
+                err=True,
+            )
+        server.run(config, log_level=log_level)
+        return
     if sandbox:
         if base_url:
             raise click.UsageError("--sandbox delivers to the embedded fake Heap; drop --base-url")
@@ -150,9 +182,11 @@ def command(
             err=True,
         )
     if app_id is None:
-        raise click.BadParameter("required (or use --sandbox)", param_hint="--app-id")
+        raise click.BadParameter("required (or use --sandbox or --config)", param_hint="--app-id")
     if write_key is None:
-        raise click.BadParameter("required (or use --sandbox)", param_hint="--write-key")
+        raise click.BadParameter(
+            "required (or use --sandbox or --config)", param_hint="--write-key"
+        )
     config = config_from_flags(
         app_id=app_id,
         write_key=write_key,
@@ -177,3 +211,39 @@ def command(
         pass
     config.data_dir.mkdir(parents=True, exist_ok=True)
     server.run(dataclasses.replace(config, sandbox=sandbox), log_level=log_level)
+
+
+def _config_from_file(path: Path, *, sandbox: bool) -> Config:
+    """``--config``: the file (on any problem, print them all as ``config check`` does and
+    exit 1), with the server flags given explicitly or by their ``HEAPRELAY_*`` variable on
+    top, and ``--sandbox``. Per-destination flags on the command line are a usage error; set
+    by their variables they are ignored, with a warning."""
+    from heaprelay.cli.config import load_or_exit
+
+    ctx = click.get_current_context()
+    ignored: list[str] = []
+    for name in PER_DESTINATION_FLAGS:
+        source = ctx.get_parameter_source(name)
+        flag = "--" + name.replace("_", "-")
+        if source is ParameterSource.COMMANDLINE:
+            raise click.UsageError(
+                f"{flag} cannot be combined with --config: set it in the file's "
+                "[[sources]] / [[sources.destinations]]"
+            )
+        if source is ParameterSource.ENVIRONMENT:
+            ignored.append(f"HEAPRELAY_{name.upper()}")
+    if ignored:
+        click.echo(f"warning: --config given; ignoring {', '.join(ignored)}", err=True)
+    config = load_or_exit(path)
+    overrides: dict[str, object] = {
+        name: ctx.params[name]
+        for name in SERVER_FLAGS
+        if ctx.get_parameter_source(name)
+        in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+        and ctx.params[name] is not None
+    }
+    if sandbox:
+        overrides["sandbox"] = True
+    config = dataclasses.replace(config, **overrides)  # type: ignore[arg-type]
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    return config
