@@ -432,3 +432,16 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         if proc.stderr:
             proc.stderr.close()
     assert (data_dir / "heaprelay.db").exists()
+
+
+def test_per_destination_variables_with_config_are_ignored_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(BAD_CONFIG)
+    result = CliRunner().invoke(
+        main, ["serve", "--config", str(path)], env={"HEAPRELAY_APP_ID": "9"}
+    )
+    assert result.exit_code == 1  # the file's problems, not a usage error
+    assert "warning: --config given; ignoring HEAPRELAY_APP_ID" in result.stderr
+    assert "unknown profile 'amplitude'" in result.stderr
