@@ -156,9 +156,34 @@ def flat_under(out: dict[str, Any], obj: Any, base: str) -> None:
     """:func:`flat_into` with ``base`` = the dotted path of ``obj`` and its trailing dot
     (``""`` at the top): the form the profiles call, one call less per flattening.
 
-    The hot path of both profiles: one body per container kind rather than a (key, value)
-    list per array or a call per level, the usual leaves (strings, safe integers, floats
-    written in fixed notation, null) written inline, the rest by :func:`leaf_string`."""
+    The hot path of both profiles. One body for objects and one for short arrays (no
+    (key, value) list per array, no keyword argument to ``zip``), the usual leaves (strings,
+    safe integers, floats written in fixed notation, null) written inline with constant
+    bounds, the rest by :func:`leaf_string`. A nested path that is empty (key ``""`` at the
+    top) starts at the top again, as ``flat.ts`` does."""
+    if type(obj) is list and len(obj) <= 64:
+        index = _INDEX
+        for i, value in enumerate(obj):
+            kind = type(value)
+            if kind is str:
+                out[base + index[i]] = value
+            elif kind is dict or kind is list:
+                flat_under(out, value, base + index[i] + ".")
+            elif kind is int and -(2**53) <= value <= 2**53:
+                out[base + index[i]] = str(value)
+            elif kind is float and (1e-4 <= value < 1e16 or -1e16 < value <= -1e-4):
+                # Python's repr and Number#toString both write the shortest round-trip
+                # digits in fixed notation here; only the ".0" of integral values differs
+                # (and no other repr in this range ends with "0").
+                text = repr(value)
+                out[base + index[i]] = text[:-2] if text[-1] == "0" else text
+            elif value is None:
+                out[base + index[i]] = "null"
+            elif isinstance(value, dict | list):
+                flat_under(out, value, base + index[i] + ".")
+            else:
+                out[base + index[i]] = leaf_string(value)
+        return
     if type(obj) is dict:
         pairs: Any = obj.items()
         # min() (in C) first: no key below ":" means no key starts with a digit.
@@ -167,8 +192,6 @@ def flat_under(out: dict[str, Any], obj: Any, base: str) -> None:
                 if key[:1] in _DIGITS:
                     pairs = _items(obj)
                     break
-    elif type(obj) is list and len(obj) <= 64:
-        pairs = zip(_INDEX, obj, strict=False)
     else:
         pairs = _items(obj)
     for key, value in pairs:
@@ -177,14 +200,12 @@ def flat_under(out: dict[str, Any], obj: Any, base: str) -> None:
             out[base + key] = value
         elif kind is dict or kind is list:
             path = base + key
-            flat_under(out, value, path + "." if path else "")  # flat.ts: "" is the top again
-        elif kind is int and -_MAX_SAFE <= value <= _MAX_SAFE:
+            flat_under(out, value, path + "." if path else "")
+        elif kind is int and -(2**53) <= value <= 2**53:
             out[base + key] = str(value)
         elif kind is float and (1e-4 <= value < 1e16 or -1e16 < value <= -1e-4):
-            # Python's repr and Number#toString both write the shortest round-trip digits
-            # in fixed notation in this range; only the trailing ".0" differs.
             text = repr(value)
-            out[base + key] = text[:-2] if text[-2:] == ".0" else text
+            out[base + key] = text[:-2] if text[-1] == "0" else text
         elif value is None:
             out[base + key] = "null"
         elif isinstance(value, dict | list):

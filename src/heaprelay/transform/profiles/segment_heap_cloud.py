@@ -23,6 +23,7 @@ from heaprelay.transform.profiles._actions import (
     SEGMENT_LIBRARY,
     InvalidField,
     flat_mode_into,
+    flat_under,
     is_date_like,
     obj_field,
     str_field,
@@ -72,33 +73,37 @@ class SegmentHeapCloudProfile:
             return Skip(Reason.INVALID_FIELD, "properties nested too deeply")
 
 
-def _trimmed(value: str | None) -> str | None:
-    if value is None:
-        return None
-    return value.strip(_JS_TRIM) or None
-
-
 def _send_event(
     msg: Mapping[str, Any], settings: DestinationSettings, kind: str
 ) -> TransformResult:
+    # str_field / obj_field in the mapping's order (the first invalid field is the one named),
+    # with the usual case (a non-empty string, a dict, absence) taken inline.
     ctx = msg.get("context")
     ctx_traits = ctx.get("traits") if isinstance(ctx, dict) else None
     # email: @if exists $.email then $.email else $.context.traits.email
     raw_email = msg.get("email")
     if raw_email is None and isinstance(ctx_traits, dict):
         raw_email = ctx_traits.get("email")
-    message_id = str_field(msg.get("messageId"), "messageId")
-    event = str_field(msg.get("event"), "event")
-    name = str_field(msg.get("name"), "name")
-    identity = str_field(msg.get("userId"), "userId")
-    anonymous_id = str_field(msg.get("anonymousId"), "anonymousId")
-    email = str_field(raw_email, "email")
-    timestamp = str_field(msg.get("timestamp"), "timestamp")
-    properties = obj_field(msg.get("properties"), "properties")
-    if kind == "identify":
-        traits = obj_field(msg.get("traits"), "traits")
+    value = msg.get("messageId")
+    message_id = value if type(value) is str and value else str_field(value, "messageId")
+    value = msg.get("event")
+    event = value if type(value) is str and value else str_field(value, "event")
+    value = msg.get("name")
+    name = None if value is None else str_field(value, "name")
+    value = msg.get("userId")
+    identity = value if type(value) is str and value else str_field(value, "userId")
+    value = msg.get("anonymousId")
+    anonymous_id = value if type(value) is str and value else str_field(value, "anonymousId")
+    email = None if raw_email is None else str_field(raw_email, "email")
+    value = msg.get("timestamp")
+    timestamp = value if type(value) is str and value else str_field(value, "timestamp")
+    value = msg.get("properties")
+    properties = value if type(value) is dict else obj_field(value, "properties")
+    value = msg.get("traits") if kind == "identify" else ctx_traits
+    if value is None or type(value) is dict:
+        traits: Mapping[str, Any] | None = value
     else:
-        traits = obj_field(ctx_traits, "context.traits")
+        traits = obj_field(value, "traits" if kind == "identify" else "context.traits")
     if message_id is None:
         return Skip(
             Reason.MISSING_MESSAGE_ID, "The root value is missing the required field 'message_id'."
@@ -119,7 +124,8 @@ def _send_event(
         )
 
     mode = settings.options.get("nested_properties_mode", "flatten")
-    identity = _trimmed(identity)
+    if identity is not None:
+        identity = identity.strip(_JS_TRIM) or None
     user_props: dict[str, Any] = {}
     if traits:
         flat_mode_into(user_props, traits, mode, True)
@@ -154,9 +160,9 @@ def _send_event(
     user_identifier: dict[str, str] = {}
     if identity is not None:
         user_identifier["identity"] = identity
-    if (anon := _trimmed(anonymous_id)) is not None:
+    if anonymous_id is not None and (anon := anonymous_id.strip(_JS_TRIM)):
         user_identifier["anonymous_id"] = anon
-    if (mail := _trimmed(email)) is not None:
+    if email is not None and (mail := email.strip(_JS_TRIM)):
         user_identifier["email"] = mail
     if not user_identifier:
         return Skip(
@@ -165,7 +171,10 @@ def _send_event(
         )
     custom: dict[str, Any] = {"segment_library": SEGMENT_LIBRARY}
     if properties:
-        flat_mode_into(custom, properties, mode, False)
+        if mode == "flatten":
+            flat_under(custom, properties, "")
+        else:
+            flat_mode_into(custom, properties, mode, False)
     if name is not None and name.strip(_JS_TRIM):
         custom["name"] = name
     track_event: dict[str, Any] = {
