@@ -61,13 +61,15 @@ Service = Callable[[Runtime], Coroutine[Any, Any, None]]
 def default_services(config: Config) -> list[Service]:
     """The background services ``heaprelay serve`` runs for ``config``.
 
-    The delivery (router) workers are added here for roles ``all`` and ``worker``.
+    Roles ``all`` and ``worker`` run the delivery (router) workers and retention (deleting
+    delivered and skipped jobs older than ``Config.retention``).
     """
     services: list[Service] = []
     if config.role in ("all", "worker"):
+        from heaprelay.queue.retention import retention_service
         from heaprelay.router import delivery_service
 
-        services.append(delivery_service)
+        services += [delivery_service, retention_service]
     return services
 
 

@@ -322,3 +322,51 @@ def test_serve_sandbox_shows_the_whole_flow(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert b"sandbox: delivering to the embedded fake Heap" in err
+
+
+def test_running_relay_prunes_delivered_jobs_older_than_retention(
+    tmp_path: Path, fake: tuple[FakeHeap, str]
+) -> None:
+    """``serve``'s default services include retention: delivered and skipped jobs older than
+    ``Config.retention`` are deleted; dead letters stay."""
+    heap, heap_url = fake
+    heap.update({"reject_identities": ["refused"]})
+    db = tmp_path / "heaprelay.db"
+
+    def serve(retention: float) -> Any:
+        delivery = DeliverySettings(flush_interval=0.05, retry_base=0.1, concurrency=2)
+        source = Source("sdk", KEY, (Destination("heap", settings_for(heap_url)),))
+        config = Config(
+            sources=(source,), data_dir=tmp_path, retention=retention, delivery=delivery
+        )
+        return serve_in_thread(build_app(config))
+
+    with serve(retention=3600.0) as url:
+        client = sdk(url)
+        for i in range(6):
+            client.identify(user_id=f"user-{i}", traits={"n": i})
+        client.identify(user_id="refused", traits={"n": 0})
+        client.track(user_id="user-1", event="Filtered", integrations={"Heap": False})
+        client.flush()
+        wait_until(finished(db, 8), what="delivery")
+        time.sleep(0.5)  # the prune at start has run: nothing was old enough
+        assert queue_counts(db) == {"delivered": 6, "dead": 1, "skipped": 1}
+    time.sleep(0.3)
+    with serve(retention=0.2):  # now every finished job is older than the retention
+        wait_until(lambda: queue_counts(db) == {"dead": 1}, what="retention prune")
+    assert len(heap.users(APP)) == 6
+
+
+@pytest.mark.parametrize(
+    ("role", "expected"),
+    [
+        ("all", ["delivery_service", "retention_service"]),
+        ("worker", ["delivery_service", "retention_service"]),
+        ("api", []),
+    ],
+)
+def test_delivery_roles_run_retention(role: Any, expected: list[str]) -> None:
+    from heaprelay.server import default_services
+
+    config = Config(sources=(), role=role)
+    assert [s.__name__ for s in default_services(config)] == expected

@@ -3,6 +3,7 @@
 import asyncio
 import functools
 import random
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -10,13 +11,15 @@ import orjson
 import pytest
 
 from heaprelay.clock import SystemClock
-from heaprelay.config import DeliverySettings, Destination
+from heaprelay.config import Config, DeliverySettings, Destination, Source
 from heaprelay.heap.client import HeapClient
 from heaprelay.heap.fake import FakeHeap, FakeHeapSettings
 from heaprelay.queue.base import NewJob
 from heaprelay.queue.memory import MemoryQueue
 from heaprelay.router import Router
 from heaprelay.router.retry import RetryPolicy
+from heaprelay.router.service import delivery_service
+from heaprelay.server import Runtime
 from heaprelay.spec.reasons import Reason
 from heaprelay.testing.servers import serve_in_thread
 from heaprelay.transform import DestinationSettings
@@ -320,3 +323,234 @@ async def test_hot_identity_is_released_not_held_and_keeps_order(
     assert router.stats.released_jobs > 0
     hot = [e["properties"]["n"] for e in fake.events(APP) if e["identity"] == "hot"]
     assert hot == sorted(hot)
+
+
+# --- several worker processes share Heap's rate budget ---------------------------------------
+
+
+@pytest.mark.slow
+@sync
+async def test_two_workers_on_one_queue_share_the_rate_budget(
+    heap_url: str, fake: FakeHeap
+) -> None:
+    """Two relays' delivery services on one queue (each would use the whole budget alone):
+    they heartbeat, each takes half, and Heap (the fake, same limits) answers no 429."""
+    limits = {"app_events_per_minute": 1200, "identity_events_per_minute": 100_000}
+    fake.update({"rate_limits": True, "time_scale": 60.0, **limits})  # 1,200 events/s
+    queue = MemoryQueue()
+    clock = SystemClock()
+    total = 4000  # 3.3 s of the budget; twice the budget would run into 429s within 1 s
+    # one identity per event: a claim leases whole identities, the other worker must find work
+    await queue.append([track(i, f"user{i}") for i in range(total)], now=clock.now())
+    settings = DeliverySettings(
+        batch_size=200,
+        flush_interval=0.0,
+        rate_limits=True,
+        time_scale=60.0,
+        concurrency=2,  # so that one worker's loops do not claim the whole backlog at once
+        **limits,
+    )
+    source = Source("src", "key", (destination(heap_url, profile="heap"),))
+    runtimes = [
+        Runtime(config=Config(sources=(source,), delivery=settings), clock=clock, queue=queue)
+        for _ in range(2)
+    ]
+    services = [
+        asyncio.create_task(delivery_service(rt, name=f"w{n}", heartbeat=0.2))
+        for n, rt in enumerate(runtimes)
+    ]
+    live: set[int] = set()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while not finished(queue)():
+        assert loop.time() < deadline, "delivery did not finish in time"
+        live.add(await queue.heartbeat("observer", now=clock.now(), ttl=0.6) - 1)
+        await queue.leave("observer")
+        await asyncio.sleep(0.1)
+    for rt in runtimes:
+        rt.stopping.set()
+    await asyncio.gather(*services)
+    report = fake.report()
+    assert report["rate_limited"] == 0
+    assert report["accepted_events"] == total
+    assert 2 in live  # both were delivering together
+    assert await queue.heartbeat("observer", now=clock.now(), ttl=0.6) == 1  # both left
+
+
+# --- an event that becomes two requests -------------------------------------------------------
+
+
+class Gate:
+    """In front of the fake Heap: answers 503 to ``failing`` requests to paths ending in
+    ``path_suffix``, and logs every request that reaches it: (path, status, item ids)."""
+
+    def __init__(self, app: Any, path_suffix: str, failing: int) -> None:
+        self.app, self.suffix, self.failing = app, path_suffix, failing
+        self.log: list[tuple[str, int, list[int]]] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        path = scope["path"]
+        ids = [_event_number(item) for item in _items(orjson.loads(body))]
+        if path.endswith(self.suffix) and self.failing > 0:
+            self.failing -= 1
+            self.log.append((path, 503, ids))
+            await send({"type": "http.response.start", "status": 503, "headers": []})
+            await send({"type": "http.response.body", "body": b"down"})
+            return
+        status = [0]
+
+        async def replay() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def capture(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        await self.app(scope, replay, capture)
+        self.log.append((path, status[0], ids))
+
+
+def _items(body: dict[str, Any]) -> list[dict[str, Any]]:
+    for name in ("events", "users"):
+        if isinstance(body.get(name), list):
+            return list(body[name])
+    return [body]
+
+
+def _event_number(item: dict[str, Any]) -> int:
+    if "idempotency_key" in item:
+        return int(str(item["idempotency_key"]).removeprefix("track-msg-"))
+    props = item.get("properties") or item.get("custom_properties") or {}
+    return int(props["n"])
+
+
+def track_with_traits(n: int, identity: str) -> NewJob:
+    message = orjson.loads(track(n, identity).payload)
+    message["context"] = {"traits": {"n": n}}
+    return NewJob("src", "heap", f"track-msg-{n}", identity, orjson.dumps(message), 0.0)
+
+
+@pytest.mark.parametrize(
+    ("profile", "options", "users_path"),
+    [
+        ("segment-actions", {"identity": "userId"}, "/api/add_user_properties"),
+        ("segment-heap-cloud", {}, "/api/integrations/add_user_properties"),
+    ],
+)
+@sync
+async def test_profile_update_goes_before_its_track_even_when_it_must_be_retried(
+    fake: FakeHeap, profile: str, options: dict[str, str], users_path: str
+) -> None:
+    gate = Gate(fake.app, users_path, failing=3)
+    jobs = [track_with_traits(i, f"user{i % 3}") for i in range(30)]
+    with serve_in_thread(gate) as url:
+        settings = DestinationSettings(
+            app_id=APP, profile=profile, region_setting="US", base_url=url, options=options
+        )
+        queue = MemoryQueue()
+        clock = SystemClock()
+        await queue.append(jobs, now=clock.now())
+        async with HeapClient() as client:
+            router = Router(
+                queue,
+                {"heap": Destination(id="heap", settings=settings)},
+                client,
+                clock,
+                DeliverySettings(batch_size=4, flush_interval=0.0, rate_limits=False),
+                policy=RetryPolicy(base=0.05, cap=0.2),
+                rng=random.Random(5),
+            )
+            await drive(queue, router, finished(queue))
+    assert (await queue.stats()).by_state["delivered"] == 30
+    assert [s for p, s, _ in gate.log if p == users_path].count(503) == 3
+    # Every track went out only after its event's profile update had been accepted
+    updated: set[int] = set()
+    for path, status, ids in gate.log:
+        if path == users_path:
+            if status == 200:
+                updated.update(ids)
+        else:
+            assert path.endswith("/track")
+            assert set(ids) <= updated, f"track of {set(ids) - updated} before its update"
+    # ... and per identity, the tracks arrived in event order
+    n_events = [e["idempotency_key"] for e in fake.events(APP)]
+    for who in range(3):
+        mine = [int(k.removeprefix("track-msg-")) for k in n_events]
+        mine = [n for n in mine if n % 3 == who]
+        assert mine == sorted(mine)
+    assert len(n_events) == 30
+
+
+# --- stopping while a pass waits for rate budget ----------------------------------------------
+
+
+def _slow_budget_router(queue: MemoryQueue, url: str, client: HeapClient) -> Router:
+    # 60 events a minute, bulk requests of 60: the second request waits a minute.
+    settings = DeliverySettings(
+        batch_size=60,
+        flush_interval=0.0,
+        rate_limits=True,
+        app_events_per_minute=60,
+        identity_events_per_minute=10_000,
+        concurrency=1,
+        lease_seconds=600.0,
+    )
+    return Router(
+        queue, {"heap": destination(url, profile="heap")}, client, SystemClock(), settings
+    )
+
+
+@sync
+async def test_stop_while_waiting_for_budget_releases_the_unsent_jobs(
+    heap_url: str, fake: FakeHeap
+) -> None:
+    queue = MemoryQueue()
+    await queue.append([track(i, f"user{i}") for i in range(160)], now=SystemClock().now())
+    async with HeapClient() as client:
+        router = _slow_budget_router(queue, heap_url, client)
+        stopping = asyncio.Event()
+        task = asyncio.create_task(router.run(stopping))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while fake.report()["accepted_events"] < 60:  # the first request, then a long wait
+            assert loop.time() < deadline
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)
+        stopping.set()
+        await asyncio.wait_for(task, 5)  # returns at once, not after the wait
+    states = Counter(queue.state_of(i) for i in range(1, 161))
+    assert states == {"delivered": 60, "pending": 100}
+    assert fake.report()["accepted_events"] == 60
+
+
+@sync
+async def test_a_cancelled_pass_releases_the_jobs_it_holds(heap_url: str, fake: FakeHeap) -> None:
+    queue = MemoryQueue()
+    await queue.append([track(i, f"user{i}") for i in range(160)], now=SystemClock().now())
+    async with HeapClient() as client:
+        router = _slow_budget_router(queue, heap_url, client)
+        task = asyncio.create_task(router.run(asyncio.Event()))  # never told to stop
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while fake.report()["accepted_events"] < 60:
+            assert loop.time() < deadline
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)
+        assert queue.state_of(160) == "leased"
+        task.cancel()  # what the server does once its grace period is over
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    # all the claimed jobs are claimable again at once (the first 60 were sent: resending
+    # them later is absorbed by their idempotency keys)
+    assert {queue.state_of(i) for i in range(1, 161)} == {"pending"}
+    jobs = await queue.claim("next", limit=200, lease_seconds=60, now=SystemClock().now())
+    assert len(jobs) == 160

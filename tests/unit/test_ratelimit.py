@@ -1,3 +1,4 @@
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -83,3 +84,82 @@ def test_pause_after_a_429_holds_every_sender_of_the_app() -> None:
     assert abs(limiter.reserve("a", {"u": 1}, 10.0) - 5.001) < 1e-9
     assert limiter.reserve("b", {"u": 1}, 10.0) == 0.0
     RateLimiter(enabled=False).pause("a", 5.0, now=0.0)  # no-op when limits are off
+
+
+def app_only(per_minute: int) -> RateLimiter:
+    """A limiter whose identity limits are out of the way; app burst 1000."""
+    return RateLimiter(
+        app_per_minute=per_minute, identity_per_minute=10**9, app_burst=1000, identity_burst=10**9
+    )
+
+
+def test_share_scales_rate_and_burst() -> None:  # 1000 events per second at share 1
+    limiter = app_only(60_000)
+    limiter.set_share(0.5, now=0.0)
+    assert limiter.reserve("a", {"u": 500}, 0.0) == 0.0  # burst 500
+    assert abs(limiter.reserve("a", {"u": 500}, 0.0) - 1.0) < 1e-9  # 500 per second
+    assert abs(limiter.claim_wait(0.0) - 0.0) < 1e-9  # lookahead scales with the share
+
+
+def test_share_change_keeps_the_debt_and_refills_at_the_old_rate_first() -> None:
+    limiter = app_only(60_000)
+    assert limiter.reserve("a", {"u": 1000}, 0.0) == 0.0
+    assert limiter.reserve("a", {"u": 2000}, 0.0) == 2.0  # 2000 in debt, to be sent at t = 2
+    limiter.set_share(0.5, now=1.0)  # 1 s at the old rate: 1000 left in debt, now at 500/s
+    assert abs(limiter.reserve("a", {"u": 1}, 1.0) - 2.002) < 1e-9
+    # back to the whole budget: no tokens granted at once, the refill is faster
+    limiter.set_share(1.0, now=3.002)  # debt paid exactly at 3.002
+    assert abs(limiter.reserve("a", {"u": 1000}, 3.002) - 1.0) < 1e-9
+
+
+def test_a_smaller_share_drops_tokens_above_the_new_burst() -> None:
+    limiter = app_only(60_000)
+    limiter.reserve("a", {"u": 1}, 0.0)
+    limiter.set_share(0.25, now=10.0)  # the bucket was full (1000): now at most 250
+    assert limiter.reserve("a", {"u": 250}, 10.0) == 0.0
+    assert abs(limiter.reserve("a", {"u": 250}, 10.0) - 1.0) < 1e-9  # 250 per second
+
+
+def test_identity_buckets_take_the_share_too() -> None:
+    limiter = RateLimiter(identity_per_minute=1000, identity_burst=100)
+    limiter.reserve("a", {"hot": 100}, 0.0)
+    limiter.set_share(0.5, now=0.0)  # 100 tokens owed at 500/min now
+    assert abs(limiter.identity_wait("a", "hot", 50, 0.0) - 6.0) < 1e-9  # min(0, 50 burst)
+    assert limiter.identity_allowance("a", "cold", 0.0, 0.0) == 50
+
+
+def test_share_must_be_a_fraction() -> None:
+    limiter = RateLimiter()
+    for bad in (0.0, -1.0, 1.5):
+        with pytest.raises(ValueError, match="share"):
+            limiter.set_share(bad, now=0.0)
+
+
+@given(
+    st.integers(1, 4),
+    st.lists(st.tuples(st.integers(0, 3), st.integers(1, 250), st.floats(0, 2)), max_size=80),
+)
+def test_workers_at_their_share_never_exceed_the_whole_budget(
+    workers: int, requests: list[tuple[int, int, float]]
+) -> None:
+    """N limiters at 1/N each, sending whenever their bookings allow: together they never send
+    more than one limiter with the whole budget could (burst + rate * elapsed)."""
+    limiters = []
+    for _ in range(workers):
+        limiter = app_only(15_000)
+        limiter.set_share(1 / workers, now=0.0)
+        limiters.append(limiter)
+    clocks = [0.0] * workers
+    sends: list[tuple[float, int]] = []
+    for who, n, gap in requests:
+        w = who % workers
+        clocks[w] += gap
+        wait = limiters[w].reserve("app", {"x": n}, clocks[w])
+        clocks[w] += wait
+        sends.append((clocks[w], n))
+    sends.sort()
+    for i, (start, _) in enumerate(sends):
+        total = 0
+        for t, n in sends[i:]:
+            total += n
+            assert total <= 1000 + 250 * (t - start) + 1e-6

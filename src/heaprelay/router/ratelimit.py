@@ -12,6 +12,11 @@ per identity per app_id. :class:`RateLimiter` keeps one bucket per app_id and on
 minute's budget, so a relay that restarts or a request that arrives late never overruns
 Heap's bucket. ``time_scale`` divides the window (compressed-time benchmarks against the fake
 Heap, which takes the same factor).
+
+``share`` is this process's part of the budget when several worker processes deliver from one
+queue (see :mod:`heaprelay.router.service`): every rate and burst is multiplied by it, so N
+workers with ``share = 1/N`` together stay within Heap's budget. :meth:`RateLimiter.set_share`
+changes it at run time, keeping each bucket's debt and bookings (see there).
 """
 
 from __future__ import annotations
@@ -63,6 +68,8 @@ class RateLimiter:
     app_burst: int = 1000
     identity_burst: int = 100
     enabled: bool = True
+    #: This process's part of the budget (0 < share <= 1); change it with :meth:`set_share`.
+    share: float = 1.0
     _apps: dict[str, TokenBucket] = field(default_factory=dict)
     _identities: dict[tuple[str, str], TokenBucket] = field(default_factory=dict)
 
@@ -70,22 +77,50 @@ class RateLimiter:
     def window(self) -> float:
         return 60.0 / self.time_scale
 
+    def _app_shape(self) -> tuple[float, float]:
+        """(rate, burst) of an app bucket at the current share."""
+        rate = self.app_per_minute / self.window * self.share
+        return rate, min(self.app_burst, self.app_per_minute) * self.share
+
+    def _identity_shape(self) -> tuple[float, float]:
+        rate = self.identity_per_minute / self.window * self.share
+        return rate, min(self.identity_burst, self.identity_per_minute) * self.share
+
     def _bucket_app(self, app_id: str) -> TokenBucket:
         bucket = self._apps.get(app_id)
         if bucket is None:
-            rate = self.app_per_minute / self.window
-            burst = min(self.app_burst, self.app_per_minute)
-            bucket = self._apps[app_id] = TokenBucket(rate, burst)
+            bucket = self._apps[app_id] = TokenBucket(*self._app_shape())
         return bucket
 
     def _bucket_identity(self, app_id: str, identity: str) -> TokenBucket:
         key = (app_id, identity)
         bucket = self._identities.get(key)
         if bucket is None:
-            rate = self.identity_per_minute / self.window
-            burst = min(self.identity_burst, self.identity_per_minute)
-            bucket = self._identities[key] = TokenBucket(rate, burst)
+            bucket = self._identities[key] = TokenBucket(*self._identity_shape())
         return bucket
+
+    def set_share(self, share: float, now: float) -> None:
+        """Use ``share`` of the budget from ``now`` on (``0 < share <= 1``).
+
+        Each bucket is first refilled up to ``now`` at the old rate, then takes the new rate
+        and burst. Tokens above the new burst are dropped; a debt (bookings already made) is
+        kept whole and is paid off at the new rate, so a smaller share makes the next booking
+        wait longer and never lets this process send more than its new share from then on. A
+        larger share only speeds up the refill (no tokens are granted at once)."""
+        if not 0 < share <= 1:
+            raise ValueError(f"share must be in (0, 1], got {share!r}")
+        if share == self.share:
+            return
+        self.share = share
+        for buckets, (rate, burst) in (
+            (self._apps.values(), self._app_shape()),
+            (self._identities.values(), self._identity_shape()),
+        ):
+            for bucket in buckets:
+                bucket.available_at(0.0, now)  # refill at the old rate up to now
+                bucket.rate = rate
+                bucket.burst = burst
+                bucket.tokens = min(bucket.tokens, burst)
 
     def identity_wait(self, app_id: str, identity: str, n: int, now: float) -> float:
         """Seconds until ``n`` more events for the identity fit (without booking)."""

@@ -7,7 +7,11 @@ Each :class:`Router` runs ``concurrency`` loops. One pass of a loop (:meth:`Rout
    more when the claim came back short, so that a trickle still makes bulk requests);
 2. per job: the destination's filters, then its profile's transform (a skip is recorded with
    its reason); every track event gets an ``idempotency_key``;
-3. batch the requests per (url, app_id, endpoint) into Heap's bulk form;
+3. batch the requests per (url, app_id, endpoint) into Heap's bulk form. An event that
+   becomes several requests (a profile update, then the track) is sent in stages: the
+   jobs' first requests, then their second ones, and so on; a job's next request goes only
+   once its previous one was accepted (so a track never goes ahead of the profile update of
+   its own event; if that update must be retried, the track waits for the retry);
 4. per bulk request: book the rate limits and wait for them (backpressure, never a failure;
    the jobs of an identity whose budget is too far out are released untried instead),
    send, and classify Heap's answer with :func:`heaprelay.router.retry.decide`. A refused
@@ -19,6 +23,12 @@ Per-identity order: the queue hands out a key's jobs only in order and never whi
 earlier one waits for a retry. Within one claim, once a job of an order key fails in a
 retryable way, the later jobs of that key that were not sent yet are released untried, so
 nothing of that key is sent ahead of the failed job.
+
+Stopping: a pass waiting for rate budget stops waiting when the router is told to stop and
+gives the unsent jobs back (``Release``); a pass cancelled outright (the server's grace
+period ran out) releases all the jobs it holds before it ends, rather than leaving them
+leased until the lease expires. Releasing a job that was in fact sent only means sending it
+again later, in order; Heap absorbs a repeated track by its ``idempotency_key``.
 """
 
 from __future__ import annotations
@@ -125,6 +135,8 @@ class _Pass:
     answers: dict[int, list[HeapAnswer]] = field(default_factory=dict)
     released: set[int] = field(default_factory=set)
     blocked: set[str] = field(default_factory=set)
+    #: Jobs with a refused or failed request: their later requests are not sent.
+    failed: set[int] = field(default_factory=set)
     #: Seconds until a released hot identity has budget again (0: none released for that).
     hold: float = 0.0
 
@@ -170,10 +182,12 @@ class Router:
         self.stats = DeliveryStats()
         self.claim_requests = max(1, claim_requests)
         self._last_hold = 0.0
+        self._stopping: asyncio.Event | None = None
 
     # --- the loop ---------------------------------------------------------------------------
 
     async def run(self, stopping: asyncio.Event) -> None:
+        self._stopping = stopping
         loops = [
             asyncio.create_task(self._loop(stopping, n), name=f"{self.name}-{n}")
             for n in range(max(1, self.settings.concurrency))
@@ -217,22 +231,26 @@ class Router:
         # Claim only while the rate budget is at most two requests in debt: further ahead, the
         # claimed jobs would sit leased while they wait (see RateLimiter.claim_wait).
         wait = self.limiter.claim_wait(self.clock.monotonic())
-        if wait > 0:
-            await self.clock.sleep(wait)
+        if wait > 0 and not await self._wait_unless_stopping(wait):
+            return 0
         jobs = await self.queue.claim(
             worker, limit=limit, lease_seconds=self.lease_seconds, now=self.clock.now()
         )
         if not jobs:
             return 0
-        if len(jobs) < limit and self.settings.flush_interval > 0:
-            await self.clock.sleep(self.settings.flush_interval)
-            jobs += await self.queue.claim(
-                worker,
-                limit=limit - len(jobs),
-                lease_seconds=self.lease_seconds,
-                now=self.clock.now(),
-            )
-        outcomes = await self.deliver(jobs)
+        try:
+            if len(jobs) < limit and self.settings.flush_interval > 0:
+                await self.clock.sleep(self.settings.flush_interval)
+                jobs += await self.queue.claim(
+                    worker,
+                    limit=limit - len(jobs),
+                    lease_seconds=self.lease_seconds,
+                    now=self.clock.now(),
+                )
+            outcomes = await self.deliver(jobs)
+        except asyncio.CancelledError:
+            await self._give_back(jobs, worker)
+            raise
         # Only while this claim still holds the jobs (a lease taken over ignores them).
         await self.queue.complete(with_leases(outcomes, jobs), now=self.clock.now(), worker=worker)
         if self._last_hold and all(isinstance(o, Release) for o in outcomes):
@@ -240,24 +258,61 @@ class Router:
             await self.clock.sleep(min(self._last_hold, self.lease_seconds / 3))
         return len(jobs)
 
+    async def _wait_unless_stopping(self, seconds: float) -> bool:
+        """Sleep ``seconds``; False (at once) if the router is told to stop meanwhile."""
+        stopping = self._stopping
+        if stopping is None:
+            await self.clock.sleep(seconds)
+            return True
+        if stopping.is_set():
+            return False
+        sleep = asyncio.ensure_future(self.clock.sleep(seconds))
+        stop = asyncio.ensure_future(stopping.wait())
+        try:
+            await asyncio.wait({sleep, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleep.cancel()
+            stop.cancel()
+        return not stopping.is_set()
+
+    async def _give_back(self, jobs: Sequence[Job], worker: str) -> None:
+        """The pass holding ``jobs`` was cancelled: release them all now (see the module doc)
+        instead of leaving them leased until the lease expires."""
+        releases = [Release(job.id, lease=job.lease) for job in jobs]
+        try:
+            await asyncio.wait_for(
+                self.queue.complete(releases, now=self.clock.now(), worker=worker), 5.0
+            )
+        except Exception:  # the lease brings them back anyway
+            log.exception("could not release %d jobs of a cancelled pass", len(jobs))
+        else:
+            self.stats.released_jobs += len(jobs)
+            log.info("released %d jobs of a cancelled delivery pass", len(jobs))
+
     # --- one claim --------------------------------------------------------------------------
 
     async def deliver(self, jobs: Sequence[Job]) -> list[Outcome]:
         """Deliver claimed jobs; one outcome per job."""
         state = _Pass({job.id: job for job in jobs})
         outcomes: dict[int, Outcome] = {}
-        pairs: list[tuple[int, HeapRequest]] = []
+        # stages[k]: the k-th request of every job (module doc, step 3)
+        stages: list[list[tuple[int, HeapRequest]]] = []
         for job in jobs:
             prepared = self._prepare(job)
             if isinstance(prepared, list):
-                pairs.extend((job.id, request) for request in prepared)
+                for k, request in enumerate(prepared):
+                    if k == len(stages):
+                        stages.append([])
+                    stages[k].append((job.id, request))
                 state.answers[job.id] = []
             else:
                 outcomes[job.id] = prepared
-        groups: dict[tuple[str, str, str], list[Batch]] = {}
-        for b in batch(pairs, max_items=min(MAX_BULK_ITEMS, max(1, self.settings.batch_size))):
-            groups.setdefault((b.url, b.endpoint, b.app_id), []).append(b)
-        await asyncio.gather(*(self._send_group(state, g) for g in groups.values()))
+        max_items = min(MAX_BULK_ITEMS, max(1, self.settings.batch_size))
+        for pairs in stages:
+            groups: dict[tuple[str, str, str], list[Batch]] = {}
+            for b in batch(pairs, max_items=max_items):
+                groups.setdefault((b.url, b.endpoint, b.app_id), []).append(b)
+            await asyncio.gather(*(self._send_group(state, g) for g in groups.values()))
         self._last_hold = state.hold
         now = self.clock.now()
         for job_id, answers in state.answers.items():
@@ -308,6 +363,8 @@ class Router:
     async def _send(self, state: _Pass, b: Batch) -> None:
         items = []
         for item in b.items:
+            if item.owner in state.failed or item.owner in state.released:
+                continue  # an earlier request of its event failed, or the job was given back
             if state.key(item.owner) in state.blocked:
                 state.released.add(item.owner)
             else:
@@ -330,8 +387,13 @@ class Router:
                     state.blocked.add(state.key(item.owner))
                 state.hold = min(wait, self.lease_seconds / 3)
                 return
-            if wait > 0:
-                await self.clock.sleep(wait)
+            if wait > 0 and not await self._wait_unless_stopping(wait):
+                # Stopping: give the jobs back rather than wait (or be cancelled waiting).
+                self.limiter.cancel(b.app_id, counts)
+                for item in b.items:
+                    state.released.add(item.owner)
+                    state.blocked.add(state.key(item.owner))
+                return
         answer = await self.client.post(b.url, b.body(), headers=dict(b.headers))
         self.stats.requests[answer.status] += 1
         if answer.status == 429:
@@ -349,6 +411,8 @@ class Router:
             self.stats.error(f"{b.url}: {answer.describe()[:300]}")
         for owner in b.owners():
             state.answers[owner].append(answer)
+            if kind != "ok":
+                state.failed.add(owner)
             if kind == "retry":
                 state.blocked.add(state.key(owner))
         if kind == "ok":
