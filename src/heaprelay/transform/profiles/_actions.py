@@ -23,8 +23,9 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Final
 
-from heaprelay.transform._js import number_to_string, object_keys
-from heaprelay.transform._properties import js_json
+import orjson
+
+from heaprelay.transform._js import number_to_string, object_keys, stringify
 
 #: Headers every request of the actions framework carries (transport headers left out).
 ACTIONS_HEADERS: Final[Mapping[str, str]] = MappingProxyType(
@@ -241,15 +242,54 @@ def flat_mode_into(
         (flat_json_into if as_json_types else flat_into)(out, obj, prefix)
         return
     base = prefix + "." if prefix else ""
+    stringify_nested = mode == "stringify"  # else "drop": objects and arrays are left out
     for key, value in _pairs(obj):
-        if isinstance(value, dict | list):
-            if mode == "stringify":
-                out[base + key] = js_json(value)
-            # "drop": objects and arrays are left out
+        kind = type(value)
+        if kind is str:
+            out[base + key] = value
+        elif kind is dict or kind is list or isinstance(value, dict | list):
+            if stringify_nested:
+                out[base + key] = json_stringify(value)
         elif as_json_types:
-            out[base + key] = json_number(value) if type(value) is float else value
+            out[base + key] = json_number(value) if kind is float else value
         else:
             out[base + key] = leaf_string(value)
+
+
+# orjson writes JSON.stringify's text except for exponents (``1e+16``, ``1e-7``: JavaScript's
+# thresholds differ), integral floats (``1.0``, ``-0.0``) and objects with integer-like keys
+# (JavaScript puts them first); it raises for integers beyond 2^53 (OPT_STRICT_INTEGER) and
+# lone surrogates. Those cases take the exact path. The output is first mapped to a few byte
+# classes (0 -> 0, 1-9 -> 1, "+" and "-" -> +, the other bytes the checks name kept, the
+# rest -> _) so that regular expressions with a literal start find them, each in one quick
+# pass (a character class at the start, or bytes "in" tests, are several times slower). A
+# match inside a string only costs speed, never exactness.
+def _byte_class(byte: int) -> int:
+    if byte in b'0e+".:':
+        return byte
+    if 0x31 <= byte <= 0x39:  # 1-9
+        return 0x31
+    return 0x2B if byte == 0x2D else 0x5F  # "-" -> "+", the rest -> "_"
+
+
+_STRINGIFY_CLASSES: Final = bytes(map(_byte_class, range(256)))
+_STRINGIFY_CHECKS: Final = tuple(
+    re.compile(pattern).search for pattern in (rb"e\+", rb'0":', rb'1":', rb"\.0(?![01])")
+)
+_STRICT: Final = orjson.OPT_STRICT_INTEGER
+
+
+def json_stringify(value: Any) -> str:
+    """``JSON.stringify(value)`` (compact) of a JSON value, fast in the usual case."""
+    try:
+        out = orjson.dumps(value, option=_STRICT)
+    except (TypeError, orjson.JSONEncodeError):
+        return stringify(value)
+    classes = out.translate(_STRINGIFY_CLASSES)
+    exponent, zero_key, digit_key, integral_float = _STRINGIFY_CHECKS
+    if exponent(classes) or zero_key(classes) or digit_key(classes) or integral_float(classes):
+        return stringify(value)
+    return out.decode()
 
 
 def json_number(value: float) -> float | int:
