@@ -370,3 +370,30 @@ def test_delivery_roles_run_retention(role: Any, expected: list[str]) -> None:
 
     config = Config(sources=(), role=role)
     assert [s.__name__ for s in default_services(config)] == expected
+
+
+def test_shutdown_gives_back_jobs_waiting_for_rate_budget(
+    tmp_path: Path, fake: tuple[FakeHeap, str]
+) -> None:
+    """Stopping the relay while delivery waits for Heap's budget: the waiting jobs are pending
+    again when it has stopped (not leased until their lease expires), and nothing is lost."""
+    heap, heap_url = fake
+    delivery = DeliverySettings(
+        batch_size=60,
+        flush_interval=0.05,
+        app_events_per_minute=60,  # one request of 60 now, the next in a minute
+        identity_events_per_minute=10_000,
+        concurrency=2,
+    )
+    source = Source("sdk", KEY, (Destination("heap", settings_for(heap_url, "heap")),))
+    config = Config(sources=(source,), data_dir=tmp_path, delivery=delivery)
+    db = tmp_path / "heaprelay.db"
+    with serve_in_thread(build_app(config)) as url:
+        client = sdk(url)
+        for i in range(150):
+            client.track(user_id=f"user-{i}", event="Played", properties={"n": i})
+        client.flush()
+        wait_until(lambda: heap.report()["accepted_events"] >= 60, what="first request")
+        wait_until(lambda: sum(queue_counts(db).values()) == 150, what="ingest")
+    assert heap.report()["accepted_events"] == 60
+    assert queue_counts(db) == {"delivered": 60, "pending": 90}
