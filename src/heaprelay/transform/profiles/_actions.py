@@ -219,11 +219,28 @@ def flat_under(out: dict[str, Any], obj: Any, base: str) -> None:
 def flat_json_into(out: dict[str, Any], obj: Any, prefix: str = "") -> None:
     """Heap Cloud's profile flattening in ``flatten`` mode: dotted keys like :func:`flat_into`,
     leaves kept as JSON values (strings, numbers, booleans, null)."""
-    base = prefix + "." if prefix else ""
-    for key, value in _pairs(obj):
+    flat_json_under(out, obj, prefix + "." if prefix else "")
+
+
+def flat_json_under(out: dict[str, Any], obj: Any, base: str) -> None:
+    """:func:`flat_json_into` with ``base`` = the dotted path of ``obj`` and its trailing dot,
+    written like :func:`flat_under`."""
+    if type(obj) is dict:
+        pairs: Any = obj.items()
+        if obj and min(obj) < ":":
+            for key in obj:
+                if key[:1] in _DIGITS:
+                    pairs = _items(obj)
+                    break
+    else:
+        pairs = _items(obj)
+    for key, value in pairs:
         kind = type(value)
-        if kind is dict or kind is list or isinstance(value, dict | list):
-            flat_json_into(out, value, base + key)
+        if kind is str:
+            out[base + key] = value
+        elif kind is dict or kind is list or isinstance(value, dict | list):
+            path = base + key
+            flat_json_under(out, value, path + "." if path else "")
         elif kind is float:
             out[base + key] = json_number(value)
         else:

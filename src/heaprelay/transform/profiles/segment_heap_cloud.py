@@ -22,6 +22,7 @@ from heaprelay.transform.profiles._actions import (
     ACTIONS_HEADERS,
     SEGMENT_LIBRARY,
     InvalidField,
+    flat_json_under,
     flat_mode_into,
     flat_under,
     is_date_like,
@@ -128,7 +129,10 @@ def _send_event(
         identity = identity.strip(_JS_TRIM) or None
     user_props: dict[str, Any] = {}
     if traits:
-        flat_mode_into(user_props, traits, mode, True)
+        if mode == "flatten":
+            flat_json_under(user_props, traits, "")
+        else:
+            flat_mode_into(user_props, traits, mode, True)
     if kind == "identify" and identity is None:
         return Skip(Reason.MISSING_IDENTITY, "Identity is required for identify calls.")
     if user_props and identity is None:
