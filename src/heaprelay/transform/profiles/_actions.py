@@ -18,13 +18,15 @@ or ``±hhmm`` offsets, any fraction up to 9 digits) and for the legacy forms its
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Mapping
-from types import MappingProxyType
+from collections.abc import Callable, Mapping
+from types import MappingProxyType, MemberDescriptorType
 from typing import Any, Final
 
 import orjson
 
+from heaprelay.heap.models import US_BASE_URL, Endpoint, HeapRequest
 from heaprelay.transform._js import number_to_string, object_keys, stringify
 
 #: Headers every request of the actions framework carries (transport headers left out).
@@ -34,6 +36,54 @@ ACTIONS_HEADERS: Final[Mapping[str, str]] = MappingProxyType(
 SEGMENT_LIBRARY: Final = "cloud-mode-destination"
 #: Segment's settings schema for ``region``: ``choices`` become an exact (case-sensitive) enum.
 REGION_CHOICES: Final = ("US", "EU")
+
+
+def _request_factory() -> Callable[[str, Endpoint, dict[str, Any]], HeapRequest]:
+    """``actions_request(base_url, endpoint, body)``: the ``HeapRequest`` of an actions
+    destination (``POST``, :data:`ACTIONS_HEADERS`).
+
+    A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``: about
+    0.5 µs, a tenth of a whole transform. While ``HeapRequest`` is exactly the slots dataclass
+    of these five fields with nothing run at construction (no ``__post_init__``, no
+    ``__new__``), its slots are set directly instead (half the cost); the object is the same
+    (equal, same fields). Any change to that class falls back to calling it."""
+    names = ("base_url", "endpoint", "body", "method", "headers")
+
+    def plain(base_url: str, endpoint: Endpoint, body: dict[str, Any]) -> HeapRequest:
+        return HeapRequest(base_url, endpoint, body, "POST", ACTIONS_HEADERS)
+
+    slots = [HeapRequest.__dict__.get(name) for name in names]
+    if (
+        tuple(f.name for f in dataclasses.fields(HeapRequest)) != names
+        or getattr(HeapRequest, "__slots__", None) != names
+        or "__post_init__" in dir(HeapRequest)
+        or HeapRequest.__new__ is not object.__new__
+        or not all(isinstance(slot, MemberDescriptorType) for slot in slots)
+    ):
+        return plain
+    new = object.__new__
+    set_base_url, set_endpoint, set_body, set_method, set_headers = (
+        slot.__set__  # type: ignore[union-attr]
+        for slot in slots
+    )
+
+    def direct(base_url: str, endpoint: Endpoint, body: dict[str, Any]) -> HeapRequest:
+        request = new(HeapRequest)
+        set_base_url(request, base_url)
+        set_endpoint(request, endpoint)
+        set_body(request, body)
+        set_method(request, "POST")
+        set_headers(request, ACTIONS_HEADERS)
+        return request
+
+    body = {"app_id": "probe"}
+    same = direct(US_BASE_URL, "integrations/track", body) == plain(
+        US_BASE_URL, "integrations/track", body
+    )
+    return direct if same else plain
+
+
+actions_request: Final = _request_factory()
 
 
 class InvalidField(ValueError):

@@ -15,14 +15,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from heaprelay.heap.models import HeapRequest
 from heaprelay.spec.reasons import Reason
 from heaprelay.transform._base import DestinationSettings, SettingsError, Skip, TransformResult
 from heaprelay.transform.profiles._actions import (
-    ACTIONS_HEADERS,
     REGION_CHOICES,
     SEGMENT_LIBRARY,
     InvalidField,
+    actions_request,
     checked_utc_iso,
     flat_under,
     is_defined,
@@ -162,12 +161,10 @@ def _track_event(
         track_event["timestamp"] = iso
     app_id = settings.app_id
     base = settings.heap_base_url
-    track = HeapRequest(
+    track = actions_request(
         base,
         "integrations/track",
         {"app_id": app_id, "events": [track_event], "library": "server"},
-        "POST",
-        ACTIONS_HEADERS,
     )
     if not has_identity or not (has_anonymous_id or is_defined(traits)):
         return [track]
@@ -176,12 +173,10 @@ def _track_event(
         props["anonymous_id"] = anonymous_id
     if traits:
         flat_under(props, traits, "")
-    profile = HeapRequest(
+    profile = actions_request(
         base,
         "add_user_properties",
         {"app_id": app_id, "identity": identity, "properties": props},
-        "POST",
-        ACTIONS_HEADERS,
     )
     return [profile, track]
 
@@ -203,9 +198,7 @@ def _identify_user(msg: Mapping[str, Any], settings: DestinationSettings) -> Tra
     if traits:
         flat_under(props, traits, "")
     body = {"identity": user_id, "app_id": settings.app_id, "properties": props}
-    return [
-        HeapRequest(settings.heap_base_url, "add_user_properties", body, "POST", ACTIONS_HEADERS)
-    ]
+    return [actions_request(settings.heap_base_url, "add_user_properties", body)]
 
 
 PROFILE: Final = SegmentActionsProfile()

@@ -19,9 +19,9 @@ from heaprelay.heap.models import HeapRequest
 from heaprelay.spec.reasons import Reason
 from heaprelay.transform._base import DestinationSettings, Skip, TransformResult
 from heaprelay.transform.profiles._actions import (
-    ACTIONS_HEADERS,
     SEGMENT_LIBRARY,
     InvalidField,
+    actions_request,
     flat_json_under,
     flat_mode_into,
     flat_under,
@@ -145,12 +145,10 @@ def _send_event(
     if user_props:
         users = [{"user_identifier": {"identity": identity}, "custom_properties": user_props}]
         out.append(
-            HeapRequest(
+            actions_request(
                 base,
                 "integrations/add_user_properties",
                 {"app_id": app_id, "library": "server", "users": users},
-                "POST",
-                ACTIONS_HEADERS,
             )
         )
     if kind == "identify":
@@ -190,12 +188,10 @@ def _send_event(
     if timestamp is not None:
         track_event["timestamp"] = timestamp
     out.append(
-        HeapRequest(
+        actions_request(
             base,
             "integrations/track",
             {"app_id": app_id, "library": "server", "events": [track_event]},
-            "POST",
-            ACTIONS_HEADERS,
         )
     )
     return out
