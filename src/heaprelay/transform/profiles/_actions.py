@@ -212,7 +212,15 @@ def flat_under(out: dict[str, Any], obj: Any, base: str) -> None:
     safe integers, floats written in fixed notation, null) written inline with constant
     bounds, the rest by :func:`leaf_string`. A nested path that is empty (key ``""`` at the
     top) starts at the top again, as ``flat.ts`` does."""
-    if type(obj) is list and len(obj) <= 64:
+    if type(obj) is dict:
+        pairs: Any = obj.items()
+        # min() (in C) first: no key below ":" means no key starts with a digit.
+        if obj and min(obj) < ":":
+            for key in obj:
+                if key[:1] in _DIGITS:
+                    pairs = _items(obj)
+                    break
+    elif type(obj) is list and len(obj) <= 64:
         index = _INDEX
         for i, value in enumerate(obj):
             kind = type(value)
@@ -235,14 +243,6 @@ def flat_under(out: dict[str, Any], obj: Any, base: str) -> None:
             else:
                 out[base + index[i]] = leaf_string(value)
         return
-    if type(obj) is dict:
-        pairs: Any = obj.items()
-        # min() (in C) first: no key below ":" means no key starts with a digit.
-        if obj and min(obj) < ":":
-            for key in obj:
-                if key[:1] in _DIGITS:
-                    pairs = _items(obj)
-                    break
     else:
         pairs = _items(obj)
     for key, value in pairs:
@@ -636,7 +636,7 @@ _CANONICAL = re.compile(
 _MONTH_DAYS = (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
-def _canonical(text: str) -> bool:
+def canonical_iso(text: str) -> bool:
     """Already what ``toISOString`` writes (the usual Segment timestamp): a fast path."""
     if _CANONICAL.fullmatch(text) is None:
         return False
@@ -650,14 +650,14 @@ def _canonical(text: str) -> bool:
 
 def checked_utc_iso(text: str) -> tuple[bool, str | None]:
     """(passes the ``date-like`` check, ``dayjs.utc(text).toISOString()`` or None)."""
-    if _canonical(text):
+    if canonical_iso(text):
         return True, text
     return is_date_like(text), utc_iso(text)
 
 
 def utc_iso(text: str) -> str | None:
     """``dayjs.utc(text).toISOString()``; None when that date is invalid (it would throw)."""
-    if _canonical(text):
+    if canonical_iso(text):
         return text
     t = dayjs_utc(text)
     return None if t is None else iso_string(t)
@@ -665,7 +665,7 @@ def utc_iso(text: str) -> str | None:
 
 def is_date_like(text: str) -> bool:
     """actions-core's ``date-like`` format: dayjs can parse it, or it is a unix time."""
-    if _canonical(text):
+    if canonical_iso(text):
         return True
     if number_string(text):
         try:

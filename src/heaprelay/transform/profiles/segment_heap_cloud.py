@@ -15,13 +15,13 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
-from heaprelay.heap.models import HeapRequest
 from heaprelay.spec.reasons import Reason
 from heaprelay.transform._base import DestinationSettings, Skip, TransformResult
 from heaprelay.transform.profiles._actions import (
     SEGMENT_LIBRARY,
     InvalidField,
     actions_request,
+    canonical_iso,
     flat_json_under,
     flat_mode_into,
     flat_under,
@@ -115,7 +115,7 @@ def _send_event(
             "The root value is missing the required field 'event'. "
             'The root value must match "then" schema.',
         )
-    if timestamp is not None and not is_date_like(timestamp):
+    if timestamp is not None and not (canonical_iso(timestamp) or is_date_like(timestamp)):
         return Skip(
             Reason.INVALID_TIMESTAMP, "Timestamp must be a valid date-like string but it was not."
         )
@@ -127,8 +127,9 @@ def _send_event(
     mode = settings.options.get("nested_properties_mode", "flatten")
     if identity is not None:
         identity = identity.strip(_JS_TRIM) or None
-    user_props: dict[str, Any] = {}
+    user_props: dict[str, Any] | None = None
     if traits:
+        user_props = {}
         if mode == "flatten":
             flat_json_under(user_props, traits, "")
         else:
@@ -141,23 +142,21 @@ def _send_event(
         )
     app_id = settings.app_id
     base = settings.heap_base_url
-    out: list[HeapRequest] = []
+    profile = None
     if user_props:
         users = [{"user_identifier": {"identity": identity}, "custom_properties": user_props}]
-        out.append(
-            actions_request(
-                base,
-                "integrations/add_user_properties",
-                {"app_id": app_id, "library": "server", "users": users},
-            )
+        profile = actions_request(
+            base,
+            "integrations/add_user_properties",
+            {"app_id": app_id, "library": "server", "users": users},
         )
     if kind == "identify":
-        if not out:
+        if profile is None:
             return Skip(
                 Reason.NO_PROPERTIES,
                 "No properties to update. Identify calls require at least one User Property.",
             )
-        return out
+        return [profile]
 
     user_identifier: dict[str, str] = {}
     if identity is not None:
@@ -187,14 +186,12 @@ def _send_event(
     }
     if timestamp is not None:
         track_event["timestamp"] = timestamp
-    out.append(
-        actions_request(
-            base,
-            "integrations/track",
-            {"app_id": app_id, "library": "server", "events": [track_event]},
-        )
+    track = actions_request(
+        base,
+        "integrations/track",
+        {"app_id": app_id, "library": "server", "events": [track_event]},
     )
-    return out
+    return [track] if profile is None else [profile, track]
 
 
 PROFILE: Final = SegmentHeapCloudProfile()
