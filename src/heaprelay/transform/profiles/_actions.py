@@ -199,17 +199,13 @@ def flat_into(out: dict[str, Any], obj: Any, prefix: str = "") -> None:
     flat_under(out, obj, prefix + "." if prefix else "")
 
 
-#: Array indexes as strings, for the usual short arrays.
-_INDEX: Final = tuple(str(i) for i in range(64))
-
-
 def flat_under(out: dict[str, Any], obj: Any, base: str) -> None:
     """:func:`flat_into` with ``base`` = the dotted path of ``obj`` and its trailing dot
     (``""`` at the top): the form the profiles call, one call less per flattening.
 
-    The hot path of both profiles. One body for objects and one for short arrays (no
-    (key, value) list per array, no keyword argument to ``zip``), the usual leaves (strings,
-    safe integers, floats written in fixed notation, null) written inline with constant
+    The hot path of both profiles. An object's short arrays are walked in place (no call, no
+    (key, value) list, no keyword argument to ``zip``); the usual leaves (strings, safe
+    integers, floats written in fixed notation, null) are written inline with constant
     bounds, the rest by :func:`leaf_string`. A nested path that is empty (key ``""`` at the
     top) starts at the top again, as ``flat.ts`` does."""
     if type(obj) is dict:
@@ -220,41 +216,42 @@ def flat_under(out: dict[str, Any], obj: Any, base: str) -> None:
                 if key[:1] in _DIGITS:
                     pairs = _items(obj)
                     break
-    elif type(obj) is list and len(obj) <= 64:
-        index = _INDEX
-        for i, value in enumerate(obj):
-            kind = type(value)
-            if kind is str:
-                out[base + index[i]] = value
-            elif kind is dict or kind is list:
-                flat_under(out, value, base + index[i] + ".")
-            elif kind is int and -(2**53) <= value <= 2**53:
-                out[base + index[i]] = str(value)
-            elif kind is float and (1e-4 <= value < 1e16 or -1e16 < value <= -1e-4):
-                # Python's repr and Number#toString both write the shortest round-trip
-                # digits in fixed notation here; only the ".0" of integral values differs
-                # (and no other repr in this range ends with "0").
-                text = repr(value)
-                out[base + index[i]] = text[:-2] if text[-1] == "0" else text
-            elif value is None:
-                out[base + index[i]] = "null"
-            elif isinstance(value, dict | list):
-                flat_under(out, value, base + index[i] + ".")
-            else:
-                out[base + index[i]] = leaf_string(value)
-        return
     else:
         pairs = _items(obj)
     for key, value in pairs:
         kind = type(value)
         if kind is str:
             out[base + key] = value
+        elif kind is list and len(value) <= 64:
+            path = base + key
+            prefix = path + "." if path else ""
+            index = _INDEX
+            for i, item in enumerate(value):
+                kind = type(item)
+                if kind is str:
+                    out[prefix + index[i]] = item
+                elif kind is dict or kind is list:
+                    flat_under(out, item, prefix + index[i] + ".")
+                elif kind is int and -(2**53) <= item <= 2**53:
+                    out[prefix + index[i]] = str(item)
+                elif kind is float and (1e-4 <= item < 1e16 or -1e16 < item <= -1e-4):
+                    text = repr(item)
+                    out[prefix + index[i]] = text[:-2] if text[-1] == "0" else text
+                elif item is None:
+                    out[prefix + index[i]] = "null"
+                elif isinstance(item, dict | list):
+                    flat_under(out, item, prefix + index[i] + ".")
+                else:
+                    out[prefix + index[i]] = leaf_string(item)
         elif kind is dict or kind is list:
             path = base + key
             flat_under(out, value, path + "." if path else "")
         elif kind is int and -(2**53) <= value <= 2**53:
             out[base + key] = str(value)
         elif kind is float and (1e-4 <= value < 1e16 or -1e16 < value <= -1e-4):
+            # Python's repr and Number#toString both write the shortest round-trip digits
+            # in fixed notation here; only the ".0" of integral values differs (and no
+            # other repr in this range ends with "0").
             text = repr(value)
             out[base + key] = text[:-2] if text[-1] == "0" else text
         elif value is None:
@@ -264,6 +261,10 @@ def flat_under(out: dict[str, Any], obj: Any, base: str) -> None:
             flat_under(out, value, path + "." if path else "")
         else:
             out[base + key] = leaf_string(value)
+
+
+#: Array indexes as strings, for the usual short arrays.
+_INDEX: Final = tuple(str(i) for i in range(64))
 
 
 def flat_json_into(out: dict[str, Any], obj: Any, prefix: str = "") -> None:
