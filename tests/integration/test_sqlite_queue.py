@@ -106,6 +106,35 @@ def test_duplicates_within_the_window_are_stored_as_skipped(path: Path):
     assert stats.by_reason == {"duplicate": 2}
 
 
+def test_duplicates_across_appends_of_one_group_commit(path: Path):
+    # Appends waiting together are committed in one transaction with one lookup: each
+    # messageId is still stored once, by the first append, and each append's own "now"
+    # decides whether an earlier id's window has passed.
+    async def go():
+        q = await SQLiteQueue.open(path)
+        await q.append([job("old")], now=T0)
+        results = await asyncio.gather(
+            *(q.append([job(f"u{i}"), job("dup"), job("old")], now=T0 + 10) for i in range(50)),
+            q.append([job("old"), job("dup")], now=T0 + 3601),
+        )
+        stats = await q.stats()
+        await q.close()
+        return results, stats
+
+    results, stats = run(go())
+    assert [(r.stored, r.duplicates) for r in results[:50]] == [(2, 1)] + [(1, 2)] * 49
+    # "old" is past its window at T0 + 3601; "dup" was stored at T0 + 10, so is not.
+    assert (results[50].stored, results[50].duplicates) == (1, 1)
+    conn = sqlite3.connect(path)
+    pending = conn.execute(
+        "SELECT message_id, count(*) FROM jobs WHERE state = 'pending' GROUP BY message_id"
+    ).fetchall()
+    conn.close()
+    assert {mid: n for mid, n in pending if n > 1} == {"old": 2}
+    assert stats.by_state["pending"] == 1 + 50 + 1 + 1
+    assert stats.by_reason == {"duplicate": 49 + 50 + 1}
+
+
 def test_claim_keeps_per_key_order_and_blocks_on_leased_and_retrying_keys(path: Path):
     async def go():
         q = await SQLiteQueue.open(path)

@@ -14,6 +14,7 @@ from heaprelay.spec.messages import (
     PreparedRequest,
     Rejection,
     _iso,
+    _parse_time,
     corrected_timestamp,
     order_key,
     parse_json,
@@ -339,3 +340,33 @@ def test_any_json_gives_messages_or_a_rejection_never_an_exception(message, rout
                 stored = orjson.loads(prepared.payload)
                 assert stored["messageId"] == prepared.message_id
                 assert stored["type"] in ("identify", "track", "page", "screen", "group", "alias")
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1970, 1, 1, 0, 0, 1), max_value=datetime(9999, 12, 31, 23, 59, 58)
+    ),
+    st.integers(min_value=0, max_value=999),
+)
+def test_canonical_times_parse_as_the_general_parser_does(moment: datetime, millis: int):
+    # "YYYY-MM-DDTHH:MM:SS.mmmZ" takes a fast path (cached seconds): same value, first and
+    # second time (cached), as fromisoformat gives.
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{millis:03d}Z"
+    expected = datetime.fromisoformat(text).timestamp()
+    assert _parse_time(text) == expected
+    assert _parse_time(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2024-05-01T12:00:00.12xZ",
+        "2024-05-01T12:00:00.1\u00b23Z",  # a superscript digit
+        "2024-05-01T12:00:00.-12Z",
+        "2024-13-01T12:00:00.123Z",
+        "2024-05-01T12:00:60.123Z",
+    ],
+)
+def test_near_canonical_bad_times_are_refused_after_the_good_ones_warmed_the_cache(text: str):
+    assert _parse_time("2024-05-01T12:00:00.123Z") is not None
+    assert _parse_time(text) is None

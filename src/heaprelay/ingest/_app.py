@@ -58,17 +58,24 @@ class IngestState:
 def ingest_routes(state: IngestState) -> list[BaseRoute]:
     """The ``/v1/*`` and beacon routes (POST, and OPTIONS for CORS preflights)."""
     routes: list[BaseRoute] = []
+    preflight = _preflight(state)
 
     def add(path: str, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
-        routes.append(Route(path, endpoint, methods=["POST"]))
-        routes.append(Route(path, _preflight(state), methods=["OPTIONS"]))
+        async def either(request: Request) -> Response:
+            if request.method == "OPTIONS":
+                return await preflight(request)
+            return await endpoint(request)
 
-    for kind in sorted(TYPES):
+        # One route a path, the busiest first: Starlette tries routes one by one.
+        routes.append(Route(path, either, methods=["POST", "OPTIONS"]))
+
+    add("/v1/batch", _ingest(state, None))
+    for kind in ("track", *sorted(TYPES - {"track"})):
         add(f"/v1/{kind}", _ingest(state, kind))
+    for path in ("/v1/import", "/v1/b", "/beacon/v1/batch"):
+        add(path, _ingest(state, None))
     for short, kind in SHORT_TYPES.items():
         add(f"/v1/{short}", _ingest(state, kind))
-    for path in ("/v1/batch", "/v1/import", "/v1/b", "/beacon/v1/batch"):
-        add(path, _ingest(state, None))
     add("/v1/m", _metrics(state))
     return routes
 
@@ -78,10 +85,11 @@ def ingest_routes(state: IngestState) -> list[BaseRoute]:
 
 def _ingest(state: IngestState, route_type: str | None) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
-        origin = request.headers.get("origin")
+        headers = _wanted_headers(request)
+        origin = headers.get("origin")
         source: Source | None = None
         try:
-            header_key = _basic_user(request.headers.get("authorization"))
+            header_key = _basic_user(headers.get("authorization"))
         except ValueError as exc:
             return _error(state, origin, None, Rejection("invalid_auth", str(exc), 401))
         key = header_key or request.query_params.get("writeKey") or None
@@ -90,7 +98,7 @@ def _ingest(state: IngestState, route_type: str | None) -> Callable[[Request], A
             if source is None:
                 return _error(state, origin, None, _unknown_key())
         limit = source.limits.max_request_bytes if source else state.max_request_bytes
-        raw = await _read_body(request, limit)
+        raw = await _read_body(request, headers, limit)
         if isinstance(raw, Rejection):
             return _error(state, origin, source, raw)
         body = parse_json(raw)
@@ -216,8 +224,21 @@ def _basic_user(header: str | None) -> str | None:
     return user or None
 
 
-async def _read_body(request: Request, limit: int) -> bytes | Rejection:
-    encoding = request.headers.get("content-encoding", "").strip().lower()
+def _wanted_headers(request: Request) -> dict[str, str]:
+    """The request headers ingest looks at, in one pass (ASGI names are lower-case; the
+    first of repeated headers counts, as with Starlette's ``Headers.get``)."""
+    found: dict[str, str] = {}
+    for name, value in request.scope["headers"]:
+        if name in _WANTED:
+            found.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+    return found
+
+
+_WANTED: Final = frozenset({b"origin", b"authorization", b"content-encoding", b"content-length"})
+
+
+async def _read_body(request: Request, headers: dict[str, str], limit: int) -> bytes | Rejection:
+    encoding = headers.get("content-encoding", "").strip().lower()
     if encoding not in ("", "identity", "gzip", "x-gzip"):
         return Rejection(
             "unsupported_encoding",
@@ -227,7 +248,7 @@ async def _read_body(request: Request, limit: int) -> bytes | Rejection:
     compressed = encoding in ("gzip", "x-gzip")
     # gzip can make incompressible data slightly larger than it was.
     raw_limit = limit + limit // 100 + 1024 if compressed else limit
-    declared = request.headers.get("content-length")
+    declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > raw_limit:
         return _request_too_large(limit)
     chunks: list[bytes] = []

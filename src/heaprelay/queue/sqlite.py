@@ -45,6 +45,10 @@ T = TypeVar("T")
 
 #: Appends committed in one transaction at most (bounds the latency of a huge burst).
 MAX_GROUP: Final = 512
+#: Page cache of the writer connection, KiB.
+WRITER_CACHE_KIB: Final = 65536
+#: WAL pages (4 KiB) before the writer checkpoints (SQLite's default is 1000).
+WAL_CHECKPOINT_PAGES: Final = 10_000
 
 
 def load_queries(text: str) -> dict[str, str]:
@@ -113,6 +117,12 @@ class SQLiteQueue:
         def connect() -> SQLiteQueue:
             path.parent.mkdir(parents=True, exist_ok=True)
             write = _connect(path)
+            # Deduplication looks up and inserts messageIds at random places in "seen": keep
+            # its pages in memory (the default cache is 2 MB).
+            write.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
+            # Fewer, larger checkpoints: a page dirtied by many commits (seen, indexes) is
+            # copied back once, and fewer commits wait for a checkpoint.
+            write.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
             write.executescript(QUERIES["schema"])
             columns = {row[1] for row in write.execute("PRAGMA table_info(jobs)")}
             if "leases" not in columns:  # a file from before lease tokens
@@ -129,10 +139,9 @@ class SQLiteQueue:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[AppendResult] = loop.create_future()
         self._submit(_Append(jobs, now, loop, future))
-        # Shielded: a cancelled request must not cancel what the writer resolves.
-        result = await asyncio.shield(future)
-        self._notify()
-        return result
+        # A cancelled request cancels only its own future (the writer skips futures that are
+        # done); the commit goes on. Waiting workers are woken once a commit (_commit_appends).
+        return await future
 
     async def claim(
         self, worker: str, *, limit: int, lease_seconds: float, now: float
@@ -348,7 +357,7 @@ class SQLiteQueue:
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                outcomes = [_insert(conn, a.jobs, a.now) for a in appends]
+                outcomes = list(_insert_group(conn, [(a.jobs, a.now) for a in appends]))
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -362,6 +371,7 @@ class SQLiteQueue:
             # One wake-up per event loop and commit, not one per request.
             with contextlib.suppress(RuntimeError):  # that loop is closed
                 loop.call_soon_threadsafe(_resolve, results)
+        self._notify()
 
     @staticmethod
     def _append_alone(conn: sqlite3.Connection, append: _Append) -> AppendResult | Exception:
@@ -389,49 +399,67 @@ def _resolve(results: list[tuple[_Append, AppendResult | BaseException]]) -> Non
 
 
 def _insert(conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float) -> AppendResult:
-    # Set-based: one lookup of the already-seen ids per (source, destination), then
-    # executemany for the rest (a statement per job would cost more than the whole request).
-    seen_before: set[tuple[str, str, str]] = set()
+    return _insert_group(conn, [(jobs, now)])[0]
+
+
+def _insert_group(
+    conn: sqlite3.Connection, appends: Sequence[tuple[Sequence[NewJob], float]]
+) -> list[AppendResult]:
+    """Insert the appends of one transaction, in order; each one's result.
+
+    Set-based for the whole group: one lookup of the already-seen ids per (source,
+    destination), then one multi-row insert for the seen ids and one for the jobs (a
+    statement per job, or per request, would cost more than the request itself)."""
+    # (source, destination, messageId) -> when its dedupe window ends.
+    known: dict[tuple[str, str, str], float] = {}
     groups: dict[tuple[str, str], list[str]] = {}
-    for job in jobs:
-        if job.dedupe_window > 0:
-            groups.setdefault((job.source, job.destination), []).append(job.message_id)
-    lookup = QUERIES["seen_unexpired"]
-    for (source, destination), ids in groups.items():
-        for start in range(0, len(ids), _LOOKUP_CHUNK):
-            chunk = ids[start : start + _LOOKUP_CHUNK]
-            query = lookup.replace(":ids", ",".join("?" * len(chunk)))
-            for (message_id,) in conn.execute(query, (source, destination, now, *chunk)):
-                seen_before.add((source, destination, message_id))
+    for jobs, _ in appends:
+        for job in jobs:
+            if job.dedupe_window > 0:
+                groups.setdefault((job.source, job.destination), []).append(job.message_id)
+    if groups:
+        earliest = min(now for _, now in appends)
+        lookup = QUERIES["seen_unexpired"]
+        for (source, destination), ids in groups.items():
+            for start in range(0, len(ids), _LOOKUP_CHUNK):
+                chunk = ids[start : start + _LOOKUP_CHUNK]
+                query = lookup.replace(":ids", ",".join("?" * len(chunk)))
+                params = (source, destination, earliest, *chunk)
+                for message_id, expires_at in conn.execute(query, params):
+                    known[(source, destination, message_id)] = expires_at
     remembered: list[tuple[str, str, str, float]] = []
     rows: list[tuple[Any, ...]] = []
-    duplicates = 0
-    for job in jobs:
-        state, reason, finished = "pending", None, None
-        if job.dedupe_window > 0:
-            triple = (job.source, job.destination, job.message_id)
-            if triple in seen_before:
-                state, reason, finished = "skipped", _DUPLICATE, now
-                duplicates += 1
-            else:
-                seen_before.add(triple)
-                remembered.append((*triple, now + job.dedupe_window))
-        rows.append(
-            (
-                job.source,
-                job.destination,
-                job.message_id,
-                job.order_key,
-                job.payload,
-                job.received_at,
-                state,
-                reason,
-                finished,
+    results: list[AppendResult] = []
+    for jobs, now in appends:
+        duplicates = 0
+        for job in jobs:
+            state, reason, finished = "pending", None, None
+            if job.dedupe_window > 0:
+                triple = (job.source, job.destination, job.message_id)
+                if known.get(triple, now) > now:
+                    state, reason, finished = "skipped", _DUPLICATE, now
+                    duplicates += 1
+                else:
+                    expires_at = now + job.dedupe_window
+                    known[triple] = expires_at
+                    remembered.append((*triple, expires_at))
+            rows.append(
+                (
+                    job.source,
+                    job.destination,
+                    job.message_id,
+                    job.order_key,
+                    job.payload,
+                    job.received_at,
+                    state,
+                    reason,
+                    finished,
+                )
             )
-        )
+        results.append(AppendResult(stored=len(jobs) - duplicates, duplicates=duplicates))
     _insert_rows(conn, "remember_messages", remembered)
     _insert_rows(conn, "insert_jobs", rows)
-    return AppendResult(stored=len(jobs) - duplicates, duplicates=duplicates)
+    return results
 
 
 def _insert_rows(conn: sqlite3.Connection, query: str, rows: Sequence[tuple[Any, ...]]) -> None:

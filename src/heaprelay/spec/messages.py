@@ -23,6 +23,7 @@ What the server fills, as Segment does (``reference/api-contracts.md`` §B.5, §
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -331,6 +332,36 @@ def _merge(base: Mapping[str, Any], own: Mapping[str, Any]) -> dict[str, Any]:
 def _parse_time(value: Any) -> float | None:
     """Seconds since the epoch for an ISO-8601 date-time string (any precision, ``Z`` or an
     offset; no offset means UTC); ``None`` if it is not one."""
+    if type(value) is str and len(value) == 24 and value[19] == "." and value[23] == "Z":
+        # What the SDKs send ("2024-05-01T12:00:00.123Z"): the seconds part is looked up.
+        millis = value[20:23]
+        whole = _PREFIX_SECONDS.get(value[:19])
+        if whole is not None and millis.isascii() and millis.isdigit():
+            # Exactly what the general path gives: total microseconds / 10**6, rounded once.
+            return (whole * 1000 + int(millis)) / 1000
+    parsed = _parse_time_general(value)
+    if parsed is not None and type(value) is str and len(value) == 24 and value[23] == "Z":
+        _remember_prefix(value[:19])
+    return parsed
+
+
+def _remember_prefix(prefix: str) -> None:
+    # Only plain "YYYY-MM-DDTHH:MM:SS" (then prefix + ".mmmZ" means what the fast path says).
+    if prefix in _PREFIX_SECONDS or not _PLAIN_SECONDS.fullmatch(prefix):
+        return
+    seconds = _parse_time_general(prefix)
+    if seconds is not None and seconds == int(seconds):
+        if len(_PREFIX_SECONDS) > 4096:
+            _PREFIX_SECONDS.clear()
+        _PREFIX_SECONDS[prefix] = int(seconds)
+
+
+#: "YYYY-MM-DDTHH:MM:SS" -> seconds since the epoch (events of one batch share their seconds).
+_PREFIX_SECONDS: dict[str, int] = {}
+_PLAIN_SECONDS: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}")
+
+
+def _parse_time_general(value: Any) -> float | None:
     if not isinstance(value, str) or len(value) < 10:
         return None
     text = value.strip()

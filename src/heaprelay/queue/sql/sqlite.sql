@@ -46,8 +46,9 @@ CREATE TABLE IF NOT EXISTS seen (
 ALTER TABLE jobs ADD COLUMN leases INTEGER NOT NULL DEFAULT 0;
 
 -- name: seen_unexpired
--- Which of these messageIds (":ids" is expanded to one "?" per id) are within their window.
-SELECT message_id FROM seen
+-- Which of these messageIds (":ids" is expanded to one "?" per id) are within their window
+-- at the earliest "now" of a group commit, and until when.
+SELECT message_id, expires_at FROM seen
 WHERE source = ? AND destination = ? AND expires_at > ? AND message_id IN (:ids);
 
 -- name: remember_messages
