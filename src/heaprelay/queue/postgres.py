@@ -34,6 +34,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool
 
+from heaprelay.queue._sql import package_queries
 from heaprelay.queue.base import (
     AppendResult,
     DeadLetter,
@@ -57,26 +58,7 @@ _RETRIES: Final = 8
 _DUPLICATE_DETAIL: Final = "same messageId from the same source within the dedupe window"
 
 
-def load_queries(text: str) -> dict[str, str]:
-    """``-- name: x`` sections of a .sql file → {name: sql}."""
-    queries: dict[str, str] = {}
-    name: str | None = None
-    lines: list[str] = []
-    for line in text.splitlines():
-        if line.startswith("-- name:"):
-            if name is not None:
-                queries[name] = "\n".join(lines).strip()
-            name, lines = line.removeprefix("-- name:").strip(), []
-        elif name is not None:
-            lines.append(line)
-    if name is not None:
-        queries[name] = "\n".join(lines).strip()
-    return queries
-
-
-QUERIES: Final = load_queries(
-    resources.files("heaprelay.queue").joinpath("sql/postgres.sql").read_text("utf-8")
-)
+QUERIES: Final = package_queries("postgres.sql")
 
 
 def migrations() -> list[tuple[int, str, str]]:

@@ -21,10 +21,10 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from heaprelay.queue._sql import package_queries
 from heaprelay.queue.base import (
     STATES,
     AppendResult,
@@ -51,26 +51,7 @@ WRITER_CACHE_KIB: Final = 65536
 WAL_CHECKPOINT_PAGES: Final = 10_000
 
 
-def load_queries(text: str) -> dict[str, str]:
-    """``-- name: x`` sections of a .sql file → {name: sql}."""
-    queries: dict[str, str] = {}
-    name: str | None = None
-    lines: list[str] = []
-    for line in text.splitlines():
-        if line.startswith("-- name:"):
-            if name is not None:
-                queries[name] = "\n".join(lines).strip()
-            name, lines = line.removeprefix("-- name:").strip(), []
-        elif name is not None:
-            lines.append(line)
-    if name is not None:
-        queries[name] = "\n".join(lines).strip()
-    return queries
-
-
-QUERIES: Final = load_queries(
-    resources.files("heaprelay.queue").joinpath("sql/sqlite.sql").read_text("utf-8")
-)
+QUERIES: Final = package_queries("sqlite.sql")
 
 
 def _connect(path: Path) -> sqlite3.Connection:
