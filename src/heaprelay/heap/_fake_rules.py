@@ -8,7 +8,7 @@ problem as a human-readable string naming the field (``events[3].identity: ...``
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -127,36 +127,31 @@ def _array(body: Mapping[str, Any], name: str) -> list[Any] | str:
     return items
 
 
-def check_track(body: Mapping[str, Any]) -> str | None:
+def _single_or_bulk(
+    body: Mapping[str, Any], name: str, check_item: Callable[[Mapping[str, Any], str], str | None]
+) -> str | None:
+    """A single-item body, or a bulk one with its items under ``name``: the first problem."""
     problem = _app_id(body)
     if problem:
         return problem
-    if "events" in body:
-        items = _array(body, "events")
-        if isinstance(items, str):
-            return items
-        for n, event in enumerate(items):
-            problem = track_event(event, f"events[{n}]")
-            if problem:
-                return problem
-        return None
-    return track_event(body)
+    if name not in body:
+        return check_item(body, "")
+    items = _array(body, name)
+    if isinstance(items, str):
+        return items
+    for n, item in enumerate(items):
+        problem = check_item(item, f"{name}[{n}]")
+        if problem:
+            return problem
+    return None
+
+
+def check_track(body: Mapping[str, Any]) -> str | None:
+    return _single_or_bulk(body, "events", track_event)
 
 
 def check_users(body: Mapping[str, Any]) -> str | None:
-    problem = _app_id(body)
-    if problem:
-        return problem
-    if "users" in body:
-        items = _array(body, "users")
-        if isinstance(items, str):
-            return items
-        for n, item in enumerate(items):
-            problem = user(item, f"users[{n}]")
-            if problem:
-                return problem
-        return None
-    return user(body)
+    return _single_or_bulk(body, "users", user)
 
 
 def _identifier(value: Any, where: str) -> str | None:
