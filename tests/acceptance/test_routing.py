@@ -388,6 +388,7 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         '[server]\nport = 1\ndata_dir = "/nonexistent/never-used"\nrole = "api"\n'
         '[[sources]]\nname = "a"\nwrite_key = "key-a"\n'
         '[[sources.destinations]]\napp_id = "77"\nbase_url = "http://127.0.0.1:9"\n'
+        '[[sources.destinations]]\napp_id = "78"\nregion = "eu"\n'
     )
     port = free_port()
     data_dir = tmp_path / "flags"
@@ -423,9 +424,12 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
 
         def delivered() -> bool:
             report = httpx.get(url + "/fake-heap/_fake/report").json()
-            return bool(report["accepted_events"] == 1)
+            return bool(report["accepted_events"] == 2)
 
         wait_until(delivered, what="delivery to the embedded fake Heap")  # role all, sandbox
+        events = httpx.get(url + "/fake-heap/_fake/events").json()
+        # Each destination keeps its region in the sandbox's report.
+        assert sorted((e["app_id"], e["region"]) for e in events) == [("77", "us"), ("78", "eu")]
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -425,7 +425,8 @@ def sandbox(config: Config) -> tuple[Config, Mount]:
         replace(
             source,
             destinations=tuple(
-                replace(d, settings=replace(d.settings, base_url=base_url))
+                # Under the fake's /us or /eu prefix, so that its report keeps the region.
+                replace(d, settings=replace(d.settings, base_url=f"{base_url}/{d.settings.region}"))
                 for d in source.destinations
             ),
         )
