@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -64,9 +64,10 @@ class Rejection:
         return body
 
 
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    """One accepted message: its id, its per-identity ordering key and its JSON bytes."""
+class Prepared(NamedTuple):
+    """One accepted message: its id, its per-identity ordering key and its JSON bytes.
+
+    (A named tuple: one is made per message on the ingest hot path.)"""
 
     message_id: str
     order_key: str
@@ -256,8 +257,7 @@ def _check(message: Mapping[str, Any], route_type: str | None) -> Rejection | _T
     elif kind == "alias" and not _id_text(get("previousId")):
         return Rejection("missing_previous_id", "alias needs a non-empty 'previousId'")
     for key in _OBJECT_FIELDS:
-        value = get(key)
-        if value is not None and type(value) is not dict:
+        if key in message and type(value := message[key]) is not dict and value is not None:
             return Rejection("invalid_field", f"'{key}' must be an object, not {_kind(value)}")
     message_id = get("messageId")
     if message_id is not None and type(message_id) is not str:
@@ -271,8 +271,7 @@ def _check(message: Mapping[str, Any], route_type: str | None) -> Rejection | _T
         )
     times: list[float | None] = [None, None, None]
     for i, key in enumerate(_TIME_FIELDS):
-        value = get(key)
-        if value is not None:
+        if key in message and (value := message[key]) is not None:
             parsed = _parse_time(value)
             if parsed is None:
                 return Rejection(
@@ -402,17 +401,23 @@ def _iso(seconds: float) -> str:
     millis = round((seconds - whole) * 1000)
     if millis == 1000:
         whole, millis = whole + 1, 0
+    last_whole, last_prefix = _LAST_ISO[0]  # consecutive events share their second
+    if whole == last_whole:
+        return f"{last_prefix}.{millis:03d}Z"
     prefix = _ISO_PREFIXES.get(whole)
     if prefix is None:
         if len(_ISO_PREFIXES) > 4096:
             _ISO_PREFIXES.clear()
         prefix = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         _ISO_PREFIXES[whole] = prefix
+    _LAST_ISO[0] = (whole, prefix)
     return f"{prefix}.{millis:03d}Z"
 
 
 #: Seconds -> "YYYY-MM-DDTHH:MM:SS" (events of one batch share their seconds).
 _ISO_PREFIXES: dict[int, str] = {}
+#: The last (seconds, prefix) written (one tuple: read and replaced whole).
+_LAST_ISO: list[tuple[int, str]] = [(-1, "")]
 
 
 def _text(value: Any) -> str:
