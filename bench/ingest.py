@@ -4,7 +4,8 @@ Starts ``heaprelay``'s server (a subprocess, SQLite queue with durable commits) 
 from another process with concurrent keep-alive connections. Prints accepted events/s,
 p50/p99 request latency and the server's CPU time a request for ``/v1/batch`` (100 events a
 request) and single ``/v1/track`` calls, next to two references mounted on the same server
-stack (same uvicorn, same Starlette app, same process) and fed the same bodies:
+stack (same uvicorn, same Starlette app, same process; routed ahead of the ingest routes, so
+reaching them costs no more than reaching ``/v1/batch``) and fed the same bodies:
 
 - do-nothing (``POST /bench/noop``): reads the whole request body, answers
   ``{"success":true}``; no auth, no JSON parsing, no storage;
@@ -358,17 +359,18 @@ def main() -> None:
         )
     batch_rounds = rounds["/v1/batch (100 events)"]
     fast_enough = sum(r["events_per_s"] >= 25_000 for r in batch_rounds)
-    close_enough = sum(
-        d["requests_per_s"] >= 0.6 * o["requests_per_s"]
-        for d, o in zip(batch_rounds, rounds["do-nothing, batch bodies"], strict=True)
-    )
     print(
         f"goal >= 25,000 events/s through /v1/batch: met in {fast_enough} of {args.rounds} rounds"
     )
-    print(
-        f"goal durable /v1/batch >= 60% of do-nothing: met in {close_enough} of "
-        f"{args.rounds} rounds"
-    )
+    for durable, other in RATIOS[0], RATIOS[2]:
+        close_enough = sum(
+            d["requests_per_s"] >= 0.6 * o["requests_per_s"]
+            for d, o in zip(rounds[durable], rounds[other], strict=True)
+        )
+        print(
+            f"goal durable {durable.split()[0]} >= 60% of do-nothing: met in {close_enough} of "
+            f"{args.rounds} rounds"
+        )
     verdict = "all there" if stored >= acked else f"MISSING {acked - stored:,}"
     print(
         f"acknowledged events (durable scenarios, warm-up included): {acked:,}; jobs in the "
