@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import orjson
 import pytest
 
 from heaprelay.config import Config, Destination, Limits, Source
+from heaprelay.queue.sqlite import SQLiteQueue
 from heaprelay.server import build_app
 from heaprelay.testing.servers import serve_in_thread
 from heaprelay.transform import DestinationSettings
@@ -180,14 +183,26 @@ def test_gzip_body(fresh: Relay):
     assert fresh.rows()[0][3]["event"] == "Z"
 
 
-def test_duplicate_message_id_is_accepted_but_not_pending_twice(fresh: Relay):
+def test_duplicate_message_id_is_accepted_but_not_delivered_twice(fresh: Relay):
     body = {"userId": "u", "event": "E", "messageId": "same"}
     assert fresh.post("/v1/track", body).status_code == 200
     assert fresh.post("/v1/track", body).status_code == 200
+    # Both are stored (ingest does no dedupe work); delivery's claim finds the duplicates.
+    assert [st for _, _, st, _ in fresh.rows()] == ["pending"] * 4
+
+    async def claim() -> list[str]:
+        queue = await SQLiteQueue.open(fresh.db)
+        try:
+            jobs = await queue.claim("worker", limit=10, lease_seconds=30, now=time.time())
+        finally:
+            await queue.close()
+        return [j.destination for j in jobs]
+
+    assert asyncio.run(claim()) == ["heap-a", "heap-b"]
     states = [(d, st) for _, d, st, _ in fresh.rows()]
     assert states == [
-        ("heap-a", "pending"),
-        ("heap-b", "pending"),
+        ("heap-a", "leased"),
+        ("heap-b", "leased"),
         ("heap-a", "skipped"),
         ("heap-b", "skipped"),
     ]

@@ -84,32 +84,47 @@ def test_concurrent_appends_share_commits_and_all_land(path: Path):
     assert all(ids == list(range(ids[0], ids[0] + 5)) for ids in by_append.values())
 
 
-def test_duplicates_within_the_window_are_stored_as_skipped(path: Path):
+def test_duplicates_within_the_window_are_stored_then_skipped_by_the_claim(path: Path):
     async def go():
         q = await SQLiteQueue.open(path)
-        first = await q.append([job("m1"), job("m1", dest="d2")], now=T0)
-        again = await q.append([job("m1"), job("m1", source="s2")], now=T0 + 10)
-        late = await q.append([job("m1")], now=T0 + 3601)
-        same_request = await q.append([job("m9"), job("m9")], now=T0)
-        no_dedupe = await q.append([job("m1", window=0)], now=T0 + 5)
-        stats = await q.stats()
+        results = [
+            await q.append([job("m1"), job("m1", dest="d2")], now=T0),
+            await q.append([job("m1"), job("m1", source="s2")], now=T0 + 10),
+            await q.append([job("m1")], now=T0 + 3601),  # the first one's window has passed
+            await q.append([job("m9"), job("m9")], now=T0),
+            await q.append([job("m1", window=0)], now=T0 + 5),  # never checked
+        ]
+        before = await q.stats()
+        claimed = await q.claim("w", limit=100, lease_seconds=30, now=T0 + 3601)
+        after = await q.stats()
         await q.close()
-        return first, again, late, same_request, no_dedupe, stats
+        return results, before, claimed, after
 
-    first, again, late, same_request, no_dedupe, stats = run(go())
-    assert (first.stored, first.duplicates) == (2, 0)
-    assert (again.stored, again.duplicates) == (1, 1)  # other source: not a duplicate
-    assert (late.stored, late.duplicates) == (1, 0)  # the window has passed
-    assert (same_request.stored, same_request.duplicates) == (1, 1)
-    assert (no_dedupe.stored, no_dedupe.duplicates) == (1, 0)
-    assert stats.by_state["skipped"] == 2
-    assert stats.by_reason == {"duplicate": 2}
+    results, before, claimed, after = run(go())
+    assert [r.stored for r in results] == [2, 2, 1, 2, 1]
+    assert {k: v for k, v in before.by_state.items() if v} == {"pending": 8}
+    assert [(j.source, j.destination, j.message_id) for j in claimed] == [
+        ("s1", "d1", "m1"),
+        ("s1", "d2", "m1"),
+        ("s2", "d1", "m1"),  # another source: not a duplicate
+        ("s1", "d1", "m1"),
+        ("s1", "d1", "m9"),
+        ("s1", "d1", "m1"),
+    ]
+    assert {k: v for k, v in after.by_state.items() if v} == {"leased": 6, "skipped": 2}
+    assert after.by_reason == {"duplicate": 2}
+    conn = sqlite3.connect(path)
+    skipped = conn.execute(
+        "SELECT id, detail, finished_at FROM jobs WHERE state = 'skipped' ORDER BY id"
+    ).fetchall()
+    conn.close()
+    detail = "same messageId from the same source within the dedupe window"
+    assert skipped == [(3, detail, T0 + 3601), (7, detail, T0 + 3601)]
 
 
 def test_duplicates_across_appends_of_one_group_commit(path: Path):
-    # Appends waiting together are committed in one transaction with one lookup: each
-    # messageId is still stored once, by the first append, and each append's own "now"
-    # decides whether an earlier id's window has passed.
+    # Appends waiting together are committed in one transaction: all stored. Claims, a few
+    # jobs at a time, then deliver each messageId once, judged by each append's own "now".
     async def go():
         q = await SQLiteQueue.open(path)
         await q.append([job("old")], now=T0)
@@ -117,21 +132,22 @@ def test_duplicates_across_appends_of_one_group_commit(path: Path):
             *(q.append([job(f"u{i}"), job("dup"), job("old")], now=T0 + 10) for i in range(50)),
             q.append([job("old"), job("dup")], now=T0 + 3601),
         )
+        handed = []
+        while jobs := await q.claim("w", limit=7, lease_seconds=30, now=T0 + 3601):
+            handed += jobs
+            await q.complete([Delivered(j.id) for j in jobs], now=T0 + 3601)
         stats = await q.stats()
         await q.close()
-        return results, stats
+        return results, handed, stats
 
-    results, stats = run(go())
-    assert [(r.stored, r.duplicates) for r in results[:50]] == [(2, 1)] + [(1, 2)] * 49
-    # "old" is past its window at T0 + 3601; "dup" was stored at T0 + 10, so is not.
-    assert (results[50].stored, results[50].duplicates) == (1, 1)
-    conn = sqlite3.connect(path)
-    pending = conn.execute(
-        "SELECT message_id, count(*) FROM jobs WHERE state = 'pending' GROUP BY message_id"
-    ).fetchall()
-    conn.close()
-    assert {mid: n for mid, n in pending if n > 1} == {"old": 2}
-    assert stats.by_state["pending"] == 1 + 50 + 1 + 1
+    results, handed, stats = run(go())
+    assert [r.stored for r in results] == [3] * 50 + [2]
+    ids = [j.message_id for j in handed]
+    # "old" is past its window at T0 + 3601; "dup" was first appended at T0 + 10, so is not.
+    assert {mid: ids.count(mid) for mid in set(ids) if ids.count(mid) > 1} == {"old": 2}
+    assert len(ids) == 1 + 50 + 1 + 1
+    assert [j.id for j in handed] == sorted(j.id for j in handed)
+    assert stats.by_state["delivered"] == 53
     assert stats.by_reason == {"duplicate": 49 + 50 + 1}
 
 

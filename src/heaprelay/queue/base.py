@@ -31,6 +31,26 @@ leased to ``worker`` (when given) and, when the outcome carries ``lease``, its c
 that one. An expired lease that nobody took over still accepts its holder's outcome (the work
 was done; nothing else has started). The router always passes both.
 
+Deduplication happens at the first claim, not at ``append`` (so that ingest stays cheap:
+delivery is paced by Heap's rate limits anyway). ``append`` never looks at messageIds: it
+stores every job as ``pending`` and remembers that the job's check is still to do, with its
+window ``[job_now, job_now + job.dedupe_window)`` where ``job_now`` is the ``now`` of the
+append (a window of 0: never checked, never remembered). Per ``(source, message_id,
+destination)`` the queue remembers one entry ``(seen_at, expires_at)``. A claim checks each
+job it is about to hand out whose check is still to do, in the order it hands jobs out
+(ascending id): the job is a *duplicate* iff an entry exists with ``expires_at > job_now``
+and ``seen_at < job_now + window`` (the two intervals overlap: each is within the earlier
+one's window, whichever was appended first). A duplicate becomes ``skipped`` with reason
+``duplicate`` (detail :data:`DUPLICATE_DETAIL`, ``finished_at`` the claim's ``now``), is not
+handed out and does not count towards ``limit``: the claim goes on with the next claimable
+jobs, so it returns ``min(limit, claimable non-duplicates)`` jobs. A job that is not a
+duplicate is handed out, and the entry becomes ``(job_now, job_now + window)`` if there was
+none or if that ends later than the entry (otherwise the entry is left alone); within one
+claim a job is remembered before the next one is checked. Either way the job's check is then
+done: later claims of it (after a release, retry, expired lease or replay) never check it
+again. Duplicates do not block their key. ``prune`` forgets entries that expired before its
+time; pruning jobs never forgets an entry.
+
 Durability: ``append`` returns only after the jobs are committed (acknowledge after it).
 Time is always passed in (``now``, seconds since the epoch): backends never read a clock.
 """
@@ -39,7 +59,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal, Protocol, runtime_checkable
+from typing import Final, Literal, Protocol, runtime_checkable
 
 from heaprelay.spec.reasons import Reason
 
@@ -58,7 +78,8 @@ class NewJob:
     payload: bytes
     received_at: float
     #: Seconds during which another job with the same (source, message_id, destination) is a
-    #: duplicate (the source's dedupe window; 0 turns deduplication off for this job).
+    #: duplicate, from the ``now`` of the append (the source's dedupe window; 0 turns
+    #: deduplication off for this job). Checked when the job is first claimed (module doc).
     dedupe_window: float = 24 * 3600.0
 
 
@@ -82,11 +103,28 @@ class Job:
 
 @dataclass(frozen=True, slots=True)
 class AppendResult:
-    #: Jobs stored for delivery.
+    #: Jobs stored (all of them: duplicates are found when claimed, see the module doc).
     stored: int
-    #: Jobs whose (source, message_id, destination) was seen within the dedupe window: stored
-    #: as ``skipped`` with reason ``duplicate`` (accepted, never delivered twice).
-    duplicates: int = 0
+
+
+#: ``detail`` of a job skipped as a duplicate (reason :attr:`Reason.DUPLICATE`).
+DUPLICATE_DETAIL: Final = "same messageId from the same source within the dedupe window"
+
+
+def is_duplicate(entry: tuple[float, float] | None, job_now: float, job_until: float) -> bool:
+    """Whether a job appended at ``job_now`` with window end ``job_until`` is a duplicate of
+    the remembered ``entry`` ``(seen_at, expires_at)`` of its triple (module doc)."""
+    return entry is not None and entry[1] > job_now and entry[0] < job_until
+
+
+def remembered(
+    entry: tuple[float, float] | None, job_now: float, job_until: float
+) -> tuple[float, float] | None:
+    """The entry after a job that is not a duplicate was handed out: the job's window if it
+    ends later than the entry's (or there was none); ``None`` when the entry is unchanged."""
+    if entry is None or job_until > entry[1]:
+        return (job_now, job_until)
+    return None
 
 
 # --- outcomes: what a worker reports for each job it claimed ------------------------------
@@ -177,13 +215,15 @@ class DeadLetterRecord:
 
 class Queue(Protocol):
     async def append(self, jobs: Sequence[NewJob], *, now: float) -> AppendResult:
-        """Store jobs durably (all or nothing); return only after the commit."""
+        """Store jobs durably (all or nothing), all ``pending``; return only after the commit.
+        No dedupe work here: that is done by the first claim of each job (module doc)."""
         ...
 
     async def claim(
         self, worker: str, *, limit: int, lease_seconds: float, now: float
     ) -> list[Job]:
-        """Lease up to ``limit`` claimable jobs, oldest first, per-key order kept (module doc)."""
+        """Lease up to ``limit`` claimable jobs, oldest first, per-key order kept; jobs found to
+        be duplicates on the way are skipped and do not count (module doc)."""
         ...
 
     async def complete(
@@ -217,7 +257,8 @@ class Queue(Protocol):
         ...
 
     async def prune(self, *, delivered_before: float) -> int:
-        """Delete delivered/skipped jobs older than a time (retention). Returns the count."""
+        """Delete delivered/skipped jobs finished before a time (retention), and dedupe entries
+        that expired before it. Returns the count of jobs."""
         ...
 
     async def close(self) -> None: ...

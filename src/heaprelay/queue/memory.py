@@ -5,7 +5,8 @@ machine compares every durable backend against it.
 Decisions that the interface leaves to the backend and that this model pins (the contract
 suite checks them on every backend):
 
-- a claim hands out the ``limit`` lowest-id claimable jobs (see :meth:`MemoryQueue.claimable`);
+- a claim hands out the ``limit`` lowest-id claimable jobs that are not duplicates (see
+  :meth:`MemoryQueue.claimable` and :meth:`MemoryQueue.claim`);
 - ``complete`` ignores outcomes for jobs that are not leased any more (a worker whose lease
   expired and whose job was finished by another worker must not undo that), and outcomes
   whose ``worker`` or ``lease`` is not the job's current lease (taken over by another claim);
@@ -14,10 +15,17 @@ suite checks them on every backend):
   ``by_reason`` only non-zero counts; ``oldest_pending_received_at`` is the oldest
   ``received_at`` of the unfinished jobs (pending, leased, retry);
 - dead letters are listed by ascending id;
-- deduplication: a stored job remembers its ``(source, message_id, destination)`` until
-  ``now + job.dedupe_window`` (by the ``now`` of the append; a duplicate does not extend it);
-  a job appended while that is unexpired (strictly before it) is a duplicate, also within one
-  call. A window of 0 neither checks nor remembers. Pruning jobs does not forget messageIds;
+- deduplication happens at the first claim (base.py's docstring has the rule): ``append``
+  stores every job ``pending`` and keeps its window ``[now, now + job.dedupe_window)`` (a
+  window of 0: never checked). :meth:`MemoryQueue.claim` walks :meth:`claimable` in id order;
+  a job whose check is still to do is a duplicate iff the entry of its
+  ``(source, message_id, destination)`` overlaps its window (``expires_at > job_now`` and
+  ``seen_at < job_now + window``): it becomes ``skipped``/``duplicate`` (``finished_at`` the
+  claim's ``now``), is not handed out and does not count towards ``limit``. Otherwise it is
+  handed out and the entry becomes its window if there was none or if that ends later. The
+  check is done once a job (never again after release, retry, lease expiry or replay);
+  within one claim the first job handed out is remembered before the next is checked;
+  pruning jobs does not forget entries;
 - ``prune`` deletes ``delivered``/``skipped`` jobs that finished strictly before the time, and
   remembered messageIds that expired before it.
 """
@@ -30,6 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from heaprelay.queue.base import (
+    DUPLICATE_DETAIL,
     STATES,
     AppendResult,
     DeadLetter,
@@ -66,6 +75,8 @@ class _Row:
     detail: str = ""
     answer: str = ""
     finished_at: float | None = None
+    #: The dedupe check is still to do (set by append when the job has a window).
+    unchecked: bool = False
 
     @property
     def key(self) -> tuple[str, str]:
@@ -107,8 +118,8 @@ class MemoryQueue:
     """A :class:`~heaprelay.queue.base.Queue` held in a dict. Not durable (tests only)."""
 
     def __init__(self) -> None:
-        #: (source, message_id, destination) -> until when it is remembered
-        self._seen: dict[tuple[str, str, str], float] = {}
+        #: (source, message_id, destination) -> (seen_at, expires_at) of its remembered job
+        self._seen: dict[tuple[str, str, str], tuple[float, float]] = {}
         self._rows: dict[int, _Row] = {}
         #: worker -> last heartbeat (WorkerRegistry)
         self._workers: dict[str, float] = {}
@@ -118,7 +129,8 @@ class MemoryQueue:
     # --- the reference decisions ----------------------------------------------------------
 
     def claimable(self, now: float) -> list[int]:
-        """Ids that a claim at ``now`` may hand out, in the order it hands them out.
+        """Ids that a claim at ``now`` may hand out, in the order it hands them out (those
+        whose dedupe check finds a duplicate are skipped instead: :meth:`claim`).
 
         A key is blocked while any of its unfinished jobs is leased (unexpired) or waiting
         for a retry time not yet reached; otherwise all its unfinished jobs are claimable.
@@ -143,7 +155,7 @@ class MemoryQueue:
     def lease(
         self, ids: Sequence[int], worker: str, *, lease_seconds: float, now: float
     ) -> list[Job]:
-        """Lease exactly these jobs (the state machine mirrors a backend's claim with it)."""
+        """Lease exactly these jobs (no dedupe check: :meth:`claim` does that first)."""
         jobs = []
         for job_id in ids:
             row = self._rows[job_id]
@@ -158,30 +170,45 @@ class MemoryQueue:
     # --- the Queue interface ---------------------------------------------------------------
 
     async def append(self, jobs: Sequence[NewJob], *, now: float) -> AppendResult:
-        stored = duplicates = 0
         for new in jobs:
             row = _Row(id=self._next_id, new=new, appended_at=now)
+            row.unchecked = new.dedupe_window > 0
             self._next_id += 1
-            triple = (new.source, new.message_id, new.destination)
-            if new.dedupe_window > 0 and self._seen.get(triple, now) > now:
-                row.state = "skipped"
-                row.reason = Reason.DUPLICATE.value
-                row.detail = "same messageId from the same source within the dedupe window"
-                row.finished_at = now
-                duplicates += 1
-            else:
-                if new.dedupe_window > 0:
-                    self._seen[triple] = now + new.dedupe_window
-                stored += 1
             self._rows[row.id] = row
-        if stored:
+        if jobs:
             self._wake.set()
-        return AppendResult(stored=stored, duplicates=duplicates)
+        return AppendResult(stored=len(jobs))
+
+    def duplicate(self, row: _Row) -> bool:
+        """Whether ``row`` (its check still to do) duplicates its triple's remembered entry;
+        if not, remember it (base.py's rule)."""
+        n = row.new
+        triple = (n.source, n.message_id, n.destination)
+        start, end = row.appended_at, row.appended_at + n.dedupe_window
+        entry = self._seen.get(triple)
+        if entry is not None and entry[1] > start and entry[0] < end:
+            return True
+        if entry is None or end > entry[1]:
+            self._seen[triple] = (start, end)
+        return False
 
     async def claim(
         self, worker: str, *, limit: int, lease_seconds: float, now: float
     ) -> list[Job]:
-        ids = self.claimable(now)[: max(0, limit)]
+        ids: list[int] = []
+        for job_id in self.claimable(now):
+            if len(ids) >= limit:
+                break
+            row = self._rows[job_id]
+            if row.unchecked:
+                row.unchecked = False
+                if self.duplicate(row):
+                    row.state = "skipped"
+                    row.reason = Reason.DUPLICATE.value
+                    row.detail = DUPLICATE_DETAIL
+                    row.finished_at = now
+                    continue
+            ids.append(job_id)
         return self.lease(ids, worker, lease_seconds=lease_seconds, now=now)
 
     def holds(self, outcome: Outcome, worker: str | None) -> bool:
@@ -308,7 +335,7 @@ class MemoryQueue:
         ]
         for job_id in doomed:
             del self._rows[job_id]
-        self._seen = {t: until for t, until in self._seen.items() if until >= delivered_before}
+        self._seen = {t: e for t, e in self._seen.items() if e[1] >= delivered_before}
         return len(doomed)
 
     async def heartbeat(self, worker: str, *, now: float, ttl: float) -> int:

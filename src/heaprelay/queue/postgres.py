@@ -36,6 +36,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from heaprelay.queue._sql import package_queries
 from heaprelay.queue.base import (
+    DUPLICATE_DETAIL,
     AppendResult,
     DeadLetter,
     DeadLetterRecord,
@@ -47,6 +48,8 @@ from heaprelay.queue.base import (
     Release,
     RetryAt,
     Skipped,
+    is_duplicate,
+    remembered,
 )
 from heaprelay.spec.reasons import Reason
 
@@ -55,7 +58,6 @@ T = TypeVar("T")
 DEFAULT_SCHEMA: Final = "heaprelay"
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _RETRIES: Final = 8
-_DUPLICATE_DETAIL: Final = "same messageId from the same source within the dedupe window"
 
 
 QUERIES: Final = package_queries("postgres.sql")
@@ -125,6 +127,9 @@ class PostgresQueue:
         self._waiters: set[asyncio.Event] = set()
         self._listener: asyncio.Task[None] | None = None
         self._listen_conn: psycopg.AsyncConnection[Any] | None = None
+        #: Inserts order_keys rows for claims, outside their transactions (_ensure_keys).
+        self._keys_conn: psycopg.AsyncConnection[Any] | None = None
+        self._keys_lock = asyncio.Lock()
         self._closed = False
 
     @classmethod
@@ -149,47 +154,10 @@ class PostgresQueue:
     async def append(self, jobs: Sequence[NewJob], *, now: float) -> AppendResult:
         if not jobs:
             return AppendResult(stored=0)
-        # One row per messageId in the remember statement (a statement may not touch a row
-        # twice); later jobs of the batch with the same messageId are duplicates of the first.
-        first: dict[tuple[str, str, str], NewJob] = {}
-        for job in jobs:
-            if job.dedupe_window > 0:
-                first.setdefault((job.source, job.destination, job.message_id), job)
+        # No dedupe work here: each job keeps its window, and its first claim checks it.
+        windows = [j.dedupe_window for j in jobs]
 
-        async def run(conn: psycopg.AsyncConnection[Any]) -> AppendResult:
-            states: list[str] = []
-            reasons: list[str | None] = []
-            details: list[str] = []
-            finished: list[float | None] = []
-            fresh: set[tuple[str, str, str]] = set()
-            if first:
-                cur = await conn.execute(
-                    QUERIES["remember_messages"],
-                    {
-                        "sources": [t[0] for t in first],
-                        "destinations": [t[1] for t in first],
-                        "message_ids": [t[2] for t in first],
-                        "expires": [now + j.dedupe_window for j in first.values()],
-                        "now": now,
-                    },
-                )
-                fresh = {(s, d, m) for s, d, m in await cur.fetchall()}
-            duplicates = 0
-            for job in jobs:
-                triple = (job.source, job.destination, job.message_id)
-                if job.dedupe_window <= 0 or triple in fresh:
-                    if job.dedupe_window > 0:
-                        fresh.discard(triple)
-                    states.append("pending")
-                    reasons.append(None)
-                    details.append("")
-                    finished.append(None)
-                else:
-                    duplicates += 1
-                    states.append("skipped")
-                    reasons.append(Reason.DUPLICATE.value)
-                    details.append(_DUPLICATE_DETAIL)
-                    finished.append(now)
+        async def run(conn: psycopg.AsyncConnection[Any]) -> None:
             await conn.execute(
                 QUERIES["insert_jobs"],
                 {
@@ -199,58 +167,26 @@ class PostgresQueue:
                     "keys": [j.order_key for j in jobs],
                     "payloads": [j.payload for j in jobs],
                     "received": [j.received_at for j in jobs],
-                    "states": states,
-                    "reasons": reasons,
-                    "details": details,
-                    "finished": finished,
+                    "froms": [now if w > 0 else None for w in windows],
+                    "untils": [now + w if w > 0 else None for w in windows],
                 },
             )
-            stored = len(jobs) - duplicates
-            if stored:
-                await self._send_notify(conn)
-            return AppendResult(stored=stored, duplicates=duplicates)
+            await self._send_notify(conn)
 
-        result = await self._transaction(run)
-        if result.stored:
-            self._wake_local()
-        return result
+        await self._transaction(run)
+        self._wake_local()
+        return AppendResult(stored=len(jobs))
 
     async def claim(
         self, worker: str, *, limit: int, lease_seconds: float, now: float
     ) -> list[Job]:
         if limit <= 0:
             return []
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(QUERIES["claim_candidates"], {"now": now, "limit": limit})
-            candidates = await cur.fetchall()
-            if not candidates:
-                return []
-            # Sorted, so that two claimers creating the same new keys never deadlock.
-            keys = sorted({(d, k) for d, k, _head in candidates})
-            await conn.execute(
-                QUERIES["ensure_keys"],
-                {"destinations": [d for d, _ in keys], "keys": [k for _, k in keys]},
-            )
 
         async def run(conn: psycopg.AsyncConnection[Any]) -> list[Job]:
-            cur = await conn.execute(
-                QUERIES["lock_keys"],
-                {"destinations": [d for d, _ in keys], "keys": [k for _, k in keys]},
+            return await _Claim(conn, now, self._ensure_keys).run(
+                worker, limit, now + lease_seconds
             )
-            owned = await cur.fetchall()
-            if not owned:
-                return []
-            params: dict[str, Any] = {
-                "destinations": [d for d, _ in owned],
-                "keys": [k for _, k in owned],
-            }
-            await conn.execute(QUERIES["lock_expired_leases"], params)
-            cur = await conn.execute(
-                QUERIES["lease"],
-                params
-                | {"now": now, "limit": limit, "worker": worker, "due_at": now + lease_seconds},
-            )
-            return [Job(*row) for row in await cur.fetchall()]
 
         jobs = await self._transaction(run)
         return sorted(jobs, key=lambda j: j.id)
@@ -435,6 +371,8 @@ class PostgresQueue:
                 await self._listener
         if self._listen_conn is not None:
             await self._listen_conn.close()
+        if self._keys_conn is not None:
+            await self._keys_conn.close()
         await self._pool.close()
 
     # --- internals ------------------------------------------------------------------------
@@ -450,6 +388,25 @@ class PostgresQueue:
                     raise
                 await asyncio.sleep(0.005 * (attempt + 1))
         raise AssertionError("unreachable")
+
+    async def _ensure_keys(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Create the order_keys rows a claim wants to lock, committed at once on a connection
+        of their own: inserted inside the claim's transaction, a new key would make every
+        other claimer that meets it wait for that whole transaction instead of skipping it."""
+        params = {"destinations": [d for d, _ in keys], "keys": [k for _, k in keys]}
+        async with self._keys_lock:
+            for attempt in range(2):
+                if self._keys_conn is None or self._keys_conn.closed:
+                    self._keys_conn = await psycopg.AsyncConnection.connect(
+                        self.url, autocommit=True, options=f"-c search_path={self.schema}"
+                    )
+                try:
+                    await self._keys_conn.execute(QUERIES["ensure_keys"], params)
+                    return
+                except psycopg.OperationalError:
+                    await self._keys_conn.close()  # broken: reconnect once
+                    if attempt:
+                        raise
 
     async def _send_notify(self, conn: psycopg.AsyncConnection[Any]) -> None:
         await conn.execute(QUERIES["notify"], {"channel": self.channel})
@@ -475,3 +432,165 @@ class PostgresQueue:
         with contextlib.suppress(psycopg.OperationalError):
             async for _notify in conn.notifies():
                 self._wake_local()
+
+
+Triple = tuple[str, str, str]
+Entry = tuple[float, float]
+
+
+class _Claim:
+    """One claim transaction (see the module doc, and queue/base.py for the dedupe rule).
+
+    In rounds: the oldest claimable jobs (no locks) → own their keys not owned yet (lock,
+    skipping keys another claimer owns) → in a fresh statement, the oldest claimable jobs of
+    the owned keys → their dedupe check. Duplicates do not count, so a round that finds some
+    is followed by another, after the last job looked at. Rows are only leased at the end, so
+    every round sees the keys blocked as the first did."""
+
+    def __init__(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        now: float,
+        ensure_keys: Callable[[Sequence[tuple[str, str]]], Awaitable[None]],
+    ) -> None:
+        self.conn = conn
+        self.now = now
+        self.ensure_keys = ensure_keys
+        self.owned: set[tuple[str, str]] = set()
+        self.refused: set[tuple[str, str]] = set()
+        #: Entries as this claim left them so far (their rows are locked by it).
+        self.entries: dict[Triple, Entry] = {}
+        #: Entries to write at the end (changed after their row was locked).
+        self.dirty: set[Triple] = set()
+
+    async def run(self, worker: str, limit: int, due_at: float) -> list[Job]:
+        conn = self.conn
+        handed: list[int] = []
+        duplicates: list[int] = []
+        after = 0
+        while len(handed) < limit:
+            want = {"now": self.now, "after": after, "limit": limit - len(handed)}
+            cur = await conn.execute(QUERIES["claim_candidates"], want)
+            candidates = await cur.fetchall()
+            if candidates:
+                # Every candidate's key is now owned or refused: the cursor may pass them.
+                await self._own(
+                    sorted({(d, k) for _, d, k in candidates} - self.owned - self.refused)
+                )
+                after = candidates[-1][0]
+            rows: list[Any] = []
+            if self.owned:
+                keys = sorted(self.owned)
+                cur = await conn.execute(
+                    QUERIES["claimable_of_keys"],
+                    want
+                    | {
+                        "destinations": [d for d, _ in keys],
+                        "keys": [k for _, k in keys],
+                        "done": handed + duplicates,
+                    },
+                )
+                rows = await cur.fetchall()
+            if not rows:
+                if not candidates:
+                    break
+                continue  # all of other claimers' keys (or gone meanwhile)
+            for job_id, duplicate in await self._check(rows):
+                (duplicates if duplicate else handed).append(job_id)
+        if self.dirty:
+            await conn.execute(QUERIES["set_entries"], _entry_params(self.entries, self.dirty))
+        if duplicates:
+            await conn.execute(
+                QUERIES["skip_duplicates"],
+                {
+                    "ids": duplicates,
+                    "reason": Reason.DUPLICATE.value,
+                    "detail": DUPLICATE_DETAIL,
+                    "now": self.now,
+                },
+            )
+        if not handed:
+            return []
+        cur = await conn.execute(
+            QUERIES["lease"], {"ids": handed, "worker": worker, "due_at": due_at}
+        )
+        return [Job(*row) for row in await cur.fetchall()]
+
+    async def _own(self, keys: list[tuple[str, str]]) -> None:
+        if not keys:
+            return
+        params = {"destinations": [d for d, _ in keys], "keys": [k for _, k in keys]}
+        await self.ensure_keys(keys)
+        cur = await self.conn.execute(QUERIES["lock_keys"], params)
+        got = {(d, k) for d, k in await cur.fetchall()}
+        self.owned |= got
+        self.refused |= set(keys) - got
+        if got:
+            owned = sorted(got)
+            await self.conn.execute(
+                QUERIES["lock_expired_leases"],
+                {"destinations": [d for d, _ in owned], "keys": [k for _, k in owned]},
+            )
+
+    async def _check(self, rows: Sequence[Any]) -> list[tuple[int, bool]]:
+        """``(id, is duplicate)`` of each row, in order (rows without a check: not)."""
+        # The first job of each messageId new to this claim goes through the upsert, which
+        # decides it against every other claimer; later ones are decided here, against the
+        # entry this claim holds.
+        firsts: dict[Triple, tuple[int, Entry]] = {}
+        for job_id, source, destination, message_id, start, until in rows:
+            triple = (source, destination, message_id)
+            if until is not None and triple not in self.entries and triple not in firsts:
+                firsts[triple] = (job_id, (start, until))
+        kept: set[Triple] = set()
+        if firsts:
+            windows = {t: w for t, (_, w) in firsts.items()}
+            cur = await self.conn.execute(
+                QUERIES["remember_messages"], _entry_params(windows, list(windows))
+            )
+            for s, d, m, seen_at, expires_at in await cur.fetchall():
+                self.entries[(s, d, m)] = (seen_at, expires_at)
+                kept.add((s, d, m))
+            others = [t for t in firsts if t not in kept]
+            if others:
+                cur = await self.conn.execute(
+                    QUERIES["seen_entries"],
+                    {
+                        "sources": [t[0] for t in others],
+                        "destinations": [t[1] for t in others],
+                        "message_ids": [t[2] for t in others],
+                    },
+                )
+                for s, d, m, seen_at, expires_at in await cur.fetchall():
+                    self.entries[(s, d, m)] = (seen_at, expires_at)
+        decided: list[tuple[int, bool]] = []
+        for job_id, source, destination, message_id, start, until in rows:
+            triple = (source, destination, message_id)
+            if until is None:
+                decided.append((job_id, False))
+            elif triple in firsts and firsts[triple][0] == job_id:
+                decided.append((job_id, triple not in kept))
+            else:
+                entry = self.entries.get(triple)
+                if is_duplicate(entry, start, until):
+                    decided.append((job_id, True))
+                    continue
+                new = remembered(entry, start, until)
+                if new is not None:
+                    self.entries[triple] = new
+                    self.dirty.add(triple)
+                decided.append((job_id, False))
+        return decided
+
+
+def _entry_params(
+    entries: dict[Triple, Entry], triples: Sequence[Triple] | set[Triple]
+) -> dict[str, Any]:
+    ordered = sorted(triples)
+    return {
+        "sources": [t[0] for t in ordered],
+        "destinations": [t[1] for t in ordered],
+        "message_ids": [t[2] for t in ordered],
+        "froms": [entries[t][0] for t in ordered],
+        "untils": [entries[t][1] for t in ordered],
+    }

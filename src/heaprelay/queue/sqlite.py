@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import queue as thread_queue
 import sqlite3
 import threading
@@ -26,6 +27,7 @@ from typing import Any, Final, TypeVar
 
 from heaprelay.queue._sql import package_queries
 from heaprelay.queue.base import (
+    DUPLICATE_DETAIL,
     STATES,
     AppendResult,
     DeadLetter,
@@ -38,6 +40,8 @@ from heaprelay.queue.base import (
     Release,
     RetryAt,
     Skipped,
+    is_duplicate,
+    remembered,
 )
 from heaprelay.spec.reasons import Reason
 
@@ -98,7 +102,7 @@ class SQLiteQueue:
         def connect() -> SQLiteQueue:
             path.parent.mkdir(parents=True, exist_ok=True)
             write = _connect(path)
-            # Deduplication looks up and inserts messageIds at random places in "seen": keep
+            # Claims look up and insert messageIds at random places in "seen" (dedupe): keep
             # its pages in memory (the default cache is 2 MB).
             write.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
             # Fewer, larger checkpoints: a page dirtied by many commits (seen, indexes) is
@@ -108,6 +112,10 @@ class SQLiteQueue:
             columns = {row[1] for row in write.execute("PRAGMA table_info(jobs)")}
             if "leases" not in columns:  # a file from before lease tokens
                 write.execute(QUERIES["add_leases"])
+            if "dedupe_until" not in columns:  # a file from before dedupe at claim
+                write.executescript(QUERIES["add_dedupe_window"])
+            if "seen_at" not in {row[1] for row in write.execute("PRAGMA table_info(seen)")}:
+                write.executescript(QUERIES["add_seen_at"])
             return cls(path, write, _connect(path))
 
         return await asyncio.to_thread(connect)
@@ -128,17 +136,7 @@ class SQLiteQueue:
         self, worker: str, *, limit: int, lease_seconds: float, now: float
     ) -> list[Job]:
         def run(conn: sqlite3.Connection) -> list[Job]:
-            ids = [
-                row[0] for row in conn.execute(QUERIES["claimable"], {"now": now, "limit": limit})
-            ]
-            jobs: list[Job] = []
-            for job_id in ids:
-                row = conn.execute(
-                    QUERIES["lease"],
-                    {"id": job_id, "worker": worker, "due_at": now + lease_seconds},
-                ).fetchone()
-                jobs.append(Job(*row))
-            return jobs
+            return _claim(conn, worker, limit=limit, due_at=now + lease_seconds, now=now)
 
         return await self._call(run)
 
@@ -388,42 +386,13 @@ def _insert_group(
 ) -> list[AppendResult]:
     """Insert the appends of one transaction, in order; each one's result.
 
-    Set-based for the whole group: one lookup of the already-seen ids per (source,
-    destination), then one multi-row insert for the seen ids and one for the jobs (a
-    statement per job, or per request, would cost more than the request itself)."""
-    # (source, destination, messageId) -> when its dedupe window ends.
-    known: dict[tuple[str, str, str], float] = {}
-    groups: dict[tuple[str, str], list[str]] = {}
-    for jobs, _ in appends:
-        for job in jobs:
-            if job.dedupe_window > 0:
-                groups.setdefault((job.source, job.destination), []).append(job.message_id)
-    if groups:
-        earliest = min(now for _, now in appends)
-        lookup = QUERIES["seen_unexpired"]
-        for (source, destination), ids in groups.items():
-            for start in range(0, len(ids), _LOOKUP_CHUNK):
-                chunk = ids[start : start + _LOOKUP_CHUNK]
-                query = lookup.replace(":ids", ",".join("?" * len(chunk)))
-                params = (source, destination, earliest, *chunk)
-                for message_id, expires_at in conn.execute(query, params):
-                    known[(source, destination, message_id)] = expires_at
-    remembered: list[tuple[str, str, str, float]] = []
+    One multi-row insert for the whole group (a statement per job, or per request, would
+    cost more than the request itself), of the columns that need values: no dedupe work
+    (claims do it, :func:`_claim`)."""
     rows: list[tuple[Any, ...]] = []
-    results: list[AppendResult] = []
     for jobs, now in appends:
-        duplicates = 0
         for job in jobs:
-            state, reason, finished = "pending", None, None
-            if job.dedupe_window > 0:
-                triple = (job.source, job.destination, job.message_id)
-                if known.get(triple, now) > now:
-                    state, reason, finished = "skipped", _DUPLICATE, now
-                    duplicates += 1
-                else:
-                    expires_at = now + job.dedupe_window
-                    known[triple] = expires_at
-                    remembered.append((*triple, expires_at))
+            window = job.dedupe_window
             rows.append(
                 (
                     job.source,
@@ -432,32 +401,83 @@ def _insert_group(
                     job.order_key,
                     job.payload,
                     job.received_at,
-                    state,
-                    reason,
-                    finished,
+                    now if window > 0 else None,
+                    now + window if window > 0 else None,
                 )
             )
-        results.append(AppendResult(stored=len(jobs) - duplicates, duplicates=duplicates))
-    _insert_rows(conn, "remember_messages", remembered)
-    _insert_rows(conn, "insert_jobs", rows)
-    return results
+    _insert_rows(conn, "insert_jobs", rows, QUERIES["job_row"])
+    return [AppendResult(stored=len(jobs)) for jobs, _ in appends]
 
 
-def _insert_rows(conn: sqlite3.Connection, query: str, rows: Sequence[tuple[Any, ...]]) -> None:
+def _claim(
+    conn: sqlite3.Connection, worker: str, *, limit: int, due_at: float, now: float
+) -> list[Job]:
+    """Lease up to ``limit`` claimable jobs that are not duplicates (queue/base.py).
+
+    Candidates come in rounds of as many as are still wanted, each with its remembered entry
+    (one query); duplicates found make another round. Nothing is written until the end (so
+    every round sees the same blocked keys): then one upsert of the entries, one update of
+    the duplicates, one lease of the rest."""
+    handed: list[int] = []
+    duplicates: list[int] = []
+    # Entries this claim has set: they override what "seen" says.
+    entries: dict[tuple[str, str, str], tuple[float, float]] = {}
+    after = 0
+    while len(handed) < limit:
+        params = {"now": now, "after": after, "limit": limit - len(handed)}
+        rows = conn.execute(QUERIES["claim_candidates"], params).fetchall()
+        if not rows:
+            break
+        for job_id, source, destination, message_id, start, until, seen_at, expires_at in rows:
+            if until is not None:
+                triple = (source, destination, message_id)
+                entry = entries.get(triple)
+                if entry is None and expires_at is not None:
+                    entry = (seen_at, expires_at)
+                if is_duplicate(entry, start, until):
+                    duplicates.append(job_id)
+                    continue
+                new = remembered(entry, start, until)
+                if new is not None:
+                    entries[triple] = new
+            handed.append(job_id)
+        after = rows[-1][0]
+    if entries:
+        template = "(?, ?, ?, ?, ?)"
+        _insert_rows(conn, "remember_messages", [(*t, *e) for t, e in entries.items()], template)
+    if duplicates:
+        conn.execute(
+            QUERIES["skip_duplicates"],
+            {
+                "ids": json.dumps(duplicates),
+                "reason": _DUPLICATE,
+                "detail": DUPLICATE_DETAIL,
+                "now": now,
+            },
+        )
+    if not handed:
+        return []
+    leased = conn.execute(
+        QUERIES["lease"], {"ids": json.dumps(handed), "worker": worker, "due_at": due_at}
+    )
+    return sorted((Job(*row) for row in leased), key=lambda j: j.id)
+
+
+def _insert_rows(
+    conn: sqlite3.Connection, query: str, rows: Sequence[tuple[Any, ...]], row: str
+) -> None:
+    """``rows`` with multi-row inserts of ``query`` (its ":rows" becomes ``row`` repeated)."""
     for start in range(0, len(rows), _ROWS_PER_INSERT):
         chunk = rows[start : start + _ROWS_PER_INSERT]
-        sql = _multi_row_sql(query, len(chunk), len(chunk[0]))
-        conn.execute(sql, [value for row in chunk for value in row])
+        sql = _multi_row_sql(query, len(chunk), row)
+        conn.execute(sql, [value for values in chunk for value in values])
 
 
 @functools.lru_cache(maxsize=64)
-def _multi_row_sql(query: str, rows: int, width: int) -> str:
-    one = "(" + ",".join("?" * width) + ")"
-    return QUERIES[query].replace(":rows", ",".join([one] * rows))
+def _multi_row_sql(query: str, rows: int, row: str) -> str:
+    return QUERIES[query].replace(":rows", ",".join([row] * rows))
 
 
 _DUPLICATE: Final = Reason.DUPLICATE.value
-#: Rows per multi-row INSERT (9 parameters each: far under SQLite's parameter limit).
+#: Rows per multi-row INSERT (8 parameters each at most: far under SQLite's limit).
 _ROWS_PER_INSERT: Final = 200
-#: Ids per lookup query (well under SQLite's limit on parameters).
-_LOOKUP_CHUNK: Final = 500

@@ -2,46 +2,32 @@
 -- "-- name: <name>" line and runs until the next one. Parameters are %(named)s (psycopg).
 -- The schema itself lives in migrations/postgres/*.sql.
 
--- name: remember_messages
--- Remembers each (source, destination, message_id) not already remembered and unexpired;
--- returns those it remembered. The others are duplicates. The conflict makes a concurrent
--- append of the same messageId in another process wait for this one, then see it.
-INSERT INTO seen (source, destination, message_id, expires_at)
-SELECT * FROM unnest(%(sources)s::text[], %(destinations)s::text[], %(message_ids)s::text[],
-                     %(expires)s::float8[])
-ON CONFLICT (source, destination, message_id) DO UPDATE SET expires_at = excluded.expires_at
-WHERE seen.expires_at <= %(now)s
-RETURNING source, destination, message_id;
-
 -- name: insert_jobs
-INSERT INTO jobs (source, destination, message_id, order_key, payload, received_at, state,
-                  reason, detail, finished_at)
-SELECT s, d, m, k, p, r, st, rs, dt, f
+-- No dedupe work here: claims do it (queue/base.py). state defaults to 'pending'.
+INSERT INTO jobs (source, destination, message_id, order_key, payload, received_at,
+                  dedupe_from, dedupe_until)
+SELECT s, d, m, k, p, r, f, u
 FROM unnest(%(sources)s::text[], %(destinations)s::text[], %(message_ids)s::text[],
             %(keys)s::text[], %(payloads)s::bytea[], %(received)s::float8[],
-            %(states)s::text[], %(reasons)s::text[], %(details)s::text[],
-            %(finished)s::float8[]) WITH ORDINALITY AS t(s, d, m, k, p, r, st, rs, dt, f, n)
+            %(froms)s::float8[], %(untils)s::float8[])
+     WITH ORDINALITY AS t(s, d, m, k, p, r, f, u, n)
 ORDER BY n;
 
 -- name: claim_candidates
--- The keys of the oldest claimable jobs: unfinished, of keys with no leased (unexpired) or
--- waiting-retry job. Takes no locks; the keys are then locked and looked at again.
-SELECT j.destination, j.order_key, min(j.id) AS head
-FROM (
-    SELECT j.id, j.destination, j.order_key FROM jobs AS j
-    WHERE j.state IN ('pending', 'leased', 'retry')
-      AND NOT EXISTS (
-          SELECT 1 FROM jobs AS b
-          WHERE b.state IN ('leased', 'retry')
-            AND b.destination = j.destination
-            AND b.order_key = j.order_key
-            AND b.due_at > %(now)s
-      )
-    ORDER BY j.id
-    LIMIT %(limit)s
-) AS j
-GROUP BY j.destination, j.order_key
-ORDER BY head;
+-- The oldest claimable jobs after %(after)s: unfinished, of keys with no leased (unexpired)
+-- or waiting-retry job. Takes no locks; their keys are then locked and looked at again.
+SELECT j.id, j.destination, j.order_key FROM jobs AS j
+WHERE j.state IN ('pending', 'leased', 'retry')
+  AND j.id > %(after)s
+  AND NOT EXISTS (
+      SELECT 1 FROM jobs AS b
+      WHERE b.state IN ('leased', 'retry')
+        AND b.destination = j.destination
+        AND b.order_key = j.order_key
+        AND b.due_at > %(now)s
+  )
+ORDER BY j.id
+LIMIT %(limit)s;
 
 -- name: ensure_keys
 INSERT INTO order_keys (destination, order_key)
@@ -65,27 +51,70 @@ WHERE j.state = 'leased'
 ORDER BY j.id
 FOR UPDATE OF j;
 
+-- name: claimable_of_keys
+-- The oldest claimable jobs of keys this claim owns (a fresh snapshot, taken after their
+-- locks) that it has not looked at yet (%(done)s), with their dedupe window. Each key from
+-- its head: a key owned in a later round may have been blocked when the first round looked.
+SELECT j.id, j.source, j.destination, j.message_id, j.dedupe_from, j.dedupe_until
+FROM jobs AS j
+JOIN unnest(%(destinations)s::text[], %(keys)s::text[]) AS k(destination, order_key)
+  USING (destination, order_key)
+WHERE j.state IN ('pending', 'leased', 'retry')
+  AND j.id <> ALL(%(done)s::bigint[])
+  AND NOT EXISTS (
+      SELECT 1 FROM jobs AS b
+      WHERE b.state IN ('leased', 'retry')
+        AND b.destination = j.destination
+        AND b.order_key = j.order_key
+        AND b.due_at > %(now)s
+  )
+ORDER BY j.id
+LIMIT %(limit)s;
+
+-- name: remember_messages
+-- The dedupe check of a claim (queue/base.py): remember each job's window unless it overlaps
+-- the entry already there (then the job is a duplicate and its row is not returned); an
+-- entry that ends later is kept. Rows come in key order, so that two claimers never
+-- deadlock within it. A concurrent claim of the same messageId waits for ours (the conflict),
+-- then re-evaluates the condition against our committed entry: exactly one is delivered.
+-- Rows not updated because of the condition are locked all the same.
+INSERT INTO seen AS s (source, destination, message_id, seen_at, expires_at)
+SELECT * FROM unnest(%(sources)s::text[], %(destinations)s::text[], %(message_ids)s::text[],
+                     %(froms)s::float8[], %(untils)s::float8[]) AS t(src, dst, mid, f, u)
+ORDER BY src, dst, mid
+ON CONFLICT (source, destination, message_id) DO UPDATE
+SET seen_at = CASE WHEN excluded.expires_at > s.expires_at THEN excluded.seen_at
+                   ELSE s.seen_at END,
+    expires_at = greatest(s.expires_at, excluded.expires_at)
+WHERE NOT (s.expires_at > excluded.seen_at AND s.seen_at < excluded.expires_at)
+RETURNING source, destination, message_id, seen_at, expires_at;
+
+-- name: seen_entries
+-- Entries of these messageIds (locked by remember_messages above, so they hold still).
+SELECT s.source, s.destination, s.message_id, s.seen_at, s.expires_at FROM seen AS s
+JOIN unnest(%(sources)s::text[], %(destinations)s::text[], %(message_ids)s::text[])
+  AS t(source, destination, message_id) USING (source, destination, message_id);
+
+-- name: set_entries
+-- Entries changed later in the same claim (their rows are ours already).
+INSERT INTO seen (source, destination, message_id, seen_at, expires_at)
+SELECT * FROM unnest(%(sources)s::text[], %(destinations)s::text[], %(message_ids)s::text[],
+                     %(froms)s::float8[], %(untils)s::float8[])
+ON CONFLICT (source, destination, message_id) DO UPDATE
+SET seen_at = excluded.seen_at, expires_at = excluded.expires_at;
+
+-- name: skip_duplicates
+UPDATE jobs SET state = 'skipped', reason = %(reason)s, detail = %(detail)s,
+       finished_at = %(now)s, dedupe_until = NULL
+WHERE id = ANY(%(ids)s::bigint[]);
+
 -- name: lease
-WITH k AS (
-    SELECT * FROM unnest(%(destinations)s::text[], %(keys)s::text[]) AS k(destination, order_key)
-), picked AS (
-    SELECT j.id FROM jobs AS j JOIN k USING (destination, order_key)
-    WHERE j.state IN ('pending', 'leased', 'retry')
-      AND NOT EXISTS (
-          SELECT 1 FROM jobs AS b
-          WHERE b.state IN ('leased', 'retry')
-            AND b.destination = j.destination
-            AND b.order_key = j.order_key
-            AND b.due_at > %(now)s
-      )
-    ORDER BY j.id
-    LIMIT %(limit)s
-)
+-- Their dedupe check is done (by this claim).
 UPDATE jobs SET state = 'leased', worker = %(worker)s, due_at = %(due_at)s,
-       leases = jobs.leases + 1
-FROM picked WHERE jobs.id = picked.id
-RETURNING jobs.id, jobs.source, jobs.destination, jobs.message_id, jobs.order_key,
-          jobs.payload, jobs.received_at, jobs.attempts, jobs.first_attempt_at, jobs.leases;
+       leases = jobs.leases + 1, dedupe_until = NULL
+WHERE id = ANY(%(ids)s::bigint[])
+RETURNING id, source, destination, message_id, order_key, payload, received_at, attempts,
+          first_attempt_at, leases;
 
 -- name: delivered
 -- Outcomes (delivered … release) apply only to the current lease: the job is leased, to

@@ -10,7 +10,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     order_key TEXT NOT NULL,
     payload BLOB NOT NULL,
     received_at REAL NOT NULL,
-    state TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
     attempts INTEGER NOT NULL DEFAULT 0,
     first_attempt_at REAL,
     -- retry: when the job becomes claimable again; leased: when the lease expires.
@@ -21,7 +21,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     reason TEXT,
     detail TEXT NOT NULL DEFAULT '',
     answer TEXT NOT NULL DEFAULT '',
-    finished_at REAL
+    finished_at REAL,
+    -- The job's dedupe window: from the append's now until now + window (queue/base.py).
+    -- dedupe_until NULL: nothing to check (window 0, or checked by its first claim).
+    dedupe_from REAL,
+    dedupe_until REAL
 );
 -- Unfinished jobs, in append order (claims scan this).
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs (id)
@@ -32,12 +36,14 @@ CREATE INDEX IF NOT EXISTS jobs_blocking ON jobs (destination, order_key, due_at
 CREATE INDEX IF NOT EXISTS jobs_dead ON jobs (destination, id) WHERE state = 'dead';
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at)
     WHERE state IN ('delivered', 'skipped');
--- messageIds seen per (source, destination), for deduplication within a window.
+-- Per (source, destination, messageId): the window of the job remembered for deduplication
+-- (written by claims, queue/base.py).
 CREATE TABLE IF NOT EXISTS seen (
     source TEXT NOT NULL,
     destination TEXT NOT NULL,
     message_id TEXT NOT NULL,
     expires_at REAL NOT NULL,
+    seen_at REAL NOT NULL,
     PRIMARY KEY (source, destination, message_id)
 ) WITHOUT ROWID;
 
@@ -45,29 +51,43 @@ CREATE TABLE IF NOT EXISTS seen (
 -- For queue files made before lease tokens (open() runs it when the column is missing).
 ALTER TABLE jobs ADD COLUMN leases INTEGER NOT NULL DEFAULT 0;
 
--- name: seen_unexpired
--- Which of these messageIds (":ids" is expanded to one "?" per id) are within their window
--- at the earliest "now" of a group commit, and until when.
-SELECT message_id, expires_at FROM seen
-WHERE source = ? AND destination = ? AND expires_at > ? AND message_id IN (:ids);
+-- name: add_dedupe_window
+-- For queue files made before dedupe moved to claims (open() runs it when the columns are
+-- missing). Their jobs were checked when appended: nothing left to check (NULL).
+BEGIN IMMEDIATE;
+ALTER TABLE jobs ADD COLUMN dedupe_from REAL;
+ALTER TABLE jobs ADD COLUMN dedupe_until REAL;
+COMMIT;
 
--- name: remember_messages
--- New messageIds, or ones whose window has passed (the lookup above found them not current).
--- ":rows" is expanded to one "(?, ?, ?, ?)" per messageId (a multi-row insert is much
--- cheaper than executemany).
-INSERT INTO seen (source, destination, message_id, expires_at) VALUES :rows
-ON CONFLICT (source, destination, message_id) DO UPDATE SET expires_at = excluded.expires_at;
+-- name: add_seen_at
+-- Likewise for "seen": entries of old files get seen_at = expires_at - 24 h (the default
+-- window; an entry of a shorter window then reaches back further than it did).
+BEGIN IMMEDIATE;
+ALTER TABLE seen ADD COLUMN seen_at REAL;
+UPDATE seen SET seen_at = expires_at - 86400;
+COMMIT;
 
 -- name: insert_jobs
--- ":rows" is expanded to one "(?, ?, ?, ?, ?, ?, ?, ?, ?)" per job.
-INSERT INTO jobs (source, destination, message_id, order_key, payload, received_at, state,
-                  reason, finished_at)
+-- ":rows" is expanded to one job_row per job (a multi-row insert is much cheaper than
+-- executemany). No dedupe work here: claims do it.
+INSERT INTO jobs (source, destination, message_id, order_key, payload, received_at, dedupe_from,
+                  dedupe_until, state)
 VALUES :rows;
 
--- name: claimable
--- Unfinished jobs, oldest first, of keys with no leased (unexpired) or waiting-retry job.
-SELECT j.id FROM jobs AS j
+-- name: job_row
+(?, ?, ?, ?, ?, ?, ?, ?, 'pending')
+
+-- name: claim_candidates
+-- Unfinished jobs after :after, oldest first, of keys with no leased (unexpired) or
+-- waiting-retry job; for those still to be checked, the remembered entry of their messageId.
+SELECT j.id, j.source, j.destination, j.message_id, j.dedupe_from, j.dedupe_until, s.seen_at,
+       s.expires_at
+FROM jobs AS j
+LEFT JOIN seen AS s
+  ON j.dedupe_until IS NOT NULL AND s.source = j.source AND s.destination = j.destination
+ AND s.message_id = j.message_id
 WHERE j.state IN ('pending', 'leased', 'retry')
+  AND j.id > :after
   AND NOT EXISTS (
       SELECT 1 FROM jobs AS b
       WHERE b.state IN ('leased', 'retry')
@@ -78,9 +98,23 @@ WHERE j.state IN ('pending', 'leased', 'retry')
 ORDER BY j.id
 LIMIT :limit;
 
+-- name: remember_messages
+-- Entries set by a claim. ":rows" is expanded to one "(?, ?, ?, ?, ?)" per entry.
+INSERT INTO seen (source, destination, message_id, seen_at, expires_at) VALUES :rows
+ON CONFLICT (source, destination, message_id)
+DO UPDATE SET seen_at = excluded.seen_at, expires_at = excluded.expires_at;
+
+-- name: skip_duplicates
+-- :ids is a JSON array of job ids.
+UPDATE jobs SET state = 'skipped', reason = :reason, detail = :detail, finished_at = :now,
+       dedupe_until = NULL
+WHERE id IN (SELECT value FROM json_each(:ids));
+
 -- name: lease
-UPDATE jobs SET state = 'leased', worker = :worker, due_at = :due_at, leases = leases + 1
-WHERE id = :id
+-- :ids is a JSON array of job ids. Their dedupe check is done (by this claim).
+UPDATE jobs SET state = 'leased', worker = :worker, due_at = :due_at, leases = leases + 1,
+       dedupe_until = NULL
+WHERE id IN (SELECT value FROM json_each(:ids))
 RETURNING id, source, destination, message_id, order_key, payload, received_at, attempts,
           first_attempt_at, leases;
 
