@@ -264,8 +264,8 @@ def test_two_api_and_two_worker_processes_kill_9_one_worker(scale_db: str, tmp_p
                 t.join(timeout=120)
             assert len(sent_tracks) == total // 2
 
-            # An SDK retry of a request whose answer it missed is stored as a duplicate
-            # (skipped, reason duplicate); everything else must be delivered.
+            # An SDK retry of a request whose answer it missed is stored again, and its first
+            # claim finds it a duplicate (skipped, reason duplicate); all else is delivered.
             wait_until(lambda: counts(scale_db).get("delivered") == total, 120, "all delivered")
             with psycopg.connect(scale_db, options="-c search_path=heaprelay") as conn:
                 others = conn.execute(

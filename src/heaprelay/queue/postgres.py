@@ -15,7 +15,16 @@ lock), leases the keys' claimable jobs. A key owned by nobody has, in that snaps
 live lease (then it is skipped) or none (then its whole unfinished run is ours). Expired leases
 are first locked row by row, so that a slow worker completing one at that moment finishes
 before we look (its outcome is then seen). Completions lock their rows in id order, as claims
-do, so the two cannot deadlock; a deadlock or serialization failure is retried anyway.
+do, so the two cannot deadlock; a deadlock or serialization failure is retried anyway. The
+``order_keys`` rows a claim wants are inserted (and committed) on a connection of their own,
+so that a claimer never waits for another's transaction because of a new key.
+
+Deduplication (queue/base.py) is part of the claim: the first job of each messageId is
+checked by ``INSERT … ON CONFLICT DO UPDATE … WHERE <not a duplicate> RETURNING`` into
+``seen``, rows in key order. Two claimers of one messageId (under different keys, so both
+own their job) meet on that row: the second waits for the first's commit, then PostgreSQL
+re-evaluates the condition against the committed entry, so exactly one of the jobs is handed
+out. Later jobs of the same messageId in one claim are decided against the entry it holds.
 
 Wake-ups: every append (and release, retry, replay) sends ``NOTIFY`` on the schema's channel
 in its transaction; ``wait_for_work`` listens on one dedicated connection per queue.

@@ -5,7 +5,8 @@ while a commit is running are collected and committed together in the next trans
 commit), so many concurrent requests share one fsync (``synchronous=FULL``: an acknowledged
 append survives a crash of the process or of the machine). Each append is all-or-nothing
 inside the shared transaction (a savepoint per append). Reads (stats, dead letters) use their
-own connection and never wait for the writer.
+own connection and never wait for the writer. Appends do no dedupe work (the group commit
+is one multi-row insert); claims, on the writer thread, do it set-based (:func:`_claim`).
 
 The semantics are those of :mod:`heaprelay.queue.base`; queries are in ``sql/sqlite.sql``.
 """
