@@ -266,6 +266,42 @@ def span(values: list[float], fmt: str) -> str:
     return low if low == high else f"{low}-{high}"
 
 
+def parse_cost_us(body: bytes, repeat: int = 2000) -> float:
+    """Median CPU microseconds of ``orjson.loads`` on ``body`` (batches of ``repeat`` calls)."""
+    import orjson
+
+    samples = []
+    for _ in range(5):
+        start = time.process_time()
+        for _ in range(repeat):
+            orjson.loads(body)
+        samples.append(1e6 * (time.process_time() - start) / repeat)
+    return statistics.median(samples)
+
+
+def print_budget(rounds: dict[str, list[dict[str, float]]]) -> None:
+    """What 60% of the do-nothing throughput leaves the server for its own work: at that rate
+    one core (the event loop is one thread, and the client needs the other core) gives each
+    request 1 s / rate of CPU, of which the HTTP stack takes what the do-nothing endpoint
+    uses. Next to it, the cost of only parsing the same body with orjson (the fastest JSON
+    parser for Python), measured here in this process."""
+    print("\nthe CPU a request may cost at 60% of do-nothing's rate (one core):")
+    for label, reference, kind in (
+        ("/v1/batch", "do-nothing, batch bodies", "batch"),
+        ("/v1/track", "do-nothing, single bodies", "single"),
+    ):
+        rate = 0.6 * statistics.median(r["requests_per_s"] for r in rounds[reference])
+        whole = 1e6 / rate
+        stack = statistics.median(1e6 * cpu_per_request(r) for r in rounds[reference])
+        parse = parse_cost_us(make_body(kind, "budget", 0))
+        print(
+            f"  {label}: {rate:,.0f} requests/s -> {whole:,.0f} us a request; the HTTP stack "
+            f"takes {stack:,.0f} us (do-nothing), leaving {whole - stack:,.0f} us for auth, "
+            f"parsing, validation, storage and the commit; orjson.loads of the body alone: "
+            f"{parse:,.1f} us"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -371,6 +407,7 @@ def main() -> None:
             f"goal durable {durable.split()[0]} >= 60% of do-nothing: met in {close_enough} of "
             f"{args.rounds} rounds"
         )
+    print_budget(rounds)
     verdict = "all there" if stored >= acked else f"MISSING {acked - stored:,}"
     print(
         f"acknowledged events (durable scenarios, warm-up included): {acked:,}; jobs in the "
