@@ -59,7 +59,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Final, Literal, Protocol, runtime_checkable
+from typing import Final, Literal, NamedTuple, Protocol, runtime_checkable
 
 from heaprelay.spec.reasons import Reason
 
@@ -67,8 +67,9 @@ State = Literal["pending", "leased", "retry", "delivered", "dead", "skipped"]
 STATES: tuple[State, ...] = ("pending", "leased", "retry", "delivered", "dead", "skipped")
 
 
-@dataclass(frozen=True, slots=True)
-class NewJob:
+class NewJob(NamedTuple):
+    """A job to append. (A named tuple: ingest makes one per message and destination.)"""
+
     source: str
     destination: str
     message_id: str

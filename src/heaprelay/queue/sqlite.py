@@ -393,19 +393,12 @@ def _insert_group(
     rows: list[tuple[Any, ...]] = []
     for jobs, now in appends:
         for job in jobs:
+            # NewJob's first six fields are the first six columns of job_row.
             window = job.dedupe_window
-            rows.append(
-                (
-                    job.source,
-                    job.destination,
-                    job.message_id,
-                    job.order_key,
-                    job.payload,
-                    job.received_at,
-                    now if window > 0 else None,
-                    now + window if window > 0 else None,
-                )
-            )
+            if window > 0:
+                rows.append((*job[:6], now, now + window))
+            else:
+                rows.append((*job[:6], None, None))
     _insert_rows(conn, "insert_jobs", rows, QUERIES["job_row"])
     return [AppendResult(stored=len(jobs)) for jobs, _ in appends]
 

@@ -20,7 +20,6 @@ interface leaves open and this suite pins down. The suite needs pytest and Hypot
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, Protocol
@@ -502,9 +501,7 @@ class QueueContract:
     def test_each_job_carries_its_dedupe_window(self, queue_factory: QueueFactory) -> None:
         async def body(q: Queue) -> None:
             def windowed(n: int, window: float) -> NewJob:
-                return dataclasses.replace(
-                    job(n, key=f"k{n}", message_id="m"), dedupe_window=window
-                )
+                return job(n, key=f"k{n}", message_id="m")._replace(dedupe_window=window)
 
             async def claimed(now: float) -> list[int]:
                 jobs = await claim(q, now=now)
@@ -574,7 +571,7 @@ class QueueContract:
     ) -> None:
         async def body(q: Queue) -> None:
             def windowed(n: int, key: str, window: float) -> NewJob:
-                return dataclasses.replace(job(n, key=key, message_id="m"), dedupe_window=window)
+                return job(n, key=key, message_id="m")._replace(dedupe_window=window)
 
             await q.append([job(1, key="a")], now=T0)
             [held] = await claim(q, now=T0)
@@ -850,7 +847,7 @@ class QueueModelMachine(RuleBasedStateMachine):
             new = job(
                 self.serial, key=key, destination=dest, message_id=mid, received_at=self.now - age
             )
-            jobs.append(dataclasses.replace(new, dedupe_window=window))
+            jobs.append(new._replace(dedupe_window=window))
         got = self._run(self.backend.append(jobs, now=self.now))
         want = self._run(self.model.append(jobs, now=self.now))
         assert got == want
