@@ -128,6 +128,17 @@ def test_migrate_brings_a_0003_database_to_dedupe_at_claim(pg_url: str) -> None:
             )
             await conn.execute("INSERT INTO seen VALUES ('s', 'd', 'm', %s)", [T0 + DAY])
         applied = await migrate(pg_url, schema=schema)  # what `heaprelay db migrate` runs
+        # An API process of the previous version, still running during a rolling upgrade,
+        # remembers messageIds at append as it always did: that keeps working.
+        async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+            await conn.execute(f'SET search_path TO "{schema}"')
+            await conn.execute(
+                "INSERT INTO seen (source, destination, message_id, expires_at)"
+                " VALUES ('s', 'd', 'old-api', %s)",
+                [T0 + DAY],
+            )
+            cur = await conn.execute("SELECT seen_at FROM seen WHERE message_id = 'old-api'")
+            assert await cur.fetchall() == [(T0,)]
         q = await PostgresQueue.open(pg_url, schema=schema)
         try:
             await q.append([new("m", "b")], now=T0 + 3600)

@@ -9,3 +9,15 @@ ALTER TABLE jobs ADD COLUMN dedupe_until double precision;
 ALTER TABLE seen ADD COLUMN seen_at double precision;
 UPDATE seen SET seen_at = expires_at - 86400;
 ALTER TABLE seen ALTER COLUMN seen_at SET NOT NULL;
+-- During a rolling upgrade, API processes of the previous version still remember messageIds
+-- at append, without seen_at: fill it as above, so that their appends keep working.
+CREATE FUNCTION seen_fill_seen_at() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.seen_at IS NULL THEN
+        NEW.seen_at := NEW.expires_at - 86400;
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER seen_fill_seen_at BEFORE INSERT ON seen
+    FOR EACH ROW EXECUTE FUNCTION seen_fill_seen_at();
