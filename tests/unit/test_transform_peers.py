@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from heaprelay.spec.reasons import Reason
 from heaprelay.transform import DestinationSettings, Skip, transform
-from heaprelay.transform._properties import rudder_flatten
+from heaprelay.transform._properties import TOO_DEEP, rudder_flatten
 
 
 def run(profile: str, message: dict[str, Any]) -> Any:
@@ -69,3 +71,37 @@ def test_rudderstack_identity_keeps_the_peers_types() -> None:
     assert not isinstance(out, Skip)
     assert out[0].body == {"identity": 12.5, "properties": {"a": True}, "app_id": "7"}
     assert list(out[0].body) == ["identity", "properties", "app_id"]
+
+
+@pytest.mark.parametrize("kind", ["track", "identify"])
+@pytest.mark.parametrize(
+    ("profile", "detail"),
+    [
+        ("heap", TOO_DEEP),
+        ("rudderstack", TOO_DEEP),
+        ("segment", TOO_DEEP),
+        ("segment-actions", "properties nested too deeply"),
+        ("segment-heap-cloud", "properties nested too deeply"),
+    ],
+)
+def test_nesting_deeper_than_the_stack_is_skipped_not_raised(
+    profile: str, detail: str, kind: str
+) -> None:
+    deep: dict[str, Any] = {}
+    inner = deep
+    for _ in range(5000):  # deeper than Python's recursion limit
+        inner["a"] = {}
+        inner = inner["a"]
+    message = {
+        "type": kind,
+        "userId": "u",
+        "anonymousId": "a",
+        "event": "E",
+        "messageId": "m",
+        "properties": {"x": deep},
+        "traits": {"x": deep},
+    }
+    region = "US" if profile.startswith("segment-") else None
+    settings = DestinationSettings(app_id="7", profile=profile, region_setting=region)
+    out = transform(message, settings)
+    assert out == Skip(Reason.INVALID_FIELD, detail)

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from heaprelay.heap.models import HeapRequest, Region, base_url_for
 from heaprelay.spec.reasons import Reason
+from heaprelay.transform._properties import TOO_DEEP
 
 #: Profile name -> module under ``heaprelay.transform.profiles`` exposing ``PROFILE``.
 _PROFILE_MODULES: dict[str, str] = {
@@ -71,7 +72,9 @@ class Profile(Protocol):
     def transform(
         self, message: Mapping[str, Any], settings: DestinationSettings
     ) -> TransformResult:
-        """Turn one message into Heap requests or a Skip. Must not raise on any JSON input."""
+        """Turn one message into Heap requests or a Skip. Must not raise on any JSON input,
+        except a ``RecursionError`` on values nested deeper than the stack (:func:`transform`
+        turns that into a Skip)."""
         ...
 
 
@@ -122,4 +125,7 @@ def transform(message: Mapping[str, Any], settings: DestinationSettings) -> Tran
     """Transform one message for one destination (settings assumed validated)."""
     if not isinstance(message, Mapping):
         return Skip(Reason.INVALID_FIELD, "message is not a JSON object")
-    return get_profile(settings.profile).transform(message, settings)
+    try:
+        return get_profile(settings.profile).transform(message, settings)
+    except RecursionError:
+        return Skip(Reason.INVALID_FIELD, TOO_DEEP)

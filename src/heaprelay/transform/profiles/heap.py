@@ -55,7 +55,6 @@ from heaprelay.transform._js import number_to_string, stringify
 from heaprelay.transform._properties import (
     MAX_EVENT_CHARS,
     MAX_IDENTITY_CHARS,
-    TOO_DEEP,
     heap_flatten,
     iso_utc,
     truncate,
@@ -124,14 +123,6 @@ class HeapProfile:
             raise SettingsError(f"app_id {app_id!r} has surrounding blanks")
 
     def transform(
-        self, message: Mapping[str, Any], settings: DestinationSettings
-    ) -> TransformResult:
-        try:
-            return self._transform(message, settings)
-        except RecursionError:
-            return Skip(Reason.INVALID_FIELD, TOO_DEEP)
-
-    def _transform(
         self, message: Mapping[str, Any], settings: DestinationSettings
     ) -> TransformResult:
         raw_type = message.get("type")

@@ -25,7 +25,7 @@ from typing import Any, Final
 from heaprelay.heap.models import HeapRequest
 from heaprelay.spec.reasons import Reason
 from heaprelay.transform._base import DestinationSettings, Skip, TransformResult
-from heaprelay.transform._properties import TOO_DEEP, js_truthy, rudder_flatten
+from heaprelay.transform._properties import js_truthy, rudder_flatten
 
 HEADERS: Final[Mapping[str, str]] = {
     "Content-Type": "application/json",
@@ -67,14 +67,6 @@ class RudderStackProfile:
         return None
 
     def transform(
-        self, message: Mapping[str, Any], settings: DestinationSettings
-    ) -> TransformResult:
-        try:
-            return self._transform(message, settings)
-        except RecursionError:
-            return Skip(Reason.INVALID_FIELD, TOO_DEEP)
-
-    def _transform(
         self, message: Mapping[str, Any], settings: DestinationSettings
     ) -> TransformResult:
         kind = message.get("type")

@@ -24,7 +24,7 @@ from typing import Any, Final
 from heaprelay.heap.models import HeapRequest
 from heaprelay.spec.reasons import Reason
 from heaprelay.transform._base import DestinationSettings, Skip, TransformResult
-from heaprelay.transform._properties import TOO_DEEP, iso_utc, js_truthy, segment_clean
+from heaprelay.transform._properties import iso_utc, js_truthy, segment_clean
 
 HEADERS: Final[Mapping[str, str]] = {"Content-Type": "application/json"}
 
@@ -39,14 +39,6 @@ class SegmentProfile:
         return None
 
     def transform(
-        self, message: Mapping[str, Any], settings: DestinationSettings
-    ) -> TransformResult:
-        try:
-            return self._transform(message, settings)
-        except RecursionError:
-            return Skip(Reason.INVALID_FIELD, TOO_DEEP)
-
-    def _transform(
         self, message: Mapping[str, Any], settings: DestinationSettings
     ) -> TransformResult:
         kind = message.get("type")
