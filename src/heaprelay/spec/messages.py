@@ -401,23 +401,17 @@ def _iso(seconds: float) -> str:
     millis = round((seconds - whole) * 1000)
     if millis == 1000:
         whole, millis = whole + 1, 0
-    last_whole, last_prefix = _LAST_ISO[0]  # consecutive events share their second
-    if whole == last_whole:
-        return f"{last_prefix}.{millis:03d}Z"
     prefix = _ISO_PREFIXES.get(whole)
     if prefix is None:
         if len(_ISO_PREFIXES) > 4096:
             _ISO_PREFIXES.clear()
         prefix = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         _ISO_PREFIXES[whole] = prefix
-    _LAST_ISO[0] = (whole, prefix)
     return f"{prefix}.{millis:03d}Z"
 
 
 #: Seconds -> "YYYY-MM-DDTHH:MM:SS" (events of one batch share their seconds).
 _ISO_PREFIXES: dict[int, str] = {}
-#: The last (seconds, prefix) written (one tuple: read and replaced whole).
-_LAST_ISO: list[tuple[int, str]] = [(-1, "")]
 
 
 def _text(value: Any) -> str:
