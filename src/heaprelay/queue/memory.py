@@ -52,6 +52,8 @@ from heaprelay.queue.base import (
     RetryAt,
     Skipped,
     State,
+    is_duplicate,
+    remembered,
 )
 from heaprelay.spec.reasons import Reason
 
@@ -186,10 +188,10 @@ class MemoryQueue:
         triple = (n.source, n.message_id, n.destination)
         start, end = row.appended_at, row.appended_at + n.dedupe_window
         entry = self._seen.get(triple)
-        if entry is not None and entry[1] > start and entry[0] < end:
+        if is_duplicate(entry, start, end):
             return True
-        if entry is None or end > entry[1]:
-            self._seen[triple] = (start, end)
+        if (new := remembered(entry, start, end)) is not None:
+            self._seen[triple] = new
         return False
 
     async def claim(
