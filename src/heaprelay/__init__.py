@@ -8,7 +8,7 @@ The public API is small on purpose; everything else lives in private modules.
 """
 
 from heaprelay.heap.models import HeapRequest
-from heaprelay.spec.reasons import Reason
+from heaprelay.messages.reasons import Reason
 from heaprelay.transform import Skip, TransformResult, transform
 
 __version__ = "0.1.0"

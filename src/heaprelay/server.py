@@ -19,10 +19,9 @@ import contextlib
 import gc
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Sequence
 from types import FrameType
-from typing import Any, Final
+from typing import Final
 
 import orjson
 import uvicorn
@@ -35,29 +34,14 @@ from starlette.routing import BaseRoute, Route
 from heaprelay.clock import Clock, SystemClock
 from heaprelay.config import Config
 from heaprelay.ingest import IngestState, ingest_routes
-from heaprelay.queue import Queue, open_queue, queue_url_for
+from heaprelay.queue import open_queue, queue_url_for, redact_url
+from heaprelay.runtime import Runtime, Service
 
 log = logging.getLogger("heaprelay.server")
 
 SERVICE_GRACE_SECONDS: Final = 10.0
 #: How long uvicorn waits for in-flight requests on shutdown.
 REQUEST_GRACE_SECONDS: Final = 30
-
-
-@dataclass(slots=True)
-class Runtime:
-    """What is shared by the API and the background services of one server process.
-    Available to routes as ``request.app.state.runtime``."""
-
-    config: Config
-    clock: Clock
-    queue: Queue | None = None
-    #: Set when the server starts shutting down: services finish what they hold and return.
-    stopping: asyncio.Event = field(default_factory=asyncio.Event)
-    ready: bool = False
-
-
-Service = Callable[[Runtime], Coroutine[Any, Any, None]]
 
 
 def default_services(config: Config) -> list[Service]:
@@ -107,7 +91,7 @@ def build_app(
             for service in chosen
         ]
         runtime.ready = True
-        log.info("heaprelay ready: queue %s, %d service(s)", _redact(url), len(tasks))
+        log.info("heaprelay ready: queue %s, %d service(s)", redact_url(url), len(tasks))
         try:
             yield
         finally:
@@ -219,13 +203,3 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         message += " (ingest routes are under /v1/, e.g. POST /v1/batch)"
     body = orjson.dumps({"code": code, "message": message})
     return Response(body, exc.status_code, headers=exc.headers, media_type="application/json")
-
-
-def _redact(url: str) -> str:
-    """A queue URL without its password."""
-    scheme, sep, rest = url.partition("://")
-    if "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    user = creds.partition(":")[0]
-    return f"{scheme}{sep}{user}:***@{host}"

@@ -14,13 +14,13 @@ from heaprelay.clock import SystemClock
 from heaprelay.config import Config, DeliverySettings, Destination, Source
 from heaprelay.heap.client import HeapClient
 from heaprelay.heap.fake import FakeHeap, FakeHeapSettings
+from heaprelay.messages.reasons import Reason
 from heaprelay.queue.base import NewJob
 from heaprelay.queue.memory import MemoryQueue
 from heaprelay.router import Router
 from heaprelay.router.retry import RetryPolicy
 from heaprelay.router.service import delivery_service
-from heaprelay.server import Runtime
-from heaprelay.spec.reasons import Reason
+from heaprelay.runtime import Runtime
 from heaprelay.testing.servers import serve_in_thread
 from heaprelay.transform import DestinationSettings
 

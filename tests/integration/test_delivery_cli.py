@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 from heaprelay.cli import main
 from heaprelay.cli.fake_heap import _outage
+from heaprelay.messages.reasons import Reason
 from heaprelay.queue.base import DeadLetter, NewJob
 from heaprelay.queue.sqlite import SQLiteQueue
-from heaprelay.spec.reasons import Reason
 
 
 @pytest.fixture

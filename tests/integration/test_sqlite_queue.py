@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from heaprelay.messages.reasons import Reason
 from heaprelay.queue import open_queue
 from heaprelay.queue.base import DeadLetter, Delivered, NewJob, Release, RetryAt, Skipped
 from heaprelay.queue.sqlite import SQLiteQueue
-from heaprelay.spec.reasons import Reason
 
 T0 = 1_700_000_000.0
 

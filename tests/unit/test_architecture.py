@@ -1,7 +1,9 @@
-"""Imports point one way (STYLE.md): ``spec`` imports nothing of ours; ``transform`` only
-``spec`` and the Heap request models; ``ingest`` only ``spec`` and the queue interface (plus the
-leaf modules ``clock`` and ``config``, the frozen configuration shapes it is given). Checked on
-the source's syntax tree, so an import inside a function or under TYPE_CHECKING counts too."""
+"""Imports point one way (STYLE.md): ``messages`` imports nothing of ours; ``transform`` only
+``messages`` and the Heap request models; ``ingest`` only ``messages`` and the queue interface
+(plus the leaf modules ``clock`` and ``config``, the frozen configuration shapes it is given);
+only ``server`` and ``cli`` import ``server`` (the services take the ``runtime`` leaf instead);
+a ``cli`` command imports no other command, only the ``cli`` helper modules. Checked on the
+source's syntax tree, so an import inside a function or under TYPE_CHECKING counts too."""
 
 from __future__ import annotations
 
@@ -16,11 +18,11 @@ PACKAGE = Path(heaprelay.__file__).parent
 
 #: layer -> module prefixes of ours it may import (its own layer always allowed).
 RULES: dict[str, tuple[str, ...]] = {
-    "heaprelay.spec": (),
-    "heaprelay.transform": ("heaprelay.spec", "heaprelay.heap.models"),
+    "heaprelay.messages": (),
+    "heaprelay.transform": ("heaprelay.messages", "heaprelay.heap.models"),
     "heaprelay.heap.models": (),
     "heaprelay.ingest": (
-        "heaprelay.spec",
+        "heaprelay.messages",
         "heaprelay.queue.base",
         "heaprelay.clock",
         "heaprelay.config",
@@ -89,6 +91,41 @@ def test_imports_point_one_way(layer: str) -> None:
     assert not wrong, f"{layer} may import only {allowed}:\n" + "\n".join(wrong)
 
 
+def test_only_server_and_cli_import_the_server() -> None:
+    wrong = [
+        f"{f.relative_to(PACKAGE.parent)}:{line}"
+        for f in sorted(PACKAGE.rglob("*.py"))
+        if not within(module_name(f), "heaprelay.server")
+        and not within(module_name(f), "heaprelay.cli")
+        for line, mod in imported(f)
+        if within(mod, "heaprelay.server")
+    ]
+    assert not wrong, "import heaprelay.runtime instead of heaprelay.server:\n" + "\n".join(wrong)
+
+
+#: Modules of heaprelay.cli that commands share (every other module there is one command).
+CLI_HELPERS = ("heaprelay.cli._queue", "heaprelay.cli.config")
+
+
+def test_cli_commands_share_helpers_not_each_other() -> None:
+    commands = [
+        f
+        for f in sorted((PACKAGE / "cli").glob("*.py"))
+        if f.name != "__init__.py" and module_name(f) not in CLI_HELPERS
+    ]
+    assert commands
+    wrong = [
+        f"{f.relative_to(PACKAGE.parent)}:{line} imports {mod}"
+        for f in commands
+        for line, mod in imported(f)
+        if within(mod, "heaprelay.cli")
+        and mod != "heaprelay.cli"
+        and not any(within(mod, h) for h in CLI_HELPERS)
+        and not within(mod, module_name(f))
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
 def test_the_checker_sees_every_form_of_import() -> None:
     # A rule test must be able to fail: every form of import it has to catch.
     source = (
@@ -99,12 +136,12 @@ def test_the_checker_sees_every_form_of_import() -> None:
         "from . import reasons\n"
         "def f():\n    from heaprelay.heap import client\n"
     )
-    found = {m for _, m in imports_in(source, "heaprelay.spec.probe", is_package=False)}
+    found = {m for _, m in imports_in(source, "heaprelay.messages.probe", is_package=False)}
     assert found == {
         "heaprelay.queue",
         "heaprelay.transform",
         "heaprelay.router",
-        "heaprelay.spec.reasons",
+        "heaprelay.messages.reasons",
         "heaprelay.heap",
     }
-    assert not any(within(m, "heaprelay.spec") for m in found - {"heaprelay.spec.reasons"})
+    assert not any(within(m, "heaprelay.messages") for m in found - {"heaprelay.messages.reasons"})

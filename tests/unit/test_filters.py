@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from heaprelay.config import Consent, Destination, EventFilter
+from heaprelay.messages.reasons import Reason
 from heaprelay.router.filters import check, consent_skip, event_name_skip, integrations_skip
-from heaprelay.spec.reasons import Reason
 from heaprelay.transform import DestinationSettings
 
 

@@ -1,4 +1,4 @@
-"""heaprelay.spec.messages: checking, enrichment, skew correction, ordering key."""
+"""heaprelay.messages.incoming: checking, enrichment, skew correction, ordering key."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from heaprelay.spec.messages import (
+from heaprelay.messages.incoming import (
     PreparedRequest,
     Rejection,
     _iso,

@@ -7,7 +7,7 @@ from heaprelay.config import Config
 from heaprelay.queue import Delivered, NewJob
 from heaprelay.queue.memory import MemoryQueue
 from heaprelay.queue.retention import retention_service
-from heaprelay.server import Runtime
+from heaprelay.runtime import Runtime
 
 
 def test_prunes_what_is_older_than_the_retention_and_stops_when_told() -> None:

@@ -3,9 +3,9 @@ import random
 import pytest
 
 from heaprelay.heap.client import HeapAnswer
+from heaprelay.messages.reasons import Reason
 from heaprelay.queue.base import DeadLetter, Delivered, RetryAt
 from heaprelay.router.retry import RetryPolicy, classify, decide, parse_retry_after
-from heaprelay.spec.reasons import Reason
 
 NOW = 1_700_000_000.0
 

@@ -11,7 +11,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from heaprelay.spec.reasons import Reason
+from heaprelay.messages.reasons import Reason
 from heaprelay.transform._base import DestinationSettings, Skip, transform, validate_settings
 from heaprelay.transform._js import number_to_string
 from heaprelay.transform.profiles._actions import (

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from heaprelay.heap.models import EU_BASE_URL, US_BASE_URL, HeapRequest
-from heaprelay.spec.reasons import Reason
+from heaprelay.messages.reasons import Reason
 from heaprelay.transform import _base
 from heaprelay.transform._base import DestinationSettings, SettingsError, Skip, validate_settings
 from heaprelay.transform.profiles._actions import (

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from heaprelay.heap.models import EU_BASE_URL
-from heaprelay.spec.reasons import Reason
+from heaprelay.messages.reasons import Reason
 from heaprelay.transform import (
     DestinationSettings,
     SettingsError,

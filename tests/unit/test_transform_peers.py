@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from heaprelay.spec.reasons import Reason
+from heaprelay.messages.reasons import Reason
 from heaprelay.transform import DestinationSettings, Skip, transform
 from heaprelay.transform._properties import TOO_DEEP, rudder_flatten
 

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from heaprelay.spec.reasons import Reason
+from heaprelay.messages.reasons import Reason
 from heaprelay.transform import DestinationSettings, Skip, transform
 
 TEXT = st.text(max_size=8) | st.text(max_size=1400) | st.sampled_from(["😀" * 600, "é" * 1100])

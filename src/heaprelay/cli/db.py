@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from heaprelay.cli.dlq import queue_failure, queue_options
+from heaprelay.cli._queue import queue_failure, queue_options
+from heaprelay.queue import redact_url
 
 
 @click.group()
@@ -34,7 +35,7 @@ def migrate(queue_url: str | None, data_dir: Path | None, config_file: Path | No
         url = queue_url_for(queue_url or config.queue_url, data_dir or config.data_dir)
     else:
         url = queue_url_for(queue_url, data_dir or default_data_dir())
-    shown = _redact(url)
+    shown = redact_url(url)
     if url.startswith(("postgresql:", "postgres:")):
         import psycopg
 
@@ -66,11 +67,3 @@ def migrate(queue_url: str | None, data_dir: Path | None, config_file: Path | No
         click.echo(f"{shown}: up to date (SQLite creates its tables on open)")
         return
     raise click.UsageError(f"unsupported queue URL {shown!r}; use sqlite:///PATH or postgresql://…")
-
-
-def _redact(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    return f"{scheme}{sep}{creds.partition(':')[0]}:***@{host}"

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import orjson
 
-from heaprelay.cli.dlq import queue_options, resolve_queue_url, with_queue
+from heaprelay.cli._queue import queue_options, resolve_queue_url, with_queue
 from heaprelay.queue.base import DeadLetterRecord, Queue, QueueStats
 
 

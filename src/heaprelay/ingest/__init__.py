@@ -1,7 +1,7 @@
 """The ingest HTTP API: Segment- and RudderStack-compatible ``/v1/*`` routes.
 
 Authenticates the write key, reads (and inflates) the body within the source's limits, checks
-and enriches the messages (:mod:`heaprelay.spec.messages`), fans each one out to the source's
+and enriches the messages (:mod:`heaprelay.messages.incoming`), fans each one out to the source's
 destinations and answers ``200 {"success": true}`` only after the queue committed them.
 """
 

@@ -16,8 +16,7 @@ from starlette.routing import BaseRoute, Route
 
 from heaprelay.clock import Clock
 from heaprelay.config import Source
-from heaprelay.queue.base import NewJob, Queue
-from heaprelay.spec.messages import (
+from heaprelay.messages.incoming import (
     SHORT_TYPES,
     TYPES,
     PreparedRequest,
@@ -25,6 +24,7 @@ from heaprelay.spec.messages import (
     parse_json,
     prepare,
 )
+from heaprelay.queue.base import NewJob, Queue
 
 #: Request headers the browser SDKs send cross-origin (analytics-next, RudderStack v3).
 ALLOWED_HEADERS: Final = (

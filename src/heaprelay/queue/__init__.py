@@ -4,7 +4,7 @@ One interface (:class:`Queue`), several backends: an in-memory reference model (
 SQLite (the embedded default) and PostgreSQL (scale-out). ``open_queue(url)`` picks one.
 """
 
-from heaprelay.queue._open import open_queue, queue_url_for
+from heaprelay.queue._open import open_queue, queue_url_for, redact_url
 from heaprelay.queue.base import (
     AppendResult,
     DeadLetter,
@@ -39,4 +39,5 @@ __all__ = [
     "WorkerRegistry",
     "open_queue",
     "queue_url_for",
+    "redact_url",
 ]

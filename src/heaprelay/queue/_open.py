@@ -7,6 +7,15 @@ from pathlib import Path
 from heaprelay.queue.base import Queue
 
 
+def redact_url(url: str) -> str:
+    """A queue URL without its password (for logs and error messages)."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    return f"{scheme}{sep}{creds.partition(':')[0]}:***@{host}"
+
+
 def queue_url_for(url: str | None, data_dir: Path) -> str:
     """The effective queue URL: ``None`` means the embedded SQLite file in ``data_dir``."""
     return url or f"sqlite:///{(data_dir / 'heaprelay.db').resolve()}"

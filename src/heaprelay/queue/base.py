@@ -61,7 +61,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final, Literal, NamedTuple, Protocol, runtime_checkable
 
-from heaprelay.spec.reasons import Reason
+from heaprelay.messages.reasons import Reason
 
 State = Literal["pending", "leased", "retry", "delivered", "dead", "skipped"]
 STATES: tuple[State, ...] = ("pending", "leased", "retry", "delivered", "dead", "skipped")

@@ -37,6 +37,7 @@ import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from heaprelay.messages.reasons import Reason
 from heaprelay.queue.base import (
     DUPLICATE_DETAIL,
     STATES,
@@ -55,7 +56,6 @@ from heaprelay.queue.base import (
     is_duplicate,
     remembered,
 )
-from heaprelay.spec.reasons import Reason
 
 UNFINISHED: frozenset[State] = frozenset({"pending", "leased", "retry"})
 

@@ -43,6 +43,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool
 
+from heaprelay.messages.reasons import Reason
 from heaprelay.queue._sql import package_queries
 from heaprelay.queue.base import (
     DUPLICATE_DETAIL,
@@ -60,7 +61,6 @@ from heaprelay.queue.base import (
     is_duplicate,
     remembered,
 )
-from heaprelay.spec.reasons import Reason
 
 T = TypeVar("T")
 

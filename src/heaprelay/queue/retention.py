@@ -1,6 +1,6 @@
 """Retention: delivered and skipped jobs are deleted once they are older than
 ``Config.retention`` (dead letters stay until replayed or purged). A server background service
-(:data:`heaprelay.server.Service`); several processes running it against one queue is fine,
+(:data:`heaprelay.runtime.Service`); several processes running it against one queue is fine,
 each prune deletes what is due."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import logging
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from heaprelay.server import Runtime
+    from heaprelay.runtime import Runtime
 
 log = logging.getLogger("heaprelay.retention")
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from heaprelay.messages.reasons import Reason
 from heaprelay.queue._sql import package_queries
 from heaprelay.queue.base import (
     DUPLICATE_DETAIL,
@@ -44,7 +45,6 @@ from heaprelay.queue.base import (
     is_duplicate,
     remembered,
 )
-from heaprelay.spec.reasons import Reason
 
 T = TypeVar("T")
 

@@ -31,7 +31,7 @@ from functools import lru_cache
 from typing import Any
 
 from heaprelay.config import Consent, Destination, EventFilter
-from heaprelay.spec.reasons import Reason
+from heaprelay.messages.reasons import Reason
 from heaprelay.transform import Skip
 
 #: Names by which the integrations object addresses every Heap destination.

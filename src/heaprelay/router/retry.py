@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from heaprelay.heap.client import HeapAnswer
+from heaprelay.messages.reasons import Reason
 from heaprelay.queue.base import DeadLetter, Delivered, RetryAt
-from heaprelay.spec.reasons import Reason
 
 __all__ = ["Kind", "RetryPolicy", "classify", "decide", "parse_retry_after"]
 

@@ -36,7 +36,7 @@ from heaprelay.queue.base import WorkerRegistry
 from heaprelay.router.worker import Router
 
 if TYPE_CHECKING:
-    from heaprelay.server import Runtime
+    from heaprelay.runtime import Runtime
 
 __all__ = ["HEARTBEAT_SECONDS", "HEARTBEAT_TTL", "delivery_service"]
 

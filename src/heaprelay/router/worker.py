@@ -47,6 +47,7 @@ from heaprelay.clock import Clock
 from heaprelay.config import DeliverySettings, Destination
 from heaprelay.heap.client import HeapAnswer, HeapClient
 from heaprelay.heap.models import HeapRequest
+from heaprelay.messages.reasons import Reason
 from heaprelay.queue.base import (
     DeadLetter,
     Delivered,
@@ -61,7 +62,6 @@ from heaprelay.router.batcher import MAX_BULK_ITEMS, Batch, batch
 from heaprelay.router.filters import check
 from heaprelay.router.ratelimit import RateLimiter
 from heaprelay.router.retry import RetryPolicy, classify, decide, parse_retry_after
-from heaprelay.spec.reasons import Reason
 from heaprelay.transform import Skip, transform
 
 __all__ = ["DeliveryStats", "Router", "with_idempotency_key"]

@@ -35,6 +35,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from heaprelay.messages.reasons import Reason
 from heaprelay.queue.base import (
     DeadLetter,
     DeadLetterRecord,
@@ -50,7 +51,6 @@ from heaprelay.queue.base import (
     WorkerRegistry,
 )
 from heaprelay.queue.memory import MemoryQueue
-from heaprelay.spec.reasons import Reason
 
 T0 = 1_700_000_000.0
 LEASE = 30.0

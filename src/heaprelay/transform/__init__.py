@@ -1,7 +1,7 @@
 """The transform: one Segment/RudderStack message + destination settings -> Heap requests.
 
 Pure: no I/O, no clock, no randomness. Errors are values: an event that is not sent comes
-back as :class:`Skip` with a :class:`~heaprelay.spec.Reason`, never as an exception.
+back as :class:`Skip` with a :class:`~heaprelay.messages.Reason`, never as an exception.
 
 Profiles reproduce a peer byte for byte (``rudderstack``, ``segment``, ``segment-actions``,
 ``segment-heap-cloud``) or give heaprelay's own best behaviour (``heap``, the default).

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from heaprelay.heap.models import HeapRequest, Region, base_url_for
-from heaprelay.spec.reasons import Reason
+from heaprelay.messages.reasons import Reason
 from heaprelay.transform._properties import TOO_DEEP
 
 #: Profile name -> module under ``heaprelay.transform.profiles`` exposing ``PROFILE``.

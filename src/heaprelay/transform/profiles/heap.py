@@ -49,7 +49,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
 from heaprelay.heap.models import HeapRequest
-from heaprelay.spec.reasons import Reason
+from heaprelay.messages.reasons import Reason
 from heaprelay.transform._base import DestinationSettings, SettingsError, Skip, TransformResult
 from heaprelay.transform._js import number_to_string, stringify
 from heaprelay.transform._properties import (

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from heaprelay.heap.models import HeapRequest
-from heaprelay.spec.reasons import Reason
+from heaprelay.messages.reasons import Reason
 from heaprelay.transform._base import DestinationSettings, Skip, TransformResult
 from heaprelay.transform._properties import iso_utc, js_truthy, segment_clean
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from heaprelay.spec.reasons import Reason
+from heaprelay.messages.reasons import Reason
 from heaprelay.transform._base import DestinationSettings, SettingsError, Skip, TransformResult
 from heaprelay.transform.profiles._actions import (
     REGION_CHOICES,

@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
-from heaprelay.spec.reasons import Reason
+from heaprelay.messages.reasons import Reason
 from heaprelay.transform._base import DestinationSettings, Skip, TransformResult
 from heaprelay.transform.profiles._actions import (
     SEGMENT_LIBRARY,

@@ -3,6 +3,6 @@
 This package imports nothing else of heaprelay.
 """
 
-from heaprelay.spec.reasons import Reason
+from heaprelay.messages.reasons import Reason
 
 __all__ = ["Reason"]

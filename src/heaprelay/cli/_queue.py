@@ -1,0 +1,95 @@
+"""What the commands that open a queue share (``dlq``, ``status``, ``db``, ...): the queue
+options, resolving them to a URL, and turning a queue that cannot be used into one line."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from heaprelay.queue import redact_url
+from heaprelay.queue.base import Queue
+
+T = TypeVar("T")
+
+
+def queue_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--queue``, ``--data-dir`` and ``--config``: which queue to open (as ``serve`` does)."""
+    f = click.option(
+        "--config",
+        "config_file",
+        envvar="HEAPRELAY_CONFIG",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        default=None,
+        help="Config file (its queue and data dir are used).",
+    )(f)
+    f = click.option(
+        "--data-dir",
+        envvar="HEAPRELAY_DATA_DIR",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Where the SQLite queue lives [default: $XDG_DATA_HOME/heaprelay].",
+    )(f)
+    return click.option(
+        "--queue",
+        "queue_url",
+        envvar="HEAPRELAY_QUEUE",
+        default=None,
+        help="Queue URL: sqlite:///PATH or postgresql://… [default: SQLite in the data dir].",
+    )(f)
+
+
+def resolve_queue_url(
+    queue_url: str | None, data_dir: Path | None, config_file: Path | None
+) -> str:
+    from heaprelay.config import default_data_dir
+    from heaprelay.queue import queue_url_for
+
+    if config_file is not None:
+        from heaprelay.cli.config import load_or_exit
+
+        config = load_or_exit(config_file)
+        return queue_url_for(queue_url or config.queue_url, data_dir or config.data_dir)
+    directory = data_dir or default_data_dir()
+    if queue_url is None and not (directory / "heaprelay.db").exists():
+        raise click.ClickException(
+            f"no queue at {directory / 'heaprelay.db'}; pass --data-dir, --queue or --config"
+        )
+    return queue_url_for(queue_url, directory)
+
+
+class QueueUnavailable(click.ClickException):
+    """The queue cannot be opened or used (server down, bad URL or file): one line, exit 2."""
+
+    exit_code = 2
+
+
+def queue_failure(what: str, url: str, exc: BaseException) -> QueueUnavailable:
+    """``what URL: reason`` on one line, without the URL's password."""
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    return QueueUnavailable(f"{what} {redact_url(url)}: {reason}")
+
+
+def with_queue(url: str, fn: Callable[[Queue], Awaitable[T]]) -> T:
+    import sqlite3
+
+    import psycopg
+
+    from heaprelay.queue import open_queue
+
+    async def run() -> T:
+        try:
+            queue = await open_queue(url)
+        except (ValueError, OSError, sqlite3.Error, psycopg.Error) as exc:
+            raise queue_failure("cannot open queue", url, exc) from None
+        try:
+            return await fn(queue)
+        except (sqlite3.Error, psycopg.Error) as exc:  # e.g. the server went away meanwhile
+            raise queue_failure("queue failed", url, exc) from None
+        finally:
+            await queue.close()
+
+    return asyncio.run(run())
