@@ -170,6 +170,9 @@ def test_anonymous_id_only_when_allowed() -> None:
         {"id": "u1"},
         float("nan"),
         "[object Object]",
+        # padded past 16 characters: still junk once the blanks are gone
+        "       null       ",
+        "\t" * 20 + "undefined",
     ],
 )
 def test_junk_identities_are_never_sent(junk: Any) -> None:

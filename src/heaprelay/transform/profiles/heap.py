@@ -78,9 +78,8 @@ def usable_identity(value: Any) -> str | None:
         text = number_to_string(value)
     else:
         return None
-    if len(text) <= 16 and text.strip().casefold() in JUNK_IDENTITIES:
-        return None
-    if not text.strip():
+    stripped = text.strip()
+    if not stripped or (len(stripped) <= 16 and stripped.casefold() in JUNK_IDENTITIES):
         return None
     return text
 
