@@ -220,6 +220,43 @@ def _segment_flatten(obj: Mapping[str, Any], prefix: str, out: dict[str, Any]) -
             out[name] = value
 
 
+# --- Segment classic, device mode: clean() of analytics.js-integration-heap -------------
+
+
+def classic_clean(props: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``clean`` of Segment's classic browser integration (``reference/device-mode.md``
+    §1.5), on JSON values: per top-level key, nulls dropped, numbers and booleans kept,
+    strings kept, an array JSON-stringified (compact), an object flattened with ``.``. Inside
+    an object nothing else changes: arrays are stringified under their dotted key, nulls and
+    empty objects are kept as they are. Unlike the cloud-mode :func:`segment_clean`, no
+    ``segment_library`` and no nulls dropped below the top level. A later key overwrites an
+    earlier one of the same (flattened) name, walking keys in JavaScript's order."""
+    out: dict[str, Any] = {}
+    for key, value in js_items(props):
+        if value is None:
+            continue
+        if isinstance(value, Mapping):
+            _classic_flatten(value, key, out)
+        elif isinstance(value, list):
+            out[key] = js_json(value)
+        else:
+            out[key] = value
+    return out
+
+
+def _classic_flatten(obj: Mapping[str, Any], name: str, out: dict[str, Any]) -> None:
+    if not obj:
+        out[name] = {}
+        return
+    for key, value in js_items(obj):
+        if isinstance(value, list):
+            out[f"{name}.{key}"] = js_json(value)
+        elif isinstance(value, Mapping) and value:
+            _classic_flatten(value, f"{name}.{key}", out)
+        else:
+            out[f"{name}.{key}"] = value
+
+
 # --- heaprelay's own: heap_flatten --------------------------------------------------------
 
 

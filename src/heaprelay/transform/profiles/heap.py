@@ -142,7 +142,7 @@ class HeapProfile:
         app_id = settings.app_id
         if not app_id:
             return Skip(Reason.INVALID_APP_ID, "the destination has no app_id")
-        identity = _identity(message, settings)
+        identity = find_identity(message, settings.options.get("anonymous_identity") == "allow")
         if isinstance(identity, Skip):
             return identity
         if kind == "identify":
@@ -150,8 +150,8 @@ class HeapProfile:
         return _track(message, settings, identity, kind)
 
 
-def _identity(message: Mapping[str, Any], settings: DestinationSettings) -> str | Skip:
-    allow_anonymous = settings.options.get("anonymous_identity") == "allow"
+def find_identity(message: Mapping[str, Any], allow_anonymous: bool = False) -> str | Skip:
+    """The identity of ``message`` by the rules above, or why there is none."""
     user_id = message.get("userId")
     if (
         type(user_id) is str
@@ -182,7 +182,8 @@ def _identity(message: Mapping[str, Any], settings: DestinationSettings) -> str 
     return Skip(Reason.MISSING_IDENTITY, detail)
 
 
-def _user_properties(message: Mapping[str, Any]) -> dict[str, Any]:
+def user_properties(message: Mapping[str, Any]) -> dict[str, Any]:
+    """The user properties of an identify (``traits``, else ``context.traits``), cleaned."""
     traits = message.get("traits")
     if not isinstance(traits, Mapping) or not traits:
         context = message.get("context")
@@ -208,7 +209,7 @@ def _user_properties(message: Mapping[str, Any]) -> dict[str, Any]:
 def _identify(
     message: Mapping[str, Any], settings: DestinationSettings, identity: str
 ) -> TransformResult:
-    properties = _user_properties(message)
+    properties = user_properties(message)
     if not properties:
         return Skip(Reason.NO_PROPERTIES, "an identify without traits: nothing to update")
     body = {"app_id": settings.app_id, "identity": identity, "properties": properties}
@@ -219,26 +220,16 @@ def _track(
     message: Mapping[str, Any], settings: DestinationSettings, identity: str, kind: str
 ) -> TransformResult:
     if kind == "track":
-        raw_event = message.get("event")
-        if isinstance(raw_event, str):
-            event: str = raw_event
-        elif isinstance(raw_event, int | float) and not isinstance(raw_event, bool):
-            event = number_to_string(raw_event)
-        else:
-            event = ""
-        if not event.strip():
+        event = event_name(message)
+        if not event:
             return Skip(Reason.MISSING_EVENT, "a track call needs an event name")
         if len(event) > MAX_EVENT_CHARS // 2:
             event = truncate(event, MAX_EVENT_CHARS)
     else:
         event = _EVENT_NAMES[kind]
-    raw_props = message.get("properties")
-    properties: dict[str, Any] = {}
-    if type(raw_props) is dict or isinstance(raw_props, Mapping):
-        heap_flatten(raw_props, properties)
-    elif raw_props is not None:
+    properties = event_properties(message)
+    if properties is None:
         return Skip(Reason.INVALID_FIELD, "properties must be an object")
-    properties.pop("idempotencyKey", None)
     if kind != "track":
         name = message.get("name")
         if isinstance(name, str) and name.strip():
@@ -257,6 +248,30 @@ def _track(
     body["properties"] = properties
     body["idempotency_key"] = _idempotency_key(message)
     return [HeapRequest(settings.heap_base_url, "track", body, "POST", HEADERS)]
+
+
+def event_name(message: Mapping[str, Any]) -> str:
+    """A track's event name (a number is taken as its text); ``""`` when it has none."""
+    raw_event = message.get("event")
+    if isinstance(raw_event, str):
+        event: str = raw_event
+    elif isinstance(raw_event, int | float) and not isinstance(raw_event, bool):
+        event = number_to_string(raw_event)
+    else:
+        return ""
+    return event if event.strip() else ""
+
+
+def event_properties(message: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A track's properties, cleaned; ``None`` when ``properties`` is not an object."""
+    raw_props = message.get("properties")
+    properties: dict[str, Any] = {}
+    if type(raw_props) is dict or isinstance(raw_props, Mapping):
+        heap_flatten(raw_props, properties)
+    elif raw_props is not None:
+        return None
+    properties.pop("idempotencyKey", None)
+    return properties
 
 
 def _idempotency_key(message: Mapping[str, Any]) -> str:
