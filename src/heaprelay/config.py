@@ -18,6 +18,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_RETRY_WINDOW = 4 * 3600.0
 DEFAULT_DEDUPE_WINDOW = 24 * 3600.0
 DEFAULT_RETENTION = 7 * 24 * 3600.0
+#: Heap's own CDN script for an App ID (classic heap.js); ``{app_id}`` is replaced.
+DEFAULT_HEAP_SCRIPT_URL = "https://cdn.heapanalytics.com/js/heap-{app_id}.js"
 
 Role = Literal["all", "api", "worker"]
 
@@ -68,6 +70,20 @@ class Destination:
     consent: tuple[Consent, ...] = ()
     retry_window: float = DEFAULT_RETRY_WINDOW
     enabled: bool = True
+    #: Device mode: the browser SDKs load Heap's own script through the relay's integration
+    #: (:mod:`heaprelay.device`), and deliver their events to Heap themselves; the relay
+    #: skips those events (reason ``device_mode``) unless ``device_mode_server_side``.
+    device_mode: bool = False
+    #: With ``device_mode``: send browser SDKs' events server-side too (both ways).
+    device_mode_server_side: bool = False
+    #: Where the browser loads Heap's script from; ``{app_id}`` is replaced by the App ID.
+    #: A path (``/fake-heap/js/heap-{app_id}.js``, the sandbox's) is taken on the relay's
+    #: own public URL.
+    heap_script_url: str = DEFAULT_HEAP_SCRIPT_URL
+
+    def heap_script(self) -> str:
+        """``heap_script_url`` for this destination's App ID."""
+        return self.heap_script_url.replace("{app_id}", self.settings.app_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +106,10 @@ class Source:
     #: False: a batch with one invalid message is refused whole (400). True: the valid
     #: messages are stored and the answer lists the refused ones.
     partial_batches: bool = False
+
+    def allows_origin(self, origin: str) -> bool:
+        """Whether a browser page on ``origin`` may call the relay for this source (CORS)."""
+        return "*" in self.cors_origins or origin in self.cors_origins
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +146,10 @@ class Config:
     retention: float = DEFAULT_RETENTION
     sandbox: bool = False
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    #: The relay's URL as browsers reach it (behind a proxy, e.g. ``https://relay.example``):
+    #: the ingest host and script URLs the device-mode settings name. ``None``: taken from
+    #: each request (its scheme and ``Host``).
+    public_url: str | None = None
 
     def source_for_key(self, write_key: str) -> Source | None:
         for source in self.sources:

@@ -11,8 +11,8 @@ Secrets and the environment:
   ``${VAR:-default}``; ``$${`` stands for a literal ``${``;
 - ``write_key_env = "VAR"`` / ``app_id_env = "VAR"`` read the whole value from a variable
   (instead of ``write_key`` / ``app_id``);
-- ``HEAPRELAY_HOST``, ``HEAPRELAY_PORT``, ``HEAPRELAY_DATA_DIR``, ``HEAPRELAY_QUEUE`` and
-  ``HEAPRELAY_ROLE`` override the file's ``[server]`` table.
+- ``HEAPRELAY_HOST``, ``HEAPRELAY_PORT``, ``HEAPRELAY_DATA_DIR``, ``HEAPRELAY_QUEUE``,
+  ``HEAPRELAY_ROLE`` and ``HEAPRELAY_PUBLIC_URL`` override the file's ``[server]`` table.
 
 The format is documented in ``examples/heaprelay.toml``.
 """
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast, get_args, get_type_hints
 
 from heaprelay.config import (
+    DEFAULT_HEAP_SCRIPT_URL,
     DEFAULT_RETRY_WINDOW,
     Config,
     Consent,
@@ -42,6 +43,7 @@ from heaprelay.config import (
     default_data_dir,
 )
 from heaprelay.transform import DestinationSettings, SettingsError, validate_settings
+from heaprelay.transform.browser import DEVICE_PROFILES
 
 __all__ = ["ConfigError", "Problem", "check_config", "load_config", "parse_duration"]
 
@@ -302,10 +304,35 @@ def _duration(value: Any) -> float:
     return parse_duration(value)
 
 
+def _script_url(value: Any) -> str:
+    """A ``heap_script_url``: an http(s) URL template that names ``{app_id}``."""
+    if not isinstance(value, str) or not re.match(r"https?://[^/\s]+(/|$)", value):
+        raise ValueError(
+            f'expected an http:// or https:// URL, got {value!r} (e.g. "{DEFAULT_HEAP_SCRIPT_URL}")'
+        )
+    if "{app_id}" not in value:
+        raise ValueError(
+            f"{value!r} does not contain {{app_id}}: write where the App ID goes, e.g. "
+            '"https://heap-proxy.example.com/js/heap-{app_id}.js"'
+        )
+    if re.search(r"\s", value):
+        raise ValueError(f"{value!r} contains white space")
+    return value
+
+
 # --- the schema ----------------------------------------------------------------------------
 
 _TOP = ("server", "delivery", "sources")
-_SERVER = ("host", "port", "data_dir", "queue_url", "role", "sandbox", "retention")
+_SERVER = (
+    "host",
+    "port",
+    "data_dir",
+    "queue_url",
+    "role",
+    "sandbox",
+    "retention",
+    "public_url",
+)
 _SOURCE = (
     "name",
     "write_key",
@@ -330,6 +357,9 @@ _DESTINATION = (
     "ketch_consent_purposes",
     "retry_window",
     "enabled",
+    "device_mode",
+    "device_mode_server_side",
+    "heap_script_url",
 )
 _EVENT_FILTER = ("mode", "events")
 _FILTER_MODES = {
@@ -348,6 +378,7 @@ _ENV_OVERRIDES = {
     "HEAPRELAY_DATA_DIR": "data_dir",
     "HEAPRELAY_QUEUE": "queue_url",
     "HEAPRELAY_ROLE": "role",
+    "HEAPRELAY_PUBLIC_URL": "public_url",
 }
 
 
@@ -388,6 +419,7 @@ def _build(r: _Reader, data: dict[str, Any]) -> Config:
         "role": cast(Role, role),
         "sandbox": r.typed(server, "sandbox", "server", _boolean, False),
         "retention": r.typed(server, "retention", "server", _positive_duration, defaults.retention),
+        "public_url": r.typed(server, "public_url", "server", _url, cast(str | None, None)),
         "delivery": _delivery(r, data.get("delivery", {})),
     }
     queue_url = config_kw["queue_url"]
@@ -578,6 +610,13 @@ def _destination(r: _Reader, value: Any, path: str, source: str) -> Destination 
         except ImportError as e:  # a profile named in the registry but not installed
             r.problem(_join(path, "profile"), f"profile {profile!r} is not available: {e}")
 
+    device_mode = r.typed(table, "device_mode", path, _boolean, False)
+    if device_mode and profile not in DEVICE_PROFILES:
+        r.problem(
+            _join(path, "device_mode"),
+            f"device mode cleans properties as profile heap or segment do; profile {profile!r} "
+            f"has no browser integration (use one of: {', '.join(DEVICE_PROFILES)})",
+        )
     return Destination(
         id=dest_id,
         settings=settings,
@@ -585,6 +624,11 @@ def _destination(r: _Reader, value: Any, path: str, source: str) -> Destination 
         consent=_consent(r, table, path),
         retry_window=r.typed(table, "retry_window", path, _duration, DEFAULT_RETRY_WINDOW),
         enabled=r.typed(table, "enabled", path, _boolean, True),
+        device_mode=device_mode,
+        device_mode_server_side=r.typed(table, "device_mode_server_side", path, _boolean, False),
+        heap_script_url=r.typed(
+            table, "heap_script_url", path, _script_url, DEFAULT_HEAP_SCRIPT_URL
+        ),
     )
 
 
@@ -676,6 +720,13 @@ def _unique(r: _Reader, sources: list[Source]) -> None:
                 "each source needs its own write key",
             )
         keys.setdefault(source.write_key, i)
+        device = [j for j, d in enumerate(source.destinations) if d.device_mode and d.enabled]
+        for j in device[1:]:
+            r.problem(
+                f"sources[{i}].destinations[{j}].device_mode",
+                f"sources[{i}].destinations[{device[0]}] already has device mode: a web page "
+                "loads one Heap environment, so one destination of a source can have it",
+            )
         for j, d in enumerate(source.destinations):
             where = f"sources[{i}].destinations[{j}]"
             if d.id in ids:

@@ -267,3 +267,56 @@ def test_check_applies_every_filter() -> None:
     name = check(track("Product Viewed"), d)
     assert name is not None
     assert name.reason is Reason.FILTERED_EVENT_NAME
+
+
+# --- device mode ---------------------------------------------------------------------------
+
+
+def browser_track(library: Any, **extra: Any) -> dict[str, Any]:
+    return track(context={"library": {"name": library, "version": "1"}}, **extra)
+
+
+@pytest.mark.parametrize("library", ["analytics.js", "RudderLabs JavaScript SDK"])
+def test_device_mode_skips_the_browser_sdks_events(library: str) -> None:
+    skip = check(browser_track(library), dest(device_mode=True))
+    assert skip is not None
+    assert skip.reason is Reason.DEVICE_MODE
+    assert library in skip.detail
+    assert check({**browser_track(library), "type": "identify"}, dest(device_mode=True))
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        browser_track("analytics-python"),  # server SDKs of the same source go server-side
+        browser_track("analytics-node"),
+        browser_track("RudderStack Python SDK"),
+        browser_track("analytics-ios"),  # mobile: no page, no integration
+        browser_track(None),
+        browser_track({"name": "analytics.js"}),
+        track(),  # curl, files: no context at all
+        track(context="analytics.js"),
+        track(context={"library": "analytics.js"}),
+    ],
+)
+def test_device_mode_sends_every_other_event_server_side(message: dict[str, Any]) -> None:
+    assert check(message, dest(device_mode=True)) is None
+
+
+def test_device_mode_off_or_server_side_too_sends_browser_events() -> None:
+    message = browser_track("analytics.js")
+    assert check(message, dest()) is None
+    assert check(message, dest(device_mode=True, device_mode_server_side=True)) is None
+    # server_side alone means nothing without device mode
+    assert check(message, dest(device_mode_server_side=True)) is None
+
+
+def test_device_mode_comes_after_the_other_filters() -> None:
+    """An event the destination would not take at all says why, not that the browser has it."""
+    off = check(browser_track("analytics.js", integrations={"Heap": False}), dest(device_mode=True))
+    assert off is not None
+    assert off.reason is Reason.FILTERED_INTEGRATIONS
+    denied = dest(device_mode=True, event_filter=EventFilter("deny", ("Order Completed",)))
+    filtered = check(browser_track("analytics.js"), denied)
+    assert filtered is not None
+    assert filtered.reason is Reason.FILTERED_EVENT_NAME

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from heaprelay.config import Config
+from heaprelay.config import DEFAULT_HEAP_SCRIPT_URL, Config, Destination
 from heaprelay.config_file import ConfigError, Problem, load_config
 
 DEFAULT_CONFIG_FILE = "heaprelay.toml"
@@ -48,6 +48,8 @@ def summary(config: Config) -> list[str]:
         f"{n_dest} destination{'s' if n_dest != 1 else ''}; "
         f"listening on {config.host}:{config.port}; queue: {config.queue_url or config.data_dir}"
     ]
+    if config.public_url:
+        lines.append(f"public URL (device-mode settings): {config.public_url}")
     for source in config.sources:
         lines.append(f"source {source.name} (write key {_mask(source.write_key)})")
         for d in source.destinations:
@@ -60,11 +62,22 @@ def summary(config: Config) -> list[str]:
                 extras.append("consent: " + ", ".join(sorted({c.provider for c in d.consent})))
             if s.options:
                 extras.append(", ".join(f"{k}={v}" for k, v in sorted(s.options.items())))
+            if d.device_mode:
+                extras.append(_device_mode(d))
             if not d.enabled:
                 extras.append("disabled")
             tail = f" [{'; '.join(extras)}]" if extras else ""
             lines.append(f"  -> {d.id}: app_id {s.app_id}, {where}, profile {s.profile}{tail}")
     return lines
+
+
+def _device_mode(d: Destination) -> str:
+    script = (
+        "" if d.heap_script_url == DEFAULT_HEAP_SCRIPT_URL else f", Heap's script {d.heap_script()}"
+    )
+    if d.device_mode_server_side:
+        return f"device mode: browser SDKs' events sent both by the browser and server-side{script}"
+    return f"device mode: browser SDKs' events sent by the browser only{script}"
 
 
 @click.group(name="config")

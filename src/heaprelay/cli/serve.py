@@ -31,6 +31,7 @@ def config_from_flags(
     region: str | None,
     base_url: str | None,
     queue_url: str | None,
+    device_mode: bool = False,
 ) -> Config:
     """Zero-config mode: one source (the write key) with one Heap destination (the app id)."""
     settings = DestinationSettings(
@@ -43,14 +44,14 @@ def config_from_flags(
     source = Source(
         name="default",
         write_key=write_key,
-        destinations=(Destination(id="heap", settings=settings),),
+        destinations=(Destination(id="heap", settings=settings, device_mode=device_mode),),
     )
     return Config(sources=(source,), data_dir=data_dir, queue_url=queue_url, host=host, port=port)
 
 
 #: Flags that describe the one source and destination of the zero-config mode: with
 #: ``--config`` they belong in the file.
-PER_DESTINATION_FLAGS = ("app_id", "write_key", "profile", "region", "base_url")
+PER_DESTINATION_FLAGS = ("app_id", "write_key", "profile", "region", "base_url", "device_mode")
 #: Flags that, given explicitly (or by their ``HEAPRELAY_*`` variable), win over the file.
 SERVER_FLAGS = ("host", "port", "data_dir", "queue_url", "role")
 
@@ -131,6 +132,14 @@ SERVER_FLAGS = ("host", "port", "data_dir", "queue_url", "role")
     show_default=True,
 )
 @click.option(
+    "--device-mode/--no-device-mode",
+    envvar="HEAPRELAY_DEVICE_MODE",
+    default=None,
+    help="Web pages load Heap's own script through the relay (their SDKs fetch settings "
+    "here); browser SDKs' events then reach Heap from the browser, not server-side "
+    "[default: on with --sandbox, else off].",
+)
+@click.option(
     "--sandbox",
     is_flag=True,
     help="Deliver to an embedded fake Heap at http://HOST:PORT/fake-heap instead of Heap "
@@ -149,6 +158,7 @@ def command(
     queue_url: str | None,
     role: Role,
     log_level: str,
+    device_mode: bool | None,
     sandbox: bool,
 ) -> None:
     """Accept Segment/RudderStack events and relay them to Heap.
@@ -181,6 +191,13 @@ def command(
             f"(write key {write_key!r}, app id {app_id!r})",
             err=True,
         )
+        if device_mode is not False:
+            click.echo(
+                f"sandbox: device mode: web pages whose SDK takes its settings from "
+                f"http://{host}:{port} load the fake Heap's heap.js; what they sent to Heap: "
+                f"http://{host}:{port}/fake-heap/_fake/browser (--no-device-mode: off)",
+                err=True,
+            )
     if app_id is None:
         raise click.BadParameter("required (or use --sandbox or --config)", param_hint="--app-id")
     if write_key is None:
@@ -197,6 +214,7 @@ def command(
         region=region,
         base_url=base_url,
         queue_url=queue_url,
+        device_mode=sandbox if device_mode is None else device_mode,
     )
     config = dataclasses.replace(config, role=role)
     if not app_id.strip():

@@ -42,6 +42,9 @@ class Reason(StrEnum):
     """The event name is blocked by the destination's allow-list / deny-list."""
     CONSENT_DENIED = "consent_denied"
     """The user denied a consent category the destination requires."""
+    DEVICE_MODE = "device_mode"
+    """Sent from a browser SDK to a destination in device mode: the browser delivers it to
+    Heap through the relay's integration, so it is not also sent server-side."""
     DUPLICATE = "duplicate"
     """Same messageId from the same source within the dedupe window: accepted, not re-sent."""
     # --- delivery ------------------------------------------------------------------------

@@ -22,6 +22,8 @@ this order; the first that refuses gives the reason:
    categories; see :func:`consent_skip`.
 3. **Event-name allow/deny list** (``filtered_event_name``), RudderStack's client-side events
    filtering, for track events only; see :func:`event_name_skip`.
+4. **Device mode** (``device_mode``): an event from a browser SDK to a destination in device
+   mode was delivered to Heap by the browser; see :func:`device_mode_skip`.
 """
 
 from __future__ import annotations
@@ -36,11 +38,18 @@ from heaprelay.transform import Skip
 
 #: Names by which the integrations object addresses every Heap destination.
 INTEGRATION_NAMES: tuple[str, ...] = ("Heap", "Heap.io")
+#: ``context.library.name`` of the browser SDKs whose pages load the device-mode integration:
+#: Segment's analytics.js (classic and analytics-next) and RudderStack's JavaScript SDK.
+BROWSER_LIBRARIES: frozenset[str] = frozenset(
+    {"analytics.js", "analytics-next", "RudderLabs JavaScript SDK", "RudderStack JavaScript SDK"}
+)
 
 __all__ = [
+    "BROWSER_LIBRARIES",
     "INTEGRATION_NAMES",
     "check",
     "consent_skip",
+    "device_mode_skip",
     "event_name_skip",
     "integrations_skip",
 ]
@@ -182,10 +191,30 @@ def consent_skip(message: Mapping[str, Any], consent: Sequence[Consent]) -> Skip
     return None
 
 
+def device_mode_skip(message: Mapping[str, Any], destination: Destination) -> Skip | None:
+    """An event of a browser SDK (:data:`BROWSER_LIBRARIES`, by ``context.library.name``) to a
+    destination with ``device_mode``: the page's integration delivered it to Heap, so it is
+    not sent again, unless ``device_mode_server_side``. Every other event (server and mobile
+    SDKs, curl, files) goes server-side as usual."""
+    if not destination.device_mode or destination.device_mode_server_side:
+        return None
+    context = message.get("context")
+    library = context.get("library") if isinstance(context, Mapping) else None
+    name = library.get("name") if isinstance(library, Mapping) else None
+    if isinstance(name, str) and name in BROWSER_LIBRARIES:
+        return Skip(
+            Reason.DEVICE_MODE,
+            f"sent by {name} to a destination in device mode: the browser delivers it to Heap "
+            "(device_mode_server_side = true sends it server-side too)",
+        )
+    return None
+
+
 def check(message: Mapping[str, Any], destination: Destination) -> Skip | None:
     """All filters of ``destination``, in order; the first that refuses gives the Skip."""
     return (
         integrations_skip(message, destination.id)
         or consent_skip(message, destination.consent)
         or event_name_skip(message, destination.event_filter)
+        or device_mode_skip(message, destination)
     )
