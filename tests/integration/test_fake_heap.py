@@ -167,3 +167,44 @@ def test_outage_and_error_injection(http: httpx.Client) -> None:
     r = http.post("/_fake/settings", json={"nonsense": 1})
     assert r.status_code == 400
     assert "accepted" in r.json()["error"]
+
+
+# --- Heap in the browser (device mode) ----------------------------------------------------
+
+
+@pytest.mark.parametrize(("path", "up"), [("/js/heap-77.js", 1), ("/config/77/heap_config.js", 2)])
+def test_recording_heap_js_is_served_and_its_load_recorded(
+    http: httpx.Client, fake: FakeHeap, path: str, up: int
+) -> None:
+    r = http.get(path, headers={"Referer": "http://page.example/"})
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("application/javascript")
+    assert r.headers["cache-control"] == "no-store"
+    assert 'var APP_ID = "77";' in r.text
+    assert f"'../'.repeat({up}) + '_fake/browser'" in r.text  # where it posts the calls
+    [load] = http.get("/_fake/browser").json()["loads"]
+    assert (load["app_id"], load["path"], load["referer"]) == ("77", path, "http://page.example/")
+
+
+def test_browser_calls_are_recorded_and_listed_by_app(http: httpx.Client) -> None:
+    for app_id, method in (("1", "identify"), ("2", "track"), ("1", "addUserProperties")):
+        r = http.post(
+            "/_fake/browser",
+            content=f'{{"app_id": "{app_id}", "method": "{method}", "args": ["x"], "seq": 0}}',
+            headers={"Content-Type": "text/plain;charset=UTF-8", "Origin": "http://page"},
+        )
+        assert r.status_code == 204
+        assert r.headers["access-control-allow-origin"] == "*"
+    assert [c["method"] for c in http.get("/_fake/browser?app_id=1").json()["calls"]] == [
+        "identify",
+        "addUserProperties",
+    ]
+    http.post("/_fake/reset")
+    assert http.get("/_fake/browser").json() == {"loads": [], "calls": []}
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[]", b'{"args": []}', b'{"method": "x"}'])
+def test_a_bad_browser_record_is_a_400(http: httpx.Client, body: bytes) -> None:
+    r = http.post("/_fake/browser", content=body)
+    assert r.status_code == 400
+    assert r.json()["error"]

@@ -22,6 +22,14 @@ Test/demo endpoints: ``GET /_fake/report`` (counters), ``GET /_fake/events`` and
 ``GET /_fake/users`` (what Heap holds), ``GET /_fake/requests`` (recent requests),
 ``POST /_fake/settings`` (change failure injection or limits at run time, e.g.
 ``{"outage_seconds": 10}``), ``POST /_fake/reset``.
+
+Heap in the browser (device mode): ``GET /js/heap-{app_id}.js`` (classic heap.js) and
+``GET /config/{app_id}/heap_config.js`` (heap.js 5) serve a recording heap.js that behaves
+like Heap's loader — it drains the calls the snippet queued (``window.heap`` entries, or
+``heapReadyCb``), replaces the stubs with real methods (``identify``, ``addUserProperties``,
+``track``, ``resetIdentity`` …, ``heap.appid``, ``heap.loaded``) — and posts every call to
+``POST /_fake/browser``. ``GET /_fake/browser`` (``?app_id=``) lists the script loads and
+the calls, in the order each page made them.
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ import random
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import cache
+from importlib import resources
 from typing import Any
 
 import orjson
@@ -108,6 +118,9 @@ class _State:
     first_accept_at: float | None = None
     last_accept_at: float | None = None
     outage_until: float = 0.0
+    #: Device mode: heap.js served (``{app_id, path, at, referer}``) and the calls pages made.
+    script_loads: list[dict[str, Any]] = field(default_factory=list)
+    browser_calls: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _identity(item: Mapping[str, Any]) -> str | None:
@@ -333,6 +346,46 @@ class FakeHeap:
     def requests(self) -> list[dict[str, Any]]:
         return list(self._state.requests)
 
+    def browser(self, app_id: str | None = None) -> dict[str, list[dict[str, Any]]]:
+        """What reached Heap in browsers: ``{"loads": [...], "calls": [...]}``."""
+        st = self._state
+        return {
+            "loads": [x for x in st.script_loads if app_id is None or x["app_id"] == app_id],
+            "calls": [x for x in st.browser_calls if app_id is None or x["app_id"] == app_id],
+        }
+
+    def heap_js(self, app_id: str, path: str, referer: str | None, depth: int = 1) -> bytes:
+        """The recording heap.js for ``app_id``, requested at ``path`` (the load is recorded),
+        ``depth`` folders below the fake's root."""
+        st = self._state
+        st.script_loads.append(
+            {"app_id": app_id, "path": path, "at": self.clock.now(), "referer": referer}
+        )
+        del st.script_loads[: -self.settings.max_request_log]
+        return (
+            _heap_js()
+            .replace("__APP_ID__", orjson.dumps(app_id).decode())
+            .replace("__DEPTH__", str(depth))
+            .encode()
+        )
+
+    def record_browser_call(self, raw: bytes) -> str | None:
+        """One call the recording heap.js posted; the problem when it is not one."""
+        try:
+            record = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return "body is not JSON"
+        if not isinstance(record, dict) or not isinstance(record.get("method"), str):
+            return 'expected {"method": ..., "args": [...]}'
+        if not isinstance(record.get("args"), list):
+            return "args must be a list"
+        record["app_id"] = str(record.get("app_id", ""))
+        record["received_at"] = self.clock.now()
+        st = self._state
+        st.browser_calls.append(record)
+        del st.browser_calls[: -self.settings.max_request_log]
+        return None
+
     def reset(self) -> None:
         self._state = _State(started=self.clock.monotonic())
 
@@ -393,7 +446,37 @@ class FakeHeap:
                 return json({"error": str(exc)}, 400)
             return json(self.report()["settings"])
 
+        def heap_js(depth: int) -> Callable[[Request], Any]:
+            async def route(request: Request) -> Response:
+                body = self.heap_js(
+                    request.path_params["app_id"],
+                    request.url.path,
+                    request.headers.get("referer"),
+                    depth,
+                )
+                headers = {"cache-control": "no-store", "access-control-allow-origin": "*"}
+                return Response(body, headers=headers, media_type="application/javascript")
+
+            return route
+
+        async def browser(request: Request) -> Response:
+            cors = {"access-control-allow-origin": "*"}
+            if request.method == "OPTIONS":
+                cors["access-control-allow-methods"] = "GET, POST, OPTIONS"
+                cors["access-control-allow-headers"] = "content-type"
+                return Response(status_code=204, headers=cors)
+            if request.method == "POST":
+                problem = self.record_browser_call(await request.body())
+                if problem:
+                    return Response(orjson.dumps({"error": problem}), 400, cors, "application/json")
+                return Response(status_code=204, headers=cors)
+            found = self.browser(request.query_params.get("app_id"))
+            return Response(orjson.dumps(found), headers=cors, media_type="application/json")
+
         routes = [
+            Route("/js/heap-{app_id}.js", heap_js(1), methods=["GET"]),
+            Route("/config/{app_id}/heap_config.js", heap_js(2), methods=["GET"]),
+            Route("/_fake/browser", browser, methods=["GET", "POST", "OPTIONS"]),
             Route("/_fake/report", report, methods=["GET"]),
             Route("/_fake/events", events, methods=["GET"]),
             Route("/_fake/users", users, methods=["GET"]),
@@ -413,9 +496,16 @@ class FakeHeap:
         return Starlette(routes=routes)
 
 
+@cache
+def _heap_js() -> str:
+    return (resources.files("heaprelay.heap") / "fake-heap.js").read_text(encoding="utf-8")
+
+
 def sandbox(config: Config) -> tuple[Config, Mount]:
     """``serve --sandbox``: a fake Heap mounted at :data:`SANDBOX_PATH` on the relay's own
-    host and port, and ``config`` with every destination's base URL pointing at it."""
+    host and port, and ``config`` with every destination's base URL pointing at it, and its
+    ``heap_script_url`` at the fake's recording heap.js (a path: browsers take it on the
+    relay's URL as they reach it)."""
     fake = FakeHeap(FakeHeapSettings(max_kept_events=10_000))
     host = "127.0.0.1" if config.host in ("0.0.0.0", "::", "") else config.host
     if ":" in host:
@@ -426,7 +516,11 @@ def sandbox(config: Config) -> tuple[Config, Mount]:
             source,
             destinations=tuple(
                 # Under the fake's /us or /eu prefix, so that its report keeps the region.
-                replace(d, settings=replace(d.settings, base_url=f"{base_url}/{d.settings.region}"))
+                replace(
+                    d,
+                    settings=replace(d.settings, base_url=f"{base_url}/{d.settings.region}"),
+                    heap_script_url=f"{SANDBOX_PATH}/js/heap-{{app_id}}.js",
+                )
                 for d in source.destinations
             ),
         )
