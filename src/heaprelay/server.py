@@ -33,6 +33,7 @@ from starlette.routing import BaseRoute, Route
 
 from heaprelay.clock import Clock, SystemClock
 from heaprelay.config import Config
+from heaprelay.device import device_routes
 from heaprelay.ingest import IngestState, ingest_routes
 from heaprelay.queue import open_queue, queue_url_for, redact_url
 from heaprelay.runtime import Runtime, Service
@@ -131,6 +132,8 @@ def build_app(
     ]
     if config.role in ("all", "api"):
         routes += ingest_routes(ingest)
+        # what the browser SDKs fetch for device mode (settings, the Heap integration)
+        routes += device_routes(config.sources, config.public_url)
     routes += sandbox_routes
     app = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error}

@@ -5,6 +5,6 @@ and enriches the messages (:mod:`heaprelay.messages.incoming`), fans each one ou
 destinations and answers ``200 {"success": true}`` only after the queue committed them.
 """
 
-from heaprelay.ingest._app import IngestState, ingest_routes
+from heaprelay.ingest._app import IngestState, basic_user, ingest_routes
 
-__all__ = ["IngestState", "ingest_routes"]
+__all__ = ["IngestState", "basic_user", "ingest_routes"]

@@ -89,7 +89,7 @@ def _ingest(state: IngestState, route_type: str | None) -> Callable[[Request], A
         origin = headers.get("origin")
         source: Source | None = None
         try:
-            header_key = _basic_user(headers.get("authorization"))
+            header_key = basic_user(headers.get("authorization"))
         except ValueError as exc:
             return _error(state, origin, None, Rejection("invalid_auth", str(exc), 401))
         key = header_key or request.query_params.get("writeKey") or None
@@ -206,7 +206,7 @@ def _fan_out(source: Source, prepared: PreparedRequest, now: float) -> list[NewJ
     ]
 
 
-def _basic_user(header: str | None) -> str | None:
+def basic_user(header: str | None) -> str | None:
     """The user name of a Basic Authorization header (the write key); ``None`` for no header
     or another scheme (Segment's OAuth sends ``Bearer`` plus ``writeKey`` in the body)."""
     if not header:
