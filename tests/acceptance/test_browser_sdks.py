@@ -18,7 +18,6 @@ installs both).
 from __future__ import annotations
 
 import asyncio
-import base64
 import concurrent.futures
 import contextlib
 import json
@@ -26,18 +25,23 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from tests.acceptance._browser import (
+    BROWSER_DIR,
+    PageServer,
+    chromium,
+    page_server,
+    sdk_version,
+)
 
 from heaprelay.queue import _open as queue_open
 from heaprelay.queue.base import Job
@@ -45,117 +49,9 @@ from heaprelay.testing.servers import free_port
 
 pytestmark = pytest.mark.browser
 
-BROWSER_DIR = Path(__file__).resolve().parents[1] / "browser"
-NODE_MODULES = BROWSER_DIR / "node_modules"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    # No CDN, no internet: only the loopback servers of this test can be reached.
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
-]
 WRITE_KEY = "browser-write-key"
 APP_ID = "1234567890"
 DEADLINE_S = 20.0
-
-# What the page server serves besides the pages: URL prefix -> directory.
-SDK_DIRS = {
-    "/sdk/segment/": NODE_MODULES / "@segment/analytics-next/dist/umd",
-    # analytics-next's lazy chunks, were it to load any (window.analytics._cdn = page origin).
-    "/analytics-next/bundles/": NODE_MODULES / "@segment/analytics-next/dist/umd",
-    "/sdk/rudderstack/": NODE_MODULES / "@rudderstack/analytics-js/dist/npm/modern/bundled/umd",
-}
-
-
-def _missing_prerequisites() -> str | None:
-    if not CHROMIUM.exists():
-        return f"{CHROMIUM} is missing (scripts/setup-test-env installs it)"
-    for directory in SDK_DIRS.values():
-        if not (directory / "index.js").exists():
-            return f"{directory}/index.js is missing (run npm ci in {BROWSER_DIR})"
-    return None
-
-
-def _sdk_version(package: str) -> str:
-    manifest = json.loads((NODE_MODULES / package / "package.json").read_text())
-    version: str = manifest["version"]
-    return version
-
-
-# --- the page server: pages, SDK bundles, RudderStack's source config ---------------------
-
-
-class _PageHandler(SimpleHTTPRequestHandler):
-    server: _PageServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # the test records requests itself (below)
-
-    def end_headers(self) -> None:
-        self.send_header("Cache-Control", "no-store")
-        super().end_headers()
-
-    def translate_path(self, path: str) -> str:
-        url_path = urlsplit(path).path
-        for prefix, directory in SDK_DIRS.items():
-            if url_path.startswith(prefix):
-                name = url_path.removeprefix(prefix)
-                if "/" in name or name.startswith("."):
-                    return str(directory / "nonexistent")
-                return str(directory / name)
-        return str(BROWSER_DIR / "pages" / url_path.lstrip("/").replace("..", ""))
-
-    def do_GET(self) -> None:
-        self.server.requests.append(self.path)
-        url = urlsplit(self.path)
-        if url.path.rstrip("/") == "/sourceConfig":
-            self._source_config(parse_qs(url.query))
-            return
-        super().do_GET()
-
-    def _source_config(self, query: dict[str, list[str]]) -> None:
-        """What RudderStack's control plane answers: the source of this write key, no
-        device-mode destinations (those scripts would come from a CDN)."""
-        write_key = query.get("writeKey", [""])[0]
-        expected_auth = "Basic " + base64.b64encode(f"{write_key}:".encode()).decode()
-        if self.headers.get("Authorization") != expected_auth:
-            self.send_error(401, "source config needs Basic auth with the write key")
-            return
-        config = json.loads((BROWSER_DIR / "rudderstack-source-config.json").read_text())
-        config["source"]["writeKey"] = write_key
-        body = json.dumps(config).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-class _PageServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int]) -> None:
-        super().__init__(address, _PageHandler)
-        self.requests: list[str] = []
-
-
-@contextlib.contextmanager
-def _page_server() -> Iterator[_PageServer]:
-    server = _PageServer(("127.0.0.1", 0))
-    thread = threading.Thread(target=server.serve_forever, name="page-server", daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 # --- the relay: a real `heaprelay serve` process -------------------------------------------
@@ -260,24 +156,13 @@ class Traffic:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    missing = _missing_prerequisites()
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(missing)
-        pytest.skip(missing)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture(scope="module")
-def pages() -> Iterator[_PageServer]:
-    with _page_server() as server:
+def pages() -> Iterator[PageServer]:
+    with page_server() as server:
         yield server
 
 
@@ -287,7 +172,7 @@ def relay(tmp_path: Path) -> Iterator[Relay]:
         yield running
 
 
-def _open_page(browser: Any, pages: _PageServer, relay: Relay, sdk: str, mode: str) -> Any:
+def _open_page(browser: Any, pages: PageServer, relay: Relay, sdk: str, mode: str) -> Any:
     page_origin = f"http://127.0.0.1:{pages.server_address[1]}"
     assert page_origin != relay.url  # another origin: the SDK calls are cross-origin (CORS)
     context = browser.new_context()
@@ -427,7 +312,7 @@ MODES = [
 
 @pytest.mark.parametrize(("sdk", "mode", "paths"), MODES)
 def test_browser_sdk_identify_and_track_reach_the_queue(
-    browser: Any, pages: _PageServer, relay: Relay, sdk: str, mode: str, paths: list[str]
+    browser: Any, pages: PageServer, relay: Relay, sdk: str, mode: str, paths: list[str]
 ) -> None:
     package, library_name = SDKS[sdk]
     page_origin = f"http://127.0.0.1:{pages.server_address[1]}"
@@ -489,7 +374,7 @@ def test_browser_sdk_identify_and_track_reach_the_queue(
         assert stored["userId"] == user_id
         assert stored["anonymousId"] == result["anonymousId"]
         assert stored["context"]["library"]["name"] == library_name
-        version = _sdk_version(package)
+        version = sdk_version(package)
         assert stored["context"]["library"]["version"] in (version, f"next-{version}")
         if kind == "identify":
             # Segment: root traits; RudderStack: only context.traits (the transform reads both).
