@@ -20,6 +20,7 @@ from heaprelay.ingest import basic_user
 SETTINGS_MAX_AGE: Final = 300
 _IMMUTABLE: Final = "public, max-age=31536000, immutable"
 _JS: Final = "application/javascript; charset=utf-8"
+_MAX_ANSWERS: Final = 1024
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -28,6 +29,10 @@ def device_routes(sources: tuple[Source, ...], public_url: str | None = None) ->
     """The routes analytics-next and RudderStack's JS SDK fetch. ``public_url``: the relay as
     browsers reach it (behind a proxy); ``None``: each request's own scheme and host."""
     by_key = {s.write_key: s for s in sources}
+    # (route, write key, base URL) -> (JSON body, ETag). The configuration does not change
+    # while the server runs; the base URL comes from the request's Host, so the cache is
+    # bounded (emptied when full) rather than grown by whatever hosts clients send.
+    answers: dict[tuple[str, str, str], tuple[bytes, str]] = {}
 
     def base_of(request: Request) -> str:
         return public_url.rstrip("/") if public_url else str(request.base_url).rstrip("/")
@@ -43,8 +48,17 @@ def device_routes(sources: tuple[Source, ...], public_url: str | None = None) ->
         source = by_key.get(request.path_params["write_key"])
         if source is None:
             return _unknown_key(cors(request, None))
-        body = segment_settings(source, base_of(request), bundle().version)
-        return _cached_json(request, body, cors(request, source))
+        base = base_of(request)
+        answer = answers.get(("segment", source.write_key, base))
+        if answer is None:
+            answer = _json_answer(segment_settings(source, base, bundle().version))
+            remember(("segment", source.write_key, base), answer)
+        return _cached_json(request, answer, cors(request, source))
+
+    def remember(key: tuple[str, str, str], answer: tuple[bytes, str]) -> None:
+        if len(answers) >= _MAX_ANSWERS:
+            answers.clear()
+        answers[key] = answer
 
     async def rudderstack(request: Request) -> Response:
         if request.method == "OPTIONS":
@@ -65,8 +79,12 @@ def device_routes(sources: tuple[Source, ...], public_url: str | None = None) ->
         source = by_key.get(key)
         if source is None:
             return _unknown_key(cors(request, None))
-        body = rudderstack_config(source, base_of(request))
-        return _cached_json(request, body, cors(request, source))
+        base = base_of(request)
+        answer = answers.get(("rudderstack", source.write_key, base))
+        if answer is None:
+            answer = _json_answer(rudderstack_config(source, base))
+            remember(("rudderstack", source.write_key, base), answer)
+        return _cached_json(request, answer, cors(request, source))
 
     async def segment_bundle(request: Request) -> Response:
         current = request.path_params["version"] == bundle().version
@@ -110,9 +128,13 @@ def _script(request: Request, cache_control: str) -> Response:
     return Response(b.script, headers=headers, media_type=_JS)
 
 
-def _cached_json(request: Request, body: Mapping[str, Any], headers: dict[str, str]) -> Response:
+def _json_answer(body: Mapping[str, Any]) -> tuple[bytes, str]:
     data = orjson.dumps(body)
-    etag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
+    return data, '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
+
+
+def _cached_json(request: Request, answer: tuple[bytes, str], headers: dict[str, str]) -> Response:
+    data, etag = answer
     headers = {**headers, "cache-control": f"public, max-age={SETTINGS_MAX_AGE}", "etag": etag}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
