@@ -1,6 +1,7 @@
 """What the browser tests share: Debian's Chromium (driven by Playwright, never a downloaded
-browser), the SDK bundles pinned in ``tests/browser``, and the page server (the test pages,
-the SDK bundles, a stand-in for RudderStack's control plane) on a loopback origin of its own.
+browser), the SDK bundles pinned in ``tests/browser``, the page server (the test pages, the
+SDK bundles, a stand-in for RudderStack's control plane) on a loopback origin of its own, and
+a real ``heaprelay serve`` process on another.
 """
 
 from __future__ import annotations
@@ -9,14 +10,21 @@ import base64
 import contextlib
 import json
 import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
+
+from heaprelay.testing.servers import free_port
 
 BROWSER_DIR = Path(__file__).resolve().parents[1] / "browser"
 NODE_MODULES = BROWSER_DIR / "node_modules"
@@ -149,3 +157,41 @@ def chromium() -> Iterator[Any]:
             yield browser
         finally:
             browser.close()
+
+
+#: How long ``heaprelay serve`` may take to be ready (and to stop).
+STARTUP_S = 20.0
+
+
+@contextlib.contextmanager
+def serve_relay(args: list[str], data_dir: Path) -> Iterator[str]:
+    """``heaprelay serve ARGS`` in a process of its own, until the block ends (SIGTERM)."""
+    port = free_port()
+    log = data_dir / "serve.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEAPRELAY_")}
+    command = [sys.executable, "-m", "heaprelay", "serve", *args, "--port", str(port)]
+    command += ["--data-dir", str(data_dir)]
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_S
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"heaprelay serve exited {process.returncode}:\n{log.read_text()}"
+                )
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"heaprelay serve not ready:\n{log.read_text()}")
+            time.sleep(0.05)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=STARTUP_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -21,10 +21,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,7 +29,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 from tests.acceptance._browser import (
     BROWSER_DIR,
@@ -41,6 +36,7 @@ from tests.acceptance._browser import (
     chromium,
     page_server,
     sdk_version,
+    serve_relay,
 )
 
 from heaprelay.queue import _open as queue_open
@@ -66,44 +62,12 @@ class Relay:
 
 @contextlib.contextmanager
 def _relay(data_dir: Path) -> Iterator[Relay]:
-    port = free_port()
     # Delivery (when the server runs workers) goes to a loopback port nobody listens on:
     # never to Heap, and every job stays in the queue for the test to read.
     dead_heap = f"http://127.0.0.1:{free_port()}"
-    log = data_dir / "serve.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEAPRELAY_")}
-    command = [
-        sys.executable, "-m", "heaprelay", "serve",
-        "--app-id", APP_ID, "--write-key", WRITE_KEY,
-        "--host", "127.0.0.1", "--port", str(port),
-        "--data-dir", str(data_dir), "--base-url", dead_heap,
-    ]  # fmt: skip
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + DEADLINE_S
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"heaprelay serve exited {process.returncode}:\n{log.read_text()}"
-                )
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"heaprelay serve not ready in {DEADLINE_S} s:\n{log.read_text()}"
-                )
-            time.sleep(0.05)
-        yield Relay(url, queue_open.queue_url_for(None, data_dir), log)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=DEADLINE_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    args = ["--app-id", APP_ID, "--write-key", WRITE_KEY, "--base-url", dead_heap]
+    with serve_relay(args, data_dir) as url:
+        yield Relay(url, queue_open.queue_url_for(None, data_dir), data_dir / "serve.log")
 
 
 def _find_in_queue(queue_url: str, message_ids: set[str]) -> dict[str, list[Job]]:
@@ -336,7 +300,6 @@ def test_browser_sdk_identify_and_track_reach_the_queue(
                 DEADLINE_S * 1000,
             ],
         )
-        expected_answers = len(paths) + (1 if sdk == "segment" else 0)  # + Segment's /v1/m
 
         def answered() -> bool:
             return all(traffic.to_relay(path) for path in [*paths]) and (
@@ -349,10 +312,13 @@ def test_browser_sdk_identify_and_track_reach_the_queue(
             page.wait_for_function("() => window.sdkPending() === 0", timeout=DEADLINE_S * 1000)
         _collect_beacon_bodies(page, traffic)
         _assert_sdk_saw_success(traffic, page_origin)
-        assert sorted(urlsplit(r.url).path for r in traffic.responses) == sorted(
-            [*paths, *(["/v1/m"] if sdk == "segment" else [])]
-        ), _describe(traffic)
-        assert len(traffic.responses) == expected_answers
+        answered_paths = [urlsplit(r.url).path for r in traffic.responses]
+        # Segment's metrics go out every flushTimer (300 ms here): once, or more on a slow
+        # machine where the calls' counters fall into different flushes.
+        assert sorted(p for p in answered_paths if p != "/v1/m") == sorted(paths), _describe(
+            traffic
+        )
+        assert ("/v1/m" in answered_paths) == (sdk == "segment"), _describe(traffic)
     finally:
         page.context.close()
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -35,10 +34,10 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 import pytest
-from tests.acceptance._browser import PageServer, chromium, page_server
+from tests.acceptance._browser import PageServer, chromium, page_server, serve_relay
 
 from heaprelay.heap.fake import FakeHeap, FakeHeapSettings
-from heaprelay.testing.servers import free_port, serve_in_thread
+from heaprelay.testing.servers import serve_in_thread
 
 pytestmark = pytest.mark.browser
 
@@ -95,40 +94,6 @@ def fake() -> Iterator[tuple[FakeHeap, str]]:
         yield heap, url
 
 
-@contextlib.contextmanager
-def _serve(args: list[str], data_dir: Path) -> Iterator[str]:
-    """``heaprelay serve ARGS`` in a process of its own, until the block ends (SIGTERM)."""
-    port = free_port()
-    log = data_dir / "serve.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEAPRELAY_")}
-    command = [sys.executable, "-m", "heaprelay", "serve", *args, "--port", str(port)]
-    command += ["--data-dir", str(data_dir)]
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + DEADLINE_S
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"heaprelay serve exited {process.returncode}:\n{log.read_text()}"
-                )
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"heaprelay serve not ready:\n{log.read_text()}")
-            time.sleep(0.05)
-        yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=DEADLINE_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @pytest.fixture(scope="module")
 def relay(fake: tuple[FakeHeap, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
     _, fake_url = fake
@@ -151,7 +116,7 @@ def relay(fake: tuple[FakeHeap, str], tmp_path_factory: pytest.TempPathFactory) 
             lines.append("  " + extra.replace("FAKE", fake_url))
     config = data_dir / "heaprelay.toml"
     config.write_text("\n".join(lines) + "\n")
-    with _serve(["--config", str(config)], data_dir) as url:
+    with serve_relay(["--config", str(config)], data_dir) as url:
         yield Relay(url, config, data_dir / "heaprelay.db", data_dir / "serve.log")
 
 
@@ -590,7 +555,7 @@ def test_sandbox_serves_device_mode_out_of_the_box(
     """``heaprelay serve --sandbox``, nothing else: a page pointed at it loads the embedded
     fake Heap's recording heap.js, and what it sent is at /fake-heap/_fake/browser."""
     with (
-        _serve(["--sandbox"], tmp_path) as url,
+        serve_relay(["--sandbox"], tmp_path) as url,
         visit(browser, pages, url, writeKey="sandbox", sdks="segment,rudderstack") as v,
     ):
         send(v, "sandbox-user", "Sandbox Checkout")
