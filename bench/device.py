@@ -31,6 +31,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from _http import read_answer  # bench/ is the script's folder, so first on sys.path
+
 KEY = "bench-web"
 CONFIG = """
 [server]
@@ -68,13 +70,7 @@ async def drive(
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         while (start := time.perf_counter()) < end:
             writer.write(request)
-            status = (await reader.readline()).split()[1].decode()
-            length = 0
-            while (line := await reader.readline()) not in (b"\r\n", b""):
-                name, _, value = line.partition(b":")
-                if name.lower() == b"content-length":
-                    length = int(value)
-            await reader.readexactly(length)
+            status = (await read_answer(reader))[0].decode()
             if start >= warmup_end:
                 latencies.append(time.perf_counter() - start)
                 statuses[status] = statuses.get(status, 0) + 1

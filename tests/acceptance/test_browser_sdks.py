@@ -33,8 +33,6 @@ import pytest
 from tests.acceptance._browser import (
     BROWSER_DIR,
     PageServer,
-    chromium,
-    page_server,
     sdk_version,
     serve_relay,
 )
@@ -116,18 +114,6 @@ class Traffic:
 
     def to_relay(self, path: str) -> list[Any]:
         return [r for r in self.responses if urlsplit(r.url).path == path]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with chromium() as launched:
-        yield launched
-
-
-@pytest.fixture(scope="module")
-def pages() -> Iterator[PageServer]:
-    with page_server() as server:
-        yield server
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 import pytest
-from tests.acceptance._browser import PageServer, chromium, page_server, serve_relay
+from tests.acceptance._browser import PageServer, serve_relay
 
 from heaprelay.heap.fake import FakeHeap, FakeHeapSettings
 from heaprelay.testing.servers import serve_in_thread
@@ -118,18 +118,6 @@ def relay(fake: tuple[FakeHeap, str], tmp_path_factory: pytest.TempPathFactory) 
     config.write_text("\n".join(lines) + "\n")
     with serve_relay(["--config", str(config)], data_dir) as url:
         yield Relay(url, config, data_dir / "heaprelay.db", data_dir / "serve.log")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with chromium() as launched:
-        yield launched
-
-
-@pytest.fixture(scope="module")
-def pages() -> Iterator[PageServer]:
-    with page_server() as server:
-        yield server
 
 
 # --- a page --------------------------------------------------------------------------------
