@@ -181,7 +181,7 @@ def test_recording_heap_js_is_served_and_its_load_recorded(
     assert r.headers["content-type"].startswith("application/javascript")
     assert r.headers["cache-control"] == "no-store"
     assert 'var APP_ID = "77";' in r.text
-    assert f"'../'.repeat({up}) + '_fake/browser'" in r.text  # where it posts the calls
+    assert f"'../'.repeat({up}) + 'js/record'" in r.text  # where it posts the calls
     [load] = http.get("/_fake/browser").json()["loads"]
     assert (load["app_id"], load["path"], load["referer"]) == ("77", path, "http://page.example/")
 
@@ -189,7 +189,7 @@ def test_recording_heap_js_is_served_and_its_load_recorded(
 def test_browser_calls_are_recorded_and_listed_by_app(http: httpx.Client) -> None:
     for app_id, method in (("1", "identify"), ("2", "track"), ("1", "addUserProperties")):
         r = http.post(
-            "/_fake/browser",
+            "/js/record",
             content=f'{{"app_id": "{app_id}", "method": "{method}", "args": ["x"], "seq": 0}}',
             headers={"Content-Type": "text/plain;charset=UTF-8", "Origin": "http://page"},
         )
@@ -205,6 +205,6 @@ def test_browser_calls_are_recorded_and_listed_by_app(http: httpx.Client) -> Non
 
 @pytest.mark.parametrize("body", [b"not json", b"[]", b'{"args": []}', b'{"method": "x"}'])
 def test_a_bad_browser_record_is_a_400(http: httpx.Client, body: bytes) -> None:
-    r = http.post("/_fake/browser", content=body)
+    r = http.post("/js/record", content=body)
     assert r.status_code == 400
     assert r.json()["error"]

@@ -1,12 +1,12 @@
 /* The fake Heap's heap.js: behaves like Heap's loader for the calls a page makes, and records
-   every call at the fake Heap (POST ../_fake/browser, read back with GET /_fake/browser).
+   every call at the fake Heap (POST /js/record, read back with GET /_fake/browser).
    Served at /js/heap-{app_id}.js (classic) and /config/{app_id}/heap_config.js (heap.js 5). */
 (function () {
   'use strict';
   var APP_ID = __APP_ID__;
   var w = window;
   var script = document.currentScript;
-  var endpoint = new URL('../'.repeat(__DEPTH__) + '_fake/browser', script ? script.src : location.href).href;
+  var endpoint = new URL('../'.repeat(__DEPTH__) + 'js/record', script ? script.src : location.href).href;
   var page = Math.random().toString(36).slice(2);
   var seq = 0;
   var chain = Promise.resolve();

@@ -28,8 +28,8 @@ Heap in the browser (device mode): ``GET /js/heap-{app_id}.js`` (classic heap.js
 like Heap's loader — it drains the calls the snippet queued (``window.heap`` entries, or
 ``heapReadyCb``), replaces the stubs with real methods (``identify``, ``addUserProperties``,
 ``track``, ``resetIdentity`` …, ``heap.appid``, ``heap.loaded``) — and posts every call to
-``POST /_fake/browser``. ``GET /_fake/browser`` (``?app_id=``) lists the script loads and
-the calls, in the order each page made them.
+``POST /js/record``. ``GET /_fake/browser`` (``?app_id=``) lists the script loads and the
+calls, in the order each page made them.
 """
 
 from __future__ import annotations
@@ -459,24 +459,27 @@ class FakeHeap:
 
             return route
 
-        async def browser(request: Request) -> Response:
+        async def record(request: Request) -> Response:
+            # What the recording heap.js posts from any page, as Heap's own script posts to
+            # Heap: open to every origin (like the delivery endpoints), unlike /_fake/*.
             cors = {"access-control-allow-origin": "*"}
             if request.method == "OPTIONS":
-                cors["access-control-allow-methods"] = "GET, POST, OPTIONS"
+                cors["access-control-allow-methods"] = "POST, OPTIONS"
                 cors["access-control-allow-headers"] = "content-type"
                 return Response(status_code=204, headers=cors)
-            if request.method == "POST":
-                problem = self.record_browser_call(await request.body())
-                if problem:
-                    return Response(orjson.dumps({"error": problem}), 400, cors, "application/json")
-                return Response(status_code=204, headers=cors)
-            found = self.browser(request.query_params.get("app_id"))
-            return Response(orjson.dumps(found), headers=cors, media_type="application/json")
+            problem = self.record_browser_call(await request.body())
+            if problem:
+                return Response(orjson.dumps({"error": problem}), 400, cors, "application/json")
+            return Response(status_code=204, headers=cors)
+
+        async def browser(request: Request) -> Response:
+            return json(self.browser(request.query_params.get("app_id")))
 
         routes = [
             Route("/js/heap-{app_id}.js", heap_js(1), methods=["GET"]),
             Route("/config/{app_id}/heap_config.js", heap_js(2), methods=["GET"]),
-            Route("/_fake/browser", browser, methods=["GET", "POST", "OPTIONS"]),
+            Route("/js/record", record, methods=["POST", "OPTIONS"]),
+            Route("/_fake/browser", browser, methods=["GET"]),
             Route("/_fake/report", report, methods=["GET"]),
             Route("/_fake/events", events, methods=["GET"]),
             Route("/_fake/users", users, methods=["GET"]),
