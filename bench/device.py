@@ -31,7 +31,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _http import read_answer  # bench/ is the script's folder, so first on sys.path
+from _client import read_answer, server_cpu  # bench/ is the script's folder: first on sys.path
 
 KEY = "bench-web"
 CONFIG = """
@@ -46,12 +46,6 @@ write_key = "{key}"
   app_id = "1234567"
   device_mode = true
 """
-
-
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system, all threads) used so far by a process (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def drive(
@@ -76,13 +70,7 @@ async def drive(
                 statuses[status] = statuses.get(status, 0) + 1
         writer.close()
 
-    async def server_cpu() -> float:
-        await asyncio.sleep(warmup_end - time.perf_counter())
-        before = process_cpu(pid)
-        await asyncio.sleep(end - time.perf_counter())
-        return process_cpu(pid) - before
-
-    cpu = asyncio.create_task(server_cpu())
+    cpu = asyncio.create_task(server_cpu(pid, warmup_end, end))
     await asyncio.gather(*(connection() for _ in range(connections)))
     latencies.sort()
     n = len(latencies)

@@ -40,7 +40,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from _http import read_answer  # bench/ is the script's folder, so first on sys.path
+from _client import read_answer, server_cpu  # bench/ is the script's folder: first on sys.path
 
 KEY = "bench-key"
 AUTH = "Basic " + base64.b64encode(f"{KEY}:".encode()).decode()
@@ -159,14 +159,8 @@ async def drive(
                 errors += 1
         writer.close()
 
-    async def server_cpu() -> float:
-        """The server's CPU seconds during the measured window (after the warm-up)."""
-        await asyncio.sleep(warmup_end - time.perf_counter())
-        before = process_cpu(server_pid)
-        await asyncio.sleep(end - time.perf_counter())
-        return process_cpu(server_pid) - before
-
-    cpu_task = asyncio.create_task(server_cpu())
+    # the server's CPU seconds during the measured window (after the warm-up)
+    cpu_task = asyncio.create_task(server_cpu(server_pid, warmup_end, end))
     await asyncio.gather(*(connection(c) for c in range(connections)))
     cpu = await cpu_task
     latencies.sort()
@@ -249,12 +243,6 @@ RATIOS = (
 
 def cpu_per_request(result: dict[str, float]) -> float:
     return result["server_cpu"] / max(result["requests"], 1)
-
-
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system, all threads) used so far by a process (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def span(values: list[float], fmt: str) -> str:
