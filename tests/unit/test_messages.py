@@ -103,6 +103,94 @@ def test_original_timestamp_is_preferred_and_offsets_and_nanoseconds_parse():
     assert msg["timestamp"] == "2024-05-01T11:59:59.000Z"
 
 
+def test_a_rudderstack_node_backfill_keeps_the_callers_timestamp():
+    # @rudderstack/rudder-sdk-node: the caller's timestamp next to originalTimestamp and
+    # sentAt (both the call's time); RudderStack's server keeps the timestamp as it is.
+    sent = {
+        "userId": "u1",
+        "event": "Imported",
+        "timestamp": "2024-04-01T12:30:00.000Z",
+        "originalTimestamp": "2024-05-01T12:59:59.000Z",
+        "sentAt": "2024-05-01T13:00:00.000Z",
+        "channel": "server",
+    }
+    msg = _stored(_single(dict(sent)))
+    assert msg["timestamp"] == "2024-04-01T12:30:00.000Z"
+    assert msg["originalTimestamp"] == sent["originalTimestamp"]
+    assert msg["sentAt"] == sent["sentAt"]
+
+
+def test_a_kept_timestamp_needs_no_channel_when_original_timestamp_is_there():
+    msg = _stored(
+        _single(
+            {
+                "userId": "u1",
+                "event": "E",
+                "timestamp": "2024-04-01T14:30:00.5+02:00",
+                "originalTimestamp": "2024-05-01T12:59:59.000Z",
+                "sentAt": "2024-05-01T13:00:00.000Z",
+            }
+        )
+    )
+    # Rewritten in UTC with milliseconds, as RudderStack's server does.
+    assert msg["timestamp"] == "2024-04-01T12:30:00.500Z"
+
+
+def test_rudder_sdk_python_timestamps_are_kept_without_skew_correction():
+    # rudder-sdk-python sends only timestamp (microseconds, an offset) and a batch sentAt;
+    # it marks its messages with channel "server". Its clock here is an hour fast.
+    body = {
+        "sentAt": "2024-05-01T13:00:00.000000+00:00",
+        "batch": [
+            {
+                "type": "track",
+                "userId": "u1",
+                "event": "E",
+                "channel": "server",
+                "timestamp": "2024-04-01T12:30:00.123456+00:00",
+            }
+        ],
+    }
+    msg = _stored(_batch(body))
+    assert msg["timestamp"] == "2024-04-01T12:30:00.123Z"
+    assert msg["originalTimestamp"] == "2024-04-01T12:30:00.123456+00:00"
+
+
+def test_segment_sdks_backfills_are_skew_corrected_and_kept_as_original_timestamp():
+    # segment-analytics-python / @segment/analytics-node: only timestamp (the caller's) and
+    # a batch sentAt; Segment: timestamp = receivedAt - (sentAt - originalTimestamp).
+    body = {
+        "sentAt": "2024-05-01T12:00:02.000Z",
+        "batch": [
+            {
+                "type": "track",
+                "userId": "u1",
+                "event": "E",
+                "timestamp": "2024-04-01T12:30:00.000+00:00",
+            }
+        ],
+    }
+    msg = _stored(_batch(body))
+    assert msg["timestamp"] == "2024-04-01T12:29:58.000Z"
+    assert msg["originalTimestamp"] == "2024-04-01T12:30:00.000+00:00"
+
+
+def test_rudderstack_js_sends_only_original_timestamp_which_is_skew_corrected():
+    msg = _stored(
+        _single(
+            {
+                "anonymousId": "a1",
+                "event": "E",
+                "channel": "web",
+                "originalTimestamp": "2024-05-01T12:59:50.000Z",
+                "sentAt": "2024-05-01T13:00:00.000Z",
+            }
+        )
+    )
+    assert msg["timestamp"] == "2024-05-01T11:59:50.000Z"
+    assert msg["originalTimestamp"] == "2024-05-01T12:59:50.000Z"
+
+
 def test_without_sent_at_the_client_time_is_kept():
     msg = _stored(_single({"userId": "u", "event": "E", "timestamp": "2020-01-01T00:00:00Z"}))
     assert msg["timestamp"] == "2020-01-01T00:00:00.000Z"

@@ -10,11 +10,22 @@ What the server fills, as Segment does (``reference/api-contracts.md`` §B.5, §
 - ``messageId`` when absent (a uuid4);
 - ``receivedAt``: the server's time;
 - ``originalTimestamp``: the client's own time (its ``originalTimestamp``, else its
-  ``timestamp``), kept so that a profile can choose another rule (RudderStack keeps a
-  parseable ``timestamp`` as is);
-- ``timestamp`` corrected for the client's clock skew:
-  ``receivedAt - (sentAt - originalTimestamp)``; without ``sentAt`` the client time is kept,
-  without any client time ``receivedAt`` is used;
+  ``timestamp``, copied as sent), so that what the client sent is never lost;
+- ``timestamp``, the time destinations get, by the rule of the platform whose SDK sent the
+  message (``reference/api-contracts.md`` §B.6, §C.4):
+
+  - RudderStack's server keeps a parseable ``timestamp`` as it is (no skew correction).
+    RudderStack's SDKs are recognised by what they send and Segment's never do: a
+    ``timestamp`` together with an ``originalTimestamp`` (``@rudderstack/rudder-sdk-node``
+    sends the caller's ``timestamp``, a backfill's say, next to ``originalTimestamp`` = the
+    call's time), or the top-level ``channel`` field (``"server"`` from rudder-sdk-python and
+    rudder-sdk-node, ``"web"`` from the JS SDK). The kept time is rewritten in UTC with
+    milliseconds, as RudderStack's server rewrites it.
+  - Otherwise Segment's rule (its SDKs send only ``timestamp``, the caller's value or the
+    call's time, and ``sentAt``): corrected for the client's clock skew,
+    ``receivedAt - (sentAt - originalTimestamp)``; without ``sentAt`` the client time is
+    kept, without any client time ``receivedAt`` is used (RudderStack computes the same
+    when a message has no ``timestamp``);
 - batch-level ``context`` and ``integrations`` merged into each item (the item's own values
   win), batch-level ``sentAt`` used for items without their own.
 
@@ -307,10 +318,16 @@ def _prepare_one(
     message["messageId"] = message_id
     if sent is None and batch_sent_at[0] is not None:
         message["sentAt"], sent = batch_sent_at
+    message["receivedAt"] = received
+    if timestamp is not None and (original is not None or type(message.get("channel")) is str):
+        # A RudderStack SDK: its server keeps the client's timestamp (a backfill's time).
+        if original is None:
+            message["originalTimestamp"] = message["timestamp"]
+        message["timestamp"] = _iso(timestamp)
+        return Prepared(message_id, order_key(message), orjson.dumps(message))
     if original is None and timestamp is not None:
         message["originalTimestamp"] = message["timestamp"]
         original = timestamp
-    message["receivedAt"] = received
     corrected = corrected_timestamp(received_at, sent, original)
     message["timestamp"] = received if corrected == received_at else _iso(corrected)
     return Prepared(message_id, order_key(message), orjson.dumps(message))
