@@ -19,8 +19,9 @@ What the server fills, as Segment does (``reference/api-contracts.md`` §B.5, §
     ``timestamp`` together with an ``originalTimestamp`` (``@rudderstack/rudder-sdk-node``
     sends the caller's ``timestamp``, a backfill's say, next to ``originalTimestamp`` = the
     call's time), or the top-level ``channel`` field (``"server"`` from rudder-sdk-python and
-    rudder-sdk-node, ``"web"`` from the JS SDK). The kept time is rewritten in UTC with
-    milliseconds, as RudderStack's server rewrites it.
+    rudder-sdk-node, ``"web"`` from the JS SDK). The kept time is rewritten as RudderStack's
+    server rewrites it: RFC 3339 with milliseconds (truncated), in its own UTC offset
+    (``Z`` for UTC).
   - Otherwise Segment's rule (its SDKs send only ``timestamp``, the caller's value or the
     call's time, and ``sentAt``): corrected for the client's clock skew,
     ``receivedAt - (sentAt - originalTimestamp)``; without ``sentAt`` the client time is
@@ -323,7 +324,7 @@ def _prepare_one(
         # A RudderStack SDK: its server keeps the client's timestamp (a backfill's time).
         if original is None:
             message["originalTimestamp"] = message["timestamp"]
-        message["timestamp"] = _iso(timestamp)
+        message["timestamp"] = _rfc3339_milli(message["timestamp"])
         return Prepared(message_id, order_key(message), orjson.dumps(message))
     if original is None and timestamp is not None:
         message["originalTimestamp"] = message["timestamp"]
@@ -397,6 +398,24 @@ def _parse_time_general(value: Any) -> float | None:
     seconds = parsed.timestamp()
     # Outside 1970..9999 the corrected time could not be written back.
     return seconds if 0 <= seconds < _MAX_SECONDS else None
+
+
+def _rfc3339_milli(value: str) -> str:
+    """A parseable time as Go's ``Format("2006-01-02T15:04:05.000Z07:00")`` writes it (what
+    RudderStack's server stores): milliseconds truncated, the time's own offset kept."""
+    text = value.strip()
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        parsed = datetime.fromisoformat(_trim_fraction(text) or text)
+    offset = parsed.utcoffset()
+    minutes = 0 if offset is None else int(offset.total_seconds()) // 60
+    if minutes == 0:
+        zone = "Z"
+    else:
+        sign = "+" if minutes > 0 else "-"
+        zone = f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+    return f"{parsed:%Y-%m-%dT%H:%M:%S}.{parsed.microsecond // 1000:03d}{zone}"
 
 
 def _trim_fraction(text: str) -> str | None:
