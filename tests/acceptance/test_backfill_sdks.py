@@ -121,7 +121,9 @@ def _send(sdk: str, url: str, message_id: str, when: str) -> None:
 
 def _stored(db: Path, message_id: str) -> dict[str, Any]:
     with sqlite3.connect(db) as conn:
-        row = conn.execute("SELECT payload FROM jobs WHERE message_id = ?", (message_id,)).fetchone()
+        row = conn.execute(
+            "SELECT payload FROM jobs WHERE message_id = ?", (message_id,)
+        ).fetchone()
     assert row is not None, f"{message_id} is not in the queue"
     stored: dict[str, Any] = orjson.loads(row[0])
     return stored
