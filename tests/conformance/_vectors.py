@@ -33,9 +33,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from heaprelay.transform import _base
 from heaprelay.transform._base import DestinationSettings, SettingsError, Skip
@@ -127,24 +129,44 @@ def expected_requests(case: Case) -> list[dict[str, Any]]:
     return list(expect.get("requests") or [expect])
 
 
-def canonical(value: Any) -> str:
-    """A JSON value as JavaScript would serialise it, keys sorted: equal iff the same JSON
-    (``1`` vs ``1.0`` alike; ``true`` vs ``1`` and ``"1"`` vs ``1`` different)."""
-    return stringify(_sorted(value))
+class Number(str):
+    """A JSON number token exactly as written (``67`` and ``67.0`` differ)."""
+
+    def __repr__(self) -> str:
+        return f"Number({self!s})"
 
 
-def _sorted(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _sorted(value[k]) for k in sorted(value)}
-    if isinstance(value, list | tuple):
-        return [_sorted(v) for v in value]
-    return value
+def tokens(text: str | bytes) -> Any:
+    """``text`` parsed with every number kept as its :class:`Number` token: two serialised
+    bodies are equal iff they hold the same keys and values written with the same bytes (key
+    order aside, which the vectors do not pin: see README.md)."""
+    return json.loads(text, parse_int=Number, parse_float=Number, parse_constant=Number)
+
+
+def sent_bytes(body: Any) -> bytes:
+    """A body as heaprelay sends it (``HeapClient.post`` and ``heaprelay transform`` both
+    write it with orjson)."""
+    return orjson.dumps(body)
+
+
+def assert_same_bytes(sent: str | bytes, want: Any, what: str) -> None:
+    """``sent`` (the serialised body heaprelay sends) holds the bytes the peer sends for its
+    expected body ``want``: ``JSON.stringify(want)``, as the peers run on Node.js (a number
+    in ``want`` is written as JavaScript writes it: ``67.0`` as ``67``)."""
+    shown = sent.decode() if isinstance(sent, bytes) else sent
+    assert_same_tokens(tokens(sent), want, what, shown)
+
+
+def assert_same_tokens(got: Any, want: Any, what: str, shown: str) -> None:
+    """:func:`assert_same_bytes` for a body already parsed by :func:`tokens`."""
+    peer = stringify(want)
+    if got != tokens(peer):
+        raise AssertionError(f"{what}: not the peer's bytes\nheaprelay: {shown}\npeer:      {peer}")
 
 
 def assert_same_json(got: Any, want: Any, what: str) -> None:
-    assert got == want, what  # readable diff first
-    got_c, want_c = canonical(got), canonical(want)
-    assert got_c == want_c, f"{what}: types differ\n{got_c}\n{want_c}"
+    """``got`` (a body heaprelay built) is sent as the bytes of the peer's body ``want``."""
+    assert_same_bytes(sent_bytes(got), want, what)
 
 
 def check_case(case: Case) -> None:
@@ -261,13 +283,15 @@ def check_file_via_cli(cases: Sequence[Case]) -> int:
         for c in group:
             if c["expect"]["sent"]:
                 want_lines += [(c["name"], w) for w in expected_requests(c)]
-        got_lines = [json.loads(line) for line in proc.stdout.splitlines()]
+        got_lines = proc.stdout.splitlines()
         assert len(got_lines) == len(want_lines), (
             f"{args}: {len(got_lines)} requests on stdout, want {len(want_lines)}"
         )
-        for got, (name, w) in zip(got_lines, want_lines, strict=True):
+        for line, (name, w) in zip(got_lines, want_lines, strict=True):
+            got = json.loads(line)
             assert set(got) == {"method", "url", "body"}, got
             assert got["url"] == w["url"], f"{name}: url {got['url']}"
             assert got["method"] == w.get("method", "POST"), name
-            assert_same_json(got["body"], w["body"], f"{name}: body (command)")
+            # The body's own bytes, as printed: numbers compared as written.
+            assert_same_tokens(tokens(line)["body"], w["body"], f"{name}: command", line)
     return runs

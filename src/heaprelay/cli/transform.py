@@ -120,10 +120,24 @@ def _merge(base: Mapping[str, Any], own: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _dumps(obj: Any) -> bytes:
+    """Compact JSON, numbers as the body holds them (see ``transform._js.json_number``)."""
     try:
         return orjson.dumps(obj)
     except TypeError:  # integers beyond 64 bits, lone surrogates: still valid JSON out
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode()
+        return _dumps_each(obj)
+
+
+def _dumps_each(obj: Any) -> bytes:
+    """:func:`_dumps` value by value: what orjson refuses is written by ``json``."""
+    if isinstance(obj, Mapping):
+        items = (_dumps_each(str(k)) + b":" + _dumps_each(v) for k, v in obj.items())
+        return b"{" + b",".join(items) + b"}"
+    if isinstance(obj, list | tuple):
+        return b"[" + b",".join(_dumps_each(v) for v in obj) + b"]"
+    try:
+        return orjson.dumps(obj)
+    except TypeError:
+        return json.dumps(obj, ensure_ascii=True).encode()
 
 
 def run(events: list[Any], settings: DestinationSettings) -> tuple[list[bytes], list[bytes]]:

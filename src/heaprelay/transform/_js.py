@@ -8,9 +8,11 @@ order (integer-like keys first, ascending, then insertion order).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from decimal import Decimal
 from typing import Any
+
+import orjson
 
 _MAX_SAFE = 2**53
 _ARRAY_INDEX_MAX = 2**32 - 2
@@ -50,6 +52,70 @@ def number_to_string(value: float | int) -> str:
         mant = digits if k == 1 else digits[0] + "." + digits[1:]
         out = f"{mant}e{'+' if e >= 0 else '-'}{abs(e)}"
     return sign + out
+
+
+JsonNumber = int | float | orjson.Fragment
+"""A number in a request body, such that ``orjson.dumps`` writes what ``JSON.stringify``
+writes for it (:func:`json_number`)."""
+
+_U64 = 2**64
+_I64_MIN = -(2**63)
+
+
+def json_number(value: int | float) -> JsonNumber:
+    """``value`` in the form orjson writes exactly as JavaScript's ``JSON.stringify`` does,
+    for the bodies the peers (which run on Node.js) send byte for byte.
+
+    A JSON number read by JavaScript is a double, written back by ``Number#toString``: an
+    integral float is an integer (``67.0`` → ``67``, ``-0.0`` → ``0``); an integer beyond
+    2^53 is rounded (``12345678901234567890`` → ``12345678901234567000``); exponents start
+    at 1e21 and below 1e-6 (``1e+21``, ``1e-7``, but ``0.000001``). orjson writes most
+    numbers so already; the others become an :class:`orjson.Fragment` holding JavaScript's
+    text (only integral values between 2^64 and 1e21, and a few below 1e-5)."""
+    if type(value) is float:
+        # The usual case first: orjson and JavaScript agree on non-integral floats from
+        # 1e-5 up (and beyond 2^53 every float is integral).
+        if 1e-5 <= value < 9007199254740992.0 or -9007199254740992.0 < value <= -1e-5:
+            return int(value) if value.is_integer() else value
+        return _rare_float(value)
+    if type(value) is int and not -9007199254740992 <= value <= 9007199254740992:
+        text = number_to_string(value)
+        return _integer_text(text) if "e" not in text else float(text)
+    return value
+
+
+def _rare_float(value: float) -> JsonNumber:
+    if value - value != 0.0:
+        return value  # NaN or infinite: not JSON (JSON.stringify writes null, orjson too)
+    if value.is_integer():
+        if -_MAX_SAFE <= value <= _MAX_SAFE:
+            return int(value)  # 0.0, -0.0
+        if abs(value) >= 1e21:
+            return value  # orjson writes 1e+21 as JavaScript does
+        return _integer_text(number_to_string(value))
+    text = number_to_string(value)
+    return value if orjson.dumps(value) == text.encode() else orjson.Fragment(text)
+
+
+def _integer_text(text: str) -> JsonNumber:
+    number = int(text)
+    return number if _I64_MIN <= number < _U64 else orjson.Fragment(text)
+
+
+def json_numbers(obj: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """:func:`json_number` applied in place to the numbers among ``obj``'s values (one
+    level: the flat bodies and property maps the peers send); returns ``obj``."""
+    for key, value in obj.items():
+        kind = type(value)
+        if kind is float:
+            if (
+                1e-5 <= value < 9007199254740992.0 or -9007199254740992.0 < value <= -1e-5
+            ) and not value.is_integer():
+                continue
+            obj[key] = json_number(value)
+        elif kind is int and not -9007199254740992 <= value <= 9007199254740992:
+            obj[key] = json_number(value)
+    return obj
 
 
 def _is_array_index(key: str) -> bool:

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import orjson
 
-from heaprelay.transform._js import number_to_string, object_keys, stringify
+from heaprelay.transform._js import json_number, number_to_string, object_keys, stringify
 
 #: Heap: property names and values must have *fewer* than 1024 characters.
 MAX_PROPERTY_CHARS: Final = 1023
@@ -148,7 +148,8 @@ def js_items(obj: Mapping[str, Any]) -> Iterable[tuple[str, Any]]:
 def rudder_flatten(data: Any) -> dict[str, Any]:
     """RudderStack's ``flattenJson(data)`` with its defaults (separator ``.``, arrays
     exploded as ``key[i]``, nulls kept, empty objects/arrays kept as leaves, a top-level
-    scalar as ``{"": value}``), walking keys in JavaScript order."""
+    scalar as ``{"": value}``), walking keys in JavaScript order; numbers as JavaScript
+    writes them (:func:`~heaprelay.transform._js.json_number`)."""
     result: dict[str, Any] = {}
     _rudder_recurse(data, "", result)
     return result
@@ -163,8 +164,11 @@ def _rudder_recurse(cur: Any, prop: str, result: dict[str, Any]) -> None:
             return
         for key, value in js_items(cur):
             name = prop + "." + key if prop else key
-            if type(value) in _CONTAINERS:
+            leaf = type(value)
+            if leaf in _CONTAINERS:
                 _rudder_recurse(value, name, result)
+            elif leaf is float or leaf is int:
+                result[name] = json_number(value)
             else:
                 result[name] = value
     elif kind is list:
@@ -172,6 +176,8 @@ def _rudder_recurse(cur: Any, prop: str, result: dict[str, Any]) -> None:
             _rudder_recurse(item, f"{prop}[{i}]", result)
         if not cur:
             result[prop] = []
+    elif kind is float or kind is int:
+        result[prop] = json_number(cur)
     else:
         result[prop] = cur
 
@@ -184,7 +190,8 @@ _CONTAINERS: Final = (dict, list)
 
 def segment_clean(props: Mapping[str, Any], library: str) -> dict[str, Any]:
     """Segment's classic Heap cleaning of traits/properties (already with ``_email`` / ``id``
-    applied by the caller): nulls dropped, scalars kept, then ``segment_library``, then nested
+    applied by the caller): nulls dropped, scalars kept (numbers as JavaScript writes them,
+    :func:`~heaprelay.transform._js.json_number`), then ``segment_library``, then nested
     objects flattened with ``.`` (arrays inside them stringified), then top-level arrays
     stringified (compact, as ``JSON.stringify``)."""
     out: dict[str, Any] = {}
@@ -197,6 +204,8 @@ def segment_clean(props: Mapping[str, Any], library: str) -> dict[str, Any]:
             objects.append((key, value))
         elif isinstance(value, list):
             arrays.append((key, value))
+        elif type(value) is float or type(value) is int:
+            out[key] = json_number(value)
         else:
             out[key] = value
     out["segment_library"] = library
@@ -216,6 +225,8 @@ def _segment_flatten(obj: Mapping[str, Any], prefix: str, out: dict[str, Any]) -
             _segment_flatten(value, name, out)
         elif isinstance(value, list):
             out[name] = js_json(value)
+        elif type(value) is float or type(value) is int:
+            out[name] = json_number(value)
         else:
             out[name] = value
 
@@ -266,7 +277,8 @@ def heap_flatten(props: Mapping[str, Any], out: dict[str, Any], prefix: str = ""
     Nested objects → ``a.b.c`` keys; arrays → compact JSON strings (``JSON.stringify``);
     ``null`` (and non-finite numbers) dropped; booleans → ``"true"`` / ``"false"`` (Heap takes
     only strings and numbers); integers beyond ±2^53 → their decimal string (a JSON number
-    would lose digits); names and string values cut to fewer than 1024 characters."""
+    would lose digits); other numbers as JavaScript writes them (``67.0`` → ``67``, the same
+    bytes as the peers send); names and string values cut to fewer than 1024 characters."""
     # The hot path of the default profile: exact type tests, and the length checks skipped
     # for strings too short to reach the limit even in UTF-16 (511 * 2 < 1024).
     for key, value in props.items():
@@ -286,7 +298,7 @@ def heap_flatten(props: Mapping[str, Any], out: dict[str, Any], prefix: str = ""
             heap_flatten(value, out, name + ".")
         elif kind is float:
             if value - value == 0.0:  # finite
-                out[name] = value
+                out[name] = json_number(value)
         elif kind is bool:
             out[name] = "true" if value else "false"
         elif value is None:

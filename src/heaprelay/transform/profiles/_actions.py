@@ -27,7 +27,7 @@ from typing import Any, Final
 import orjson
 
 from heaprelay.heap.models import US_BASE_URL, Endpoint, HeapRequest
-from heaprelay.transform._js import number_to_string, object_keys, stringify
+from heaprelay.transform._js import json_number, number_to_string, object_keys, stringify
 
 #: Headers every request of the actions framework carries (transport headers left out).
 ACTIONS_HEADERS: Final[Mapping[str, str]] = MappingProxyType(
@@ -292,7 +292,7 @@ def flat_json_under(out: dict[str, Any], obj: Any, base: str) -> None:
         elif kind is dict or kind is list or isinstance(value, dict | list):
             path = base + key
             flat_json_under(out, value, path + "." if path else "")
-        elif kind is float:
+        elif kind is float or kind is int:
             out[base + key] = json_number(value)
         else:
             out[base + key] = value
@@ -319,7 +319,7 @@ def flat_mode_into(
             if stringify_nested:
                 out[base + key] = json_stringify(value)
         elif as_json_types:
-            out[base + key] = json_number(value) if kind is float else value
+            out[base + key] = json_number(value) if kind is float or kind is int else value
         else:
             out[base + key] = leaf_string(value)
 
@@ -358,13 +358,6 @@ def json_stringify(value: Any) -> str:
     if exponent(classes) or zero_key(classes) or digit_key(classes) or integral_float(classes):
         return stringify(value)
     return out.decode()
-
-
-def json_number(value: float) -> float | int:
-    """A float as ``JSON.stringify`` writes it: integral values without ``.0``."""
-    if value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    return value
 
 
 # --- dates -------------------------------------------------------------------------------

@@ -26,7 +26,9 @@ Rules:
 - Properties (track: ``properties``; identify: ``traits``, else ``context.traits``): nested
   objects flattened with ``.``; arrays JSON-stringified (compact); ``null`` dropped; booleans
   → ``"true"``/``"false"``; names and string values cut to fewer than 1024 characters;
-  integers beyond ±2^53 sent as text; the top-level ``idempotencyKey`` removed.
+  integers beyond ±2^53 sent as text; other numbers as JavaScript writes them (``67.0`` →
+  ``67``, ``-0.0`` → ``0``: the bytes the peers send, the same number for Heap); the
+  top-level ``idempotencyKey`` removed.
   User properties only: a key that is any casing of ``id`` (Heap refuses it) is renamed
   ``_id`` / ``_ID`` / … (the ``_email`` convention of Segment's classic destination; more
   ``_`` in front if that name is taken); a key that is another casing of ``email``

@@ -11,6 +11,9 @@ vector of ``tests/data/conformance/rudderstack.json`` passes.
   absent, ``{"": null}`` for ``null``); ``timestamp`` = ``timestamp ?? originalTimestamp``;
   ``idempotency_key`` = ``properties.idempotencyKey`` when truthy;
 - the flattened top-level key ``idempotencyKey`` is always removed (traits too);
+- numbers as JavaScript writes them (``67.0`` → ``67``;
+  :func:`~heaprelay.transform._js.json_number`): the transformer runs on Node.js, so it
+  sends ``JSON.stringify``'s bytes;
 - EU host only when the destination's region is ``eu`` (RudderStack: ``dataResidency`` exactly
   ``"eu"``);
 - ``app_id`` is the destination's; an empty one is "not configured" (RudderStack's settings
@@ -25,6 +28,7 @@ from typing import Any, Final
 from heaprelay.heap.models import HeapRequest
 from heaprelay.messages.reasons import Reason
 from heaprelay.transform._base import DestinationSettings, Skip, TransformResult
+from heaprelay.transform._js import json_numbers
 from heaprelay.transform._properties import js_truthy, rudder_flatten
 
 HEADERS: Final[Mapping[str, str]] = {
@@ -100,6 +104,7 @@ class RudderStackProfile:
         if settings.app_id:
             body["app_id"] = settings.app_id
         if kind == "identify":
+            json_numbers(body)
             return [
                 HeapRequest(settings.heap_base_url, "add_user_properties", body, "POST", HEADERS)
             ]
@@ -112,6 +117,7 @@ class RudderStackProfile:
         key = _get(message, "properties", "idempotencyKey")
         if key is not _MISSING and js_truthy(key):
             body["idempotency_key"] = key
+        json_numbers(body)
         return [HeapRequest(settings.heap_base_url, "track", body, "POST", HEADERS)]
 
 

@@ -9,7 +9,9 @@ Reference: ``reference/segment.md`` and the seeds; every vector of
 - properties (track) / traits (identify): ``email`` renamed ``_email``; identify adds
   ``id`` = the userId; nulls dropped; scalars kept; ``segment_library`` =
   ``context.library.name`` (``""`` without one); nested objects flattened with ``.`` and
-  arrays JSON-stringified (compact) — see :func:`~heaprelay.transform._properties.segment_clean`.
+  arrays JSON-stringified (compact) — see :func:`~heaprelay.transform._properties.segment_clean`;
+- numbers as JavaScript writes them (``67.0`` → ``67``;
+  :func:`~heaprelay.transform._js.json_number`): the integration ran on Node.js.
 
 Not pinned by the vectors, so chosen here: ``type`` is compared case-insensitively (Segment's
 API normalises it); an event without a timestamp is sent without one (Heap uses "now"); an
@@ -24,6 +26,7 @@ from typing import Any, Final
 from heaprelay.heap.models import HeapRequest
 from heaprelay.messages.reasons import Reason
 from heaprelay.transform._base import DestinationSettings, Skip, TransformResult
+from heaprelay.transform._js import json_numbers
 from heaprelay.transform._properties import iso_utc, js_truthy, segment_clean
 
 HEADERS: Final[Mapping[str, str]] = {"Content-Type": "application/json"}
@@ -62,6 +65,7 @@ class SegmentProfile:
                 "identity": user_id,
                 "properties": segment_clean(props, library),
             }
+            json_numbers(body)
             return [
                 HeapRequest(settings.heap_base_url, "add_user_properties", body, "POST", HEADERS)
             ]
@@ -78,6 +82,7 @@ class SegmentProfile:
         props_in = message.get("properties")
         props = _renamed_email(props_in if isinstance(props_in, Mapping) else {})
         body["properties"] = segment_clean(props, library)
+        json_numbers(body)
         return [HeapRequest(settings.heap_base_url, "track", body, "POST", HEADERS)]
 
 
