@@ -42,10 +42,17 @@ from heaprelay.config import (
     Source,
     default_data_dir,
 )
-from heaprelay.transform import DestinationSettings, SettingsError, validate_settings
+from heaprelay.transform import DestinationSettings, SettingsError, check_options, get_profile
 from heaprelay.transform.browser import DEVICE_PROFILES
 
-__all__ = ["ConfigError", "Problem", "check_config", "load_config", "parse_duration"]
+__all__ = [
+    "ConfigError",
+    "Problem",
+    "check_config",
+    "load_config",
+    "load_queue_location",
+    "parse_duration",
+]
 
 T = TypeVar("T")
 
@@ -83,6 +90,36 @@ def load_config(path: str | Path, env: Mapping[str, str]) -> Config:
 def check_config(path: str | Path, env: Mapping[str, str]) -> list[Problem]:
     """Every problem of the file at ``path`` (empty when it is valid)."""
     return _read(Path(path), env)[1]
+
+
+def load_queue_location(path: str | Path, env: Mapping[str, str]) -> tuple[str | None, Path]:
+    """Only what a command that opens the queue (``status``, ``dlq``, ``db migrate``) needs
+    from the file: ``[server]``'s ``queue_url`` (``None``: SQLite in the data dir) and
+    ``data_dir``, with ``HEAPRELAY_QUEUE`` / ``HEAPRELAY_DATA_DIR`` on top. The sources and
+    their secrets are not read: :class:`ConfigError` only for problems of these settings."""
+    name = str(Path(path))
+    parsed = _parse(Path(path))
+    if isinstance(parsed, list):
+        raise ConfigError(parsed)
+    text, data = parsed
+    reader = _Reader(name, env, _line_index(text))
+    server = reader.table(data.get("server", {}), "server") or {}
+    overrides = {key: env[var] for var, key in _ENV_OVERRIDES.items() if env.get(var)}
+    server = {**server, **{k: v for k, v in overrides.items() if k in ("queue_url", "data_dir")}}
+    data_dir = reader.string(server, "data_dir", "server")
+    queue_url = reader.string(server, "queue_url", "server")
+    _check_queue_url(reader, queue_url)
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    return queue_url, Path(data_dir).expanduser() if data_dir else default_data_dir()
+
+
+def _check_queue_url(r: _Reader, queue_url: str | None) -> None:
+    if queue_url and not re.match(r"(sqlite|postgres|postgresql)://", queue_url):
+        r.problem(
+            "server.queue_url",
+            f"{queue_url!r}: expected sqlite:///path, postgresql://… or postgres://…",
+        )
 
 
 # --- durations ----------------------------------------------------------------------------
@@ -382,19 +419,31 @@ _ENV_OVERRIDES = {
 }
 
 
-def _read(path: Path, env: Mapping[str, str]) -> tuple[Config | None, list[Problem]]:
+def _parse(path: Path) -> tuple[str, dict[str, Any]] | list[Problem]:
+    """The file's text and its TOML, or why it cannot be read."""
     name = str(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return None, [Problem(name, "", "no such file")]
+        return [Problem(name, "", "no such file")]
+    except IsADirectoryError:
+        return [Problem(name, "", "is a directory, not a file")]
     except (OSError, UnicodeDecodeError) as e:
-        return None, [Problem(name, "", f"cannot read the file: {e}")]
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        return [Problem(name, "", f"cannot read the file: {reason}")]
     try:
-        data = tomllib.loads(text)
+        return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"\(at line (\d+), column \d+\)", str(e))
-        return None, [Problem(name, "", f"not valid TOML: {e}", int(m.group(1)) if m else None)]
+        return [Problem(name, "", f"not valid TOML: {e}", int(m.group(1)) if m else None)]
+
+
+def _read(path: Path, env: Mapping[str, str]) -> tuple[Config | None, list[Problem]]:
+    name = str(path)
+    parsed = _parse(path)
+    if isinstance(parsed, list):
+        return None, parsed
+    text, data = parsed
     reader = _Reader(name, env, _line_index(text))
     config = _build(reader, data)
     problems = sorted(reader.problems, key=lambda p: p.line or 0)
@@ -422,12 +471,7 @@ def _build(r: _Reader, data: dict[str, Any]) -> Config:
         "public_url": r.typed(server, "public_url", "server", _url, cast(str | None, None)),
         "delivery": _delivery(r, data.get("delivery", {})),
     }
-    queue_url = config_kw["queue_url"]
-    if queue_url and not re.match(r"(sqlite|postgres|postgresql)://", queue_url):
-        r.problem(
-            "server.queue_url",
-            f"{queue_url!r}: expected sqlite:///path, postgresql://… or postgres://…",
-        )
+    _check_queue_url(r, config_kw["queue_url"])
 
     sources_value = data.get("sources")
     if sources_value is None:
@@ -602,13 +646,7 @@ def _destination(r: _Reader, value: Any, path: str, source: str) -> Destination 
         options=options,
         region_setting=region_setting,
     )
-    if app_id:
-        try:
-            validate_settings(settings)
-        except SettingsError as e:
-            r.problem(path, str(e))
-        except ImportError as e:  # a profile named in the registry but not installed
-            r.problem(_join(path, "profile"), f"profile {profile!r} is not available: {e}")
+    _check_settings(r, path, settings)
 
     device_mode = r.typed(table, "device_mode", path, _boolean, False)
     if device_mode and profile not in DEVICE_PROFILES:
@@ -630,6 +668,34 @@ def _destination(r: _Reader, value: Any, path: str, source: str) -> Destination 
             table, "heap_script_url", path, _script_url, DEFAULT_HEAP_SCRIPT_URL
         ),
     )
+
+
+def _check_settings(r: _Reader, path: str, settings: DestinationSettings) -> None:
+    """Every problem the profile finds in a destination's settings, each at its own key: the
+    profile, each option, then the profile's own checks (as if there were an app_id when
+    there is none: a missing app_id is reported by itself)."""
+    where_profile = _join(path, "profile")
+    try:
+        profile = get_profile(settings.profile)
+    except SettingsError as e:
+        r.problem(where_profile, str(e))
+        return
+    except ImportError as e:  # a profile named in the registry but not installed
+        r.problem(where_profile, f"profile {settings.profile!r} is not available: {e}")
+        return
+    valid: dict[str, str] = {}
+    for key, value in settings.options.items():
+        try:
+            check_options(profile, {key: value})
+        except SettingsError as e:
+            r.problem(f"{_join(path, 'options')}.{key}", str(e))
+        else:
+            valid[key] = value
+    checked = dataclasses.replace(settings, app_id=settings.app_id or "app_id", options=valid)
+    try:
+        profile.check_settings(checked)
+    except SettingsError as e:
+        r.problem(_join(path, e.key) if e.key else path, str(e))
 
 
 def _event_filter(r: _Reader, value: Any, path: str) -> EventFilter:

@@ -42,6 +42,12 @@ def run(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+def run_apart(*args: str, **env: str) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr)."""
+    result = CliRunner().invoke(main, list(args), env=env)
+    return result.exit_code, result.stdout, result.stderr
+
+
 def test_list_show_purge(db: Path) -> None:
     code, out = run("dlq", "list", "--data-dir", str(db.parent))
     assert code == 0
@@ -54,9 +60,10 @@ def test_list_show_purge(db: Path) -> None:
     assert "no dead letter with id 99" in out
     code, out = run("dlq", "purge", "1", "--yes", "--data-dir", str(db.parent))
     assert out.strip() == "purged 1 dead letter(s)"
-    code, out = run("dlq", "replay", "2", "99", "--data-dir", str(db.parent))
+    code, out, err = run_apart("dlq", "replay", "2", "99", "--data-dir", str(db.parent))
     assert out.strip() == "replayed 1 dead letter(s)"
-    assert code == 1  # one of the ids was not a dead letter
+    assert code == 1  # one of the ids was not a dead letter, and it says which
+    assert err.strip().endswith("not a dead letter (unknown id, or already replayed or purged): 99")
     code, out = run("status", "--data-dir", str(db.parent), "--interval", "0", "--json")
     status = orjson.loads(out)
     assert status["by_state"]["dead"] == 1
@@ -77,7 +84,7 @@ def test_purge_asks_and_usage_errors(db: Path) -> None:
     assert code == 2
     assert "--all" in out
     code, out = run("dlq", "list", "--data-dir", str(db.parent / "nowhere"))
-    assert code == 1
+    assert code == 2  # the queue cannot be used: 2, as for a server that does not answer
     assert "no queue at" in out
 
 
@@ -86,3 +93,63 @@ def test_outage_option() -> None:
     for bad in ("90-30", "x", "5"):
         with pytest.raises(click.BadParameter):
             _outage(bad)
+
+
+def test_replay_and_purge_say_which_ids_are_not_dead_letters_and_exit_1(db: Path) -> None:
+    where = ("--data-dir", str(db.parent))
+    code, out, err = run_apart("dlq", "replay", "999", "1", *where)
+    assert (code, out.strip()) == (1, "replayed 1 dead letter(s)")
+    assert err == "Error: not a dead letter (unknown id, or already replayed or purged): 999\n"
+    code, out, err = run_apart("dlq", "purge", "--yes", "999", "2", "1", *where)
+    assert (code, out.strip()) == (1, "purged 1 dead letter(s)")  # 1 was replayed already
+    assert err == "Error: not a dead letter (unknown id, or already replayed or purged): 999, 1\n"
+
+
+def test_replay_and_purge_by_destination(tmp_path: Path) -> None:
+    async def fill() -> None:
+        queue = await SQLiteQueue.open(tmp_path / "heaprelay.db")
+        jobs = [
+            NewJob("s", "web" if i % 3 else "ios", f"m{i}", "k", b"{}", 1.0) for i in range(1500)
+        ]
+        await queue.append(jobs, now=1.0)
+        claimed = await queue.claim("w", limit=1500, lease_seconds=60, now=2.0)
+        dead = [DeadLetter(j.id, Reason.HEAP_REJECTED, "400", "400 Bad") for j in claimed]
+        await queue.complete(dead, now=3.0)
+        await queue.close()
+
+    asyncio.run(fill())
+    where = ("--data-dir", str(tmp_path))
+    # 1000 of them are web's: more than one page of the dead-letter listing
+    code, out, _ = run_apart("dlq", "replay", "--destination", "web", *where)
+    assert (code, out.strip()) == (0, "replayed 1000 dead letter(s)")
+    code, out, _ = run_apart("dlq", "list", "--json", "--limit", "1000", *where)
+    assert {orjson.loads(line)["destination"] for line in out.splitlines()} == {"ios"}
+    code, out, _ = run_apart("dlq", "purge", "--all", "--destination", "ios", "--yes", *where)
+    assert (code, out.strip()) == (0, "purged 500 dead letter(s)")
+    code, out, err = run_apart("dlq", "replay", "3", "--destination", "ios", *where)
+    assert code == 2
+    assert "not both" in err
+
+
+def test_list_keeps_heaps_answer_readable_at_80_columns(tmp_path: Path) -> None:
+    answer = (
+        "400 Bad Request: users[0].properties.id: a user property cannot be named any "
+        "casing of 'id' (Heap refuses it; profile segment sends it unless id_property is set)"
+    )
+
+    async def fill() -> None:
+        queue = await SQLiteQueue.open(tmp_path / "heaprelay.db")
+        message_id = "0f0e0d0c-0b0a-4909-8807-060504030201"
+        await queue.append([NewJob("s", "segment-classic", message_id, "k", b"{}", 1.0)], now=1.0)
+        (job,) = await queue.claim("w", limit=1, lease_seconds=60, now=2.0)
+        await queue.complete([DeadLetter(job.id, Reason.HEAP_REJECTED, "400", answer)], now=3.0)
+        await queue.close()
+
+    asyncio.run(fill())
+    code, out, _ = run_apart("dlq", "list", "--data-dir", str(tmp_path), COLUMNS="80")
+    assert code == 0
+    lines = out.splitlines()
+    assert max(map(len, lines)) <= 80
+    assert lines[0].startswith("1  segment-classic  heap_rejected  1 try  dead ")
+    assert " ".join(" ".join(lines[2:]).split()) == answer  # all of it, wrapped
+    assert "0f0e0d0c-0b0a-4909-8807-060504030201" in lines[1]

@@ -108,8 +108,46 @@ def test_missing_variable_is_reported_where_it_is_used(tmp_path: Path) -> None:
 def test_unknown_option_is_refused_by_the_profile(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL + '  options = { no_such_option = "x" }\n')
     (problem,) = check_config(path, {})
-    assert problem.path == "sources[0].destinations[0]"
+    assert problem.path == "sources[0].destinations[0].options.no_such_option"
+    assert problem.line == 8  # the options line, not the table's header
     assert "no_such_option" in problem.message
+
+
+def test_every_problem_of_a_destination_is_reported_each_at_its_line(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+[[sources]]
+name = "web"
+write_key = "k1"
+
+  [[sources.destinations]]
+  app_id = ""
+  region = "us"
+  profile = "segment-actions"
+
+    [sources.destinations.options]
+    identity = "anonymousId"
+    bogus = "x"
+""",
+    )
+    found = {
+        (p.line, p.path.removeprefix("sources[0].destinations[0].")) for p in check_config(path, {})
+    }
+    assert found == {
+        (7, "app_id"),
+        (8, "region"),  # segment-actions takes US or EU, as Segment does
+        (12, "options.identity"),
+        (13, "options.bogus"),
+    }
+
+
+def test_an_unknown_profile_is_reported_at_its_line_next_to_an_empty_app_id(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, MINIMAL.replace('app_id = "123"', 'app_id = ""\n  profile = "nope"'))
+    found = {(p.line, p.path.rpartition(".")[2]) for p in check_config(path, {})}
+    assert found == {(7, "app_id"), (8, "profile")}
 
 
 def test_problems_have_lines_and_paths() -> None:
@@ -173,9 +211,14 @@ def test_config_check_summarises_a_valid_file() -> None:
     assert "web-key-123456" not in result.stdout  # secrets are masked
 
 
-def test_example_config_is_valid() -> None:
+def test_example_config_is_valid_as_shipped_and_takes_the_keys_from_the_environment() -> None:
+    assert check_config(EXAMPLE, {}) == []
+    result = CliRunner().invoke(main, ["config", "check", str(EXAMPLE)], env={})
+    assert result.exit_code == 0, result.stderr
+    assert "valid" in result.stdout
     env = {"WEB_WRITE_KEY": "w" * 20, "IOS_WRITE_KEY": "i" * 20, "BACKEND_WRITE_KEY": "b" * 20}
-    assert check_config(EXAMPLE, env) == []
+    config = load_config(EXAMPLE, env)
+    assert [s.write_key for s in config.sources] == ["w" * 20, "i" * 20, "b" * 20]
 
 
 def test_load_config_raises_with_every_problem() -> None:
@@ -290,3 +333,14 @@ def test_bad_retention(tmp_path: Path) -> None:
     (problem,) = check_config(write(tmp_path, '[server]\nretention = "0s"\n' + MINIMAL), {})
     assert problem.path == "server.retention"
     assert problem.line == 2
+
+
+def test_config_check_warns_about_a_profile_whose_identifies_heap_refuses(tmp_path: Path) -> None:
+    segment = MINIMAL + '  profile = "segment"\n'
+    result = CliRunner().invoke(main, ["config", "check", str(write(tmp_path, segment))])
+    assert result.exit_code == 0  # valid: a warning, not a problem
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("warning: destination web.123: profile 'segment' adds the user")
+    chosen = segment + '  options = { id_property = "_id" }\n'
+    result = CliRunner().invoke(main, ["config", "check", str(write(tmp_path, chosen))])
+    assert (result.exit_code, result.stderr) == (0, "")

@@ -105,3 +105,46 @@ def test_nesting_deeper_than_the_stack_is_skipped_not_raised(
     settings = DestinationSettings(app_id="7", profile=profile, region_setting=region)
     out = transform(message, settings)
     assert out == Skip(Reason.INVALID_FIELD, detail)
+
+
+def _identify_properties(options: dict[str, str], traits: dict[str, Any]) -> Any:
+    settings = DestinationSettings(app_id="7", profile="segment", options=options)
+    out = transform({"type": "identify", "userId": "u1", "traits": traits}, settings)
+    assert not isinstance(out, Skip)
+    return out[0].body["properties"]
+
+
+def test_segment_adds_id_as_the_peer_does_unless_told_otherwise() -> None:
+    traits = {"plan": "pro", "ID": "x"}
+    assert _identify_properties({}, traits) == {
+        "plan": "pro",
+        "ID": "x",
+        "id": "u1",
+        "segment_library": "",
+    }
+    assert _identify_properties({"id_property": "id"}, traits) == _identify_properties({}, traits)
+    # Heap refuses any casing of id: renamed with "_" (as profile heap does), or left out.
+    renamed = _identify_properties({"id_property": "_id"}, {**traits, "_id": "taken"})
+    assert list(renamed.items()) == [
+        ("plan", "pro"),
+        ("_ID", "x"),
+        ("_id", "taken"),
+        ("__id", "u1"),
+        ("segment_library", ""),
+    ]
+    assert _identify_properties({"id_property": "omit"}, traits) == {
+        "plan": "pro",
+        "segment_library": "",
+    }
+
+
+def test_segment_warns_about_id_until_id_property_is_chosen() -> None:
+    from heaprelay.transform import settings_warnings
+
+    (warning,) = settings_warnings(DestinationSettings(app_id="7", profile="segment"))
+    assert "id_property=_id" in warning
+    assert "dead-lettered" in warning
+    for mode in ("id", "_id", "omit"):
+        options = {"id_property": mode}
+        assert settings_warnings(DestinationSettings("7", "segment", options=options)) == []
+    assert settings_warnings(DestinationSettings(app_id="7", profile="heap")) == []

@@ -43,22 +43,38 @@ def queue_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def resolve_queue_url(
-    queue_url: str | None, data_dir: Path | None, config_file: Path | None
+    queue_url: str | None,
+    data_dir: Path | None,
+    config_file: Path | None,
+    *,
+    must_exist: bool = True,
 ) -> str:
+    """The queue's URL from the flags (or their variables), else the config file's
+    ``[server]`` (only that table is read: no source's secret is needed to open the queue).
+    ``must_exist``: an SQLite queue not in the data dir is an error (exit 2) rather than
+    created empty."""
     from heaprelay.config import default_data_dir
     from heaprelay.queue import queue_url_for
 
     if config_file is not None:
-        from heaprelay.cli.config import load_or_exit
+        from heaprelay.cli.config import queue_location_or_exit
 
-        config = load_or_exit(config_file)
-        return queue_url_for(queue_url or config.queue_url, data_dir or config.data_dir)
+        file_url, file_dir = queue_location_or_exit(config_file)
+        queue_url, data_dir = queue_url or file_url, data_dir or file_dir
     directory = data_dir or default_data_dir()
-    if queue_url is None and not (directory / "heaprelay.db").exists():
-        raise click.ClickException(
+    if queue_url is not None and not queue_url.startswith(_SCHEMES):
+        raise QueueUnavailable(
+            f"unsupported queue URL {redact_url(queue_url)!r}; use sqlite:///PATH or "
+            "postgresql://USER@HOST/DB"
+        )
+    if must_exist and queue_url is None and not (directory / "heaprelay.db").exists():
+        raise QueueUnavailable(
             f"no queue at {directory / 'heaprelay.db'}; pass --data-dir, --queue or --config"
         )
     return queue_url_for(queue_url, directory)
+
+
+_SCHEMES = ("sqlite:", "postgresql:", "postgres:")
 
 
 class QueueUnavailable(click.ClickException):

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from heaprelay.config import DEFAULT_HEAP_SCRIPT_URL, Config, Destination
-from heaprelay.config_file import ConfigError, Problem, load_config
+from heaprelay.config_file import ConfigError, Problem, load_config, load_queue_location
 
 DEFAULT_CONFIG_FILE = "heaprelay.toml"
 
@@ -31,6 +31,34 @@ def load_or_exit(path: Path) -> Config:
     ``config check`` does, and exit 1."""
     try:
         return load_config(path, os.environ)
+    except ConfigError as e:
+        echo_problems(e.problems, str(path))
+        raise SystemExit(1) from None
+
+
+def warnings(config: Config) -> list[str]:
+    """What a valid configuration will surprise its user with (one line each), e.g. a
+    profile whose requests Heap refuses (:func:`heaprelay.transform.settings_warnings`)."""
+    from heaprelay.transform import settings_warnings
+
+    return [
+        f"warning: destination {d.id}: {text}"
+        for source in config.sources
+        for d in source.destinations
+        for text in settings_warnings(d.settings)
+    ]
+
+
+def echo_warnings(config: Config) -> None:
+    for line in warnings(config):
+        click.echo(line, err=True)
+
+
+def queue_location_or_exit(path: Path) -> tuple[str | None, Path]:
+    """``[server]``'s queue URL and data dir from ``path`` (nothing else is read); on a
+    problem print it as ``config check`` does and exit 1."""
+    try:
+        return load_queue_location(path, os.environ)
     except ConfigError as e:
         echo_problems(e.problems, str(path))
         raise SystemExit(1) from None
@@ -98,3 +126,4 @@ def check(file: Path | None) -> None:
     click.echo(f"{path}: valid")
     for line in summary(config):
         click.echo(f"  {line}")
+    echo_warnings(config)

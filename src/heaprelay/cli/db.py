@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from heaprelay.cli._queue import queue_failure, queue_options
+from heaprelay.cli._queue import queue_failure, queue_options, resolve_queue_url
 from heaprelay.queue import redact_url
 
 
@@ -25,16 +25,7 @@ def migrate(queue_url: str | None, data_dir: Path | None, config_file: Path | No
     machines, so that none of them starts on a half-migrated database. Safe to run twice or
     from several machines at once.
     """
-    from heaprelay.config import default_data_dir
-    from heaprelay.queue import queue_url_for
-
-    if config_file is not None:
-        from heaprelay.cli.config import load_or_exit
-
-        config = load_or_exit(config_file)
-        url = queue_url_for(queue_url or config.queue_url, data_dir or config.data_dir)
-    else:
-        url = queue_url_for(queue_url, data_dir or default_data_dir())
+    url = resolve_queue_url(queue_url, data_dir, config_file, must_exist=False)
     shown = redact_url(url)
     if url.startswith(("postgresql:", "postgres:")):
         import psycopg

@@ -21,6 +21,7 @@ from heaprelay.transform._base import (
     TransformResult,
     check_options,
     get_profile,
+    settings_warnings,
     transform,
     validate_settings,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "TransformResult",
     "check_options",
     "get_profile",
+    "settings_warnings",
     "transform",
     "validate_settings",
 ]

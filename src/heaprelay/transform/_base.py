@@ -35,7 +35,12 @@ TransformResult = list[HeapRequest] | Skip
 
 
 class SettingsError(ValueError):
-    """Destination settings or options that a profile refuses; the message says what is accepted."""
+    """Destination settings or options that a profile refuses; the message says what is
+    accepted. ``key``: the setting at fault (``app_id``, ``region``, …) when one is."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +116,13 @@ def check_options(profile: Profile, options: Mapping[str, str]) -> None:
                 f"option {key}={value!r} is not accepted by profile {profile.name!r}; "
                 f"accepted values: {', '.join(allowed)}"
             )
+
+
+def settings_warnings(settings: DestinationSettings) -> list[str]:
+    """What a profile warns about for valid settings that will surprise (say, requests that
+    Heap refuses). A profile may define ``warnings(settings) -> list[str]``; most do not."""
+    warnings = getattr(get_profile(settings.profile), "warnings", None)
+    return list(warnings(settings)) if callable(warnings) else []
 
 
 def validate_settings(settings: DestinationSettings) -> Profile:

@@ -268,6 +268,24 @@ def _classic_flatten(obj: Mapping[str, Any], name: str, out: dict[str, Any]) -> 
             out[f"{name}.{key}"] = value
 
 
+# --- Heap's forbidden user property: any casing of ``id`` ---------------------------------
+
+
+def is_id_key(key: str) -> bool:
+    """Heap refuses a user property named any casing of ``id``."""
+    return len(key) == 2 and key.lower() == "id"
+
+
+def renamed_id_key(key: str, taken: Mapping[str, Any]) -> str:
+    """The name an ``id`` user property is sent under: ``_`` in front (``_id``, ``_ID``, …),
+    more ``_`` if that name is ``taken`` too (the ``_email`` convention of Segment's classic
+    destination)."""
+    new = "_" + key
+    while new in taken:
+        new = "_" + new
+    return new
+
+
 # --- heaprelay's own: heap_flatten --------------------------------------------------------
 
 
@@ -277,8 +295,9 @@ def heap_flatten(props: Mapping[str, Any], out: dict[str, Any], prefix: str = ""
     Nested objects → ``a.b.c`` keys; arrays → compact JSON strings (``JSON.stringify``);
     ``null`` (and non-finite numbers) dropped; booleans → ``"true"`` / ``"false"`` (Heap takes
     only strings and numbers); integers beyond ±2^53 → their decimal string (a JSON number
-    would lose digits); other numbers as JavaScript writes them (``67.0`` → ``67``, the same
-    bytes as the peers send); names and string values cut to fewer than 1024 characters."""
+    would lose digits); other numbers within ±2^53 as JavaScript writes them (``67.0`` →
+    ``67``, the same bytes as the peers send); names and string values cut to fewer than 1024
+    characters."""
     # The hot path of the default profile: exact type tests, and the length checks skipped
     # for strings too short to reach the limit even in UTF-16 (511 * 2 < 1024).
     for key, value in props.items():
@@ -297,8 +316,10 @@ def heap_flatten(props: Mapping[str, Any], out: dict[str, Any], prefix: str = ""
         elif kind is dict:
             heap_flatten(value, out, name + ".")
         elif kind is float:
-            if value - value == 0.0:  # finite
+            if -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT:  # finite, and digits kept
                 out[name] = json_number(value)
+            elif value - value == 0.0:  # finite (a double beyond 2^53 stays one)
+                out[name] = value
         elif kind is bool:
             out[name] = "true" if value else "false"
         elif value is None:

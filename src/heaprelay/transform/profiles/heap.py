@@ -59,6 +59,7 @@ from heaprelay.transform._properties import (
     MAX_IDENTITY_CHARS,
     heap_flatten,
     iso_utc,
+    renamed_id_key,
     truncate,
     utf16_len,
 )
@@ -118,10 +119,11 @@ class HeapProfile:
         if not app_id or not app_id.strip():
             raise SettingsError(
                 "profile 'heap' needs the Heap app_id of the environment "
-                "(--app-id on the command line, app_id in the config file)"
+                "(--app-id on the command line, app_id in the config file)",
+                key="app_id",
             )
         if app_id != app_id.strip():
-            raise SettingsError(f"app_id {app_id!r} has surrounding blanks")
+            raise SettingsError(f"app_id {app_id!r} has surrounding blanks", key="app_id")
 
     def transform(
         self, message: Mapping[str, Any], settings: DestinationSettings
@@ -199,10 +201,7 @@ def user_properties(message: Mapping[str, Any]) -> dict[str, Any]:
     for key in [k for k in out if len(k) in (2, 5)]:
         low = key.lower()
         if low == "id":
-            new = "_" + key
-            while new in out:
-                new = "_" + new
-            out[new] = out.pop(key)
+            out[renamed_id_key(key, out)] = out.pop(key)
         elif low == "email" and key != "email" and "email" not in out:
             out["email"] = out.pop(key)
     return out

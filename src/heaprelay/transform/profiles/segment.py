@@ -7,11 +7,18 @@ Reference: ``reference/segment.md`` and the seeds; every vector of
 - ``identity`` = ``userId`` (required: "Heap drops all anonymous events anyway");
 - ``timestamp``: the event's time as an ISO string in UTC with milliseconds;
 - properties (track) / traits (identify): ``email`` renamed ``_email``; identify adds
-  ``id`` = the userId; nulls dropped; scalars kept; ``segment_library`` =
+  ``id`` = the userId (option ``id_property``, below); nulls dropped; scalars kept;
+  ``segment_library`` =
   ``context.library.name`` (``""`` without one); nested objects flattened with ``.`` and
   arrays JSON-stringified (compact) — see :func:`~heaprelay.transform._properties.segment_clean`;
 - numbers as JavaScript writes them (``67.0`` → ``67``;
   :func:`~heaprelay.transform._js.json_number`): the integration ran on Node.js.
+
+Heap refuses a user property named any casing of ``id`` (400 "Bad Request"), so with Heap's
+public API, as with the fake Heap, every identify Segment's way is dead-lettered. Option
+``id_property`` (``--option id_property=…``) says what to do with it: ``id`` (the default:
+Segment's bytes; ``config check`` and ``serve`` warn), ``_id`` (sent as ``_id``, as ``heap``
+renames it; another casing such as ``ID`` becomes ``_ID``) or ``omit`` (not sent).
 
 Not pinned by the vectors, so chosen here: ``type`` is compared case-insensitively (Segment's
 API normalises it); an event without a timestamp is sent without one (Heap uses "now"); an
@@ -27,14 +34,33 @@ from heaprelay.heap.models import HeapRequest
 from heaprelay.messages.reasons import Reason
 from heaprelay.transform._base import DestinationSettings, Skip, TransformResult
 from heaprelay.transform._js import json_numbers
-from heaprelay.transform._properties import iso_utc, js_truthy, segment_clean
+from heaprelay.transform._properties import (
+    is_id_key,
+    iso_utc,
+    js_truthy,
+    renamed_id_key,
+    segment_clean,
+)
 
 HEADERS: Final[Mapping[str, str]] = {"Content-Type": "application/json"}
+#: Option ``id_property``: what becomes of the ``id`` user property Segment adds.
+ID_PROPERTY_MODES: Final = ("id", "_id", "omit")
 
 
 class SegmentProfile:
     name = "segment"
-    options: Mapping[str, tuple[str, ...] | None] = {}
+    options: Mapping[str, tuple[str, ...] | None] = {"id_property": ID_PROPERTY_MODES}
+
+    def warnings(self, settings: DestinationSettings) -> list[str]:
+        if "id_property" in settings.options:
+            return []
+        return [
+            "profile 'segment' adds the user property id = userId to every identify, as "
+            "Segment's classic destination does, and Heap refuses a property named id (400): "
+            "every identify would be dead-lettered. Set option id_property=_id (sent as _id, "
+            "as profile heap does) or id_property=omit; id_property=id keeps Segment's bytes "
+            "without this warning"
+        ]
 
     def check_settings(self, settings: DestinationSettings) -> None:
         # Segment lets a destination be saved without an App ID; each event is then refused
@@ -60,10 +86,14 @@ class SegmentProfile:
             traits = message.get("traits")
             props = _renamed_email(traits if isinstance(traits, Mapping) else {})
             props["id"] = user_id
+            properties = segment_clean(props, library)
+            mode = settings.options.get("id_property", "id")
+            if mode != "id":
+                properties = _without_id(properties, keep=mode == "_id")
             body: dict[str, Any] = {
                 "app_id": settings.app_id,
                 "identity": user_id,
-                "properties": segment_clean(props, library),
+                "properties": properties,
             }
             json_numbers(body)
             return [
@@ -91,6 +121,19 @@ def _library(message: Mapping[str, Any]) -> str:
     library = context.get("library") if isinstance(context, Mapping) else None
     name = library.get("name") if isinstance(library, Mapping) else None
     return name if isinstance(name, str) else ""
+
+
+def _without_id(properties: Mapping[str, Any], *, keep: bool) -> dict[str, Any]:
+    """``properties`` without a key Heap refuses (any casing of ``id``): renamed with ``_``
+    in front where it was (``keep``), or left out."""
+    out: dict[str, Any] = {}
+    for key, value in properties.items():
+        if is_id_key(key):
+            if keep:
+                out[renamed_id_key(key, {**properties, **out})] = value
+        else:
+            out[key] = value
+    return out
 
 
 def _renamed_email(props: Mapping[str, Any]) -> dict[str, Any]:

@@ -42,7 +42,9 @@ def check_actions_settings(settings: DestinationSettings, name: str, region_requ
     (``us``/``eu``) is its normalised form and picks the host. ``appId`` is required.
     """
     if not settings.app_id:
-        raise SettingsError(f"profile {name!r} needs an app_id (Segment's 'appId' setting)")
+        raise SettingsError(
+            f"profile {name!r} needs an app_id (Segment's 'appId' setting)", key="app_id"
+        )
     raw = settings.region_setting
     if raw is None:
         if region_required:
@@ -55,7 +57,8 @@ def check_actions_settings(settings: DestinationSettings, name: str, region_requ
     if raw not in REGION_CHOICES:
         raise SettingsError(
             f"region {raw!r} is not accepted by profile {name!r}: Segment's 'Data Residency "
-            f"Region' setting accepts exactly {' or '.join(REGION_CHOICES)} (upper case)"
+            f"Region' setting accepts exactly {' or '.join(REGION_CHOICES)} (upper case)",
+            key="region",
         )
 
 
