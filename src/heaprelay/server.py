@@ -19,7 +19,7 @@ import contextlib
 import gc
 import logging
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import FrameType
 from typing import Final
 
@@ -85,7 +85,8 @@ def build_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         url = queue_url_for(config.queue_url, config.data_dir)
-        runtime.queue = await open_queue(url)
+        if runtime.queue is None:  # :func:`run` opens it before serving
+            runtime.queue = await open_queue(url)
         ingest.queue = runtime.queue
         tasks = [
             asyncio.create_task(service(runtime), name=getattr(service, "__name__", "service"))
@@ -142,10 +143,81 @@ def build_app(
     return app
 
 
+class StartupError(Exception):
+    """The server cannot start (the port is taken, the queue cannot be opened, …); the
+    message says why on one line."""
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket on ``host:port`` (:class:`StartupError` when it cannot be had:
+    the port is taken, the host is not this machine's, no permission)."""
+    if not 0 <= port <= 65535:
+        raise StartupError(f"cannot listen on {host}:{port}: a port is 0-65535")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError, OverflowError) as exc:
+        raise StartupError(f"cannot listen on {host}:{port}: {_reason(exc)}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except (OSError, OverflowError) as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {host}:{port}: {_reason(exc)}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+async def open_runtime_queue(runtime: Runtime) -> None:
+    """Open the queue of ``runtime`` (:class:`StartupError` with the reason when it cannot
+    be opened: server down, bad URL, a data dir that cannot be written)."""
+    import sqlite3
+
+    import psycopg
+
+    url = queue_url_for(runtime.config.queue_url, runtime.config.data_dir)
+    try:
+        runtime.queue = await open_queue(url)
+    except (ValueError, OSError, sqlite3.Error, psycopg.Error) as exc:
+        raise StartupError(f"cannot open queue {redact_url(url)}: {_reason(exc)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 class _Server(uvicorn.Server):
-    """uvicorn's server, except that a graceful stop on SIGTERM/SIGINT exits with status 0
-    (uvicorn re-raises the signal once it has shut down, which ends the process by it), and
-    that the garbage collector is tuned for serving once started (:func:`tune_gc`)."""
+    """uvicorn's server, except that it opens the queue before it serves (so that a queue
+    that cannot be opened is a :class:`StartupError`, not a traceback from the lifespan),
+    that a graceful stop on SIGTERM/SIGINT exits with status 0 (uvicorn re-raises the signal
+    once it has shut down, which ends the process by it), and that the garbage collector is
+    tuned for serving once started (:func:`tune_gc`)."""
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        runtime: Runtime | None = None,
+        announce: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(config)
+        self._runtime = runtime
+        self._announce = announce
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        runtime = self._runtime
+        if runtime is not None and runtime.queue is None:
+            await open_runtime_queue(runtime)
+        try:
+            if self._announce is not None:
+                self._announce()
+            await super().serve(sockets=sockets)
+        finally:
+            if runtime is not None and runtime.queue is not None:  # the lifespan never ran
+                await runtime.queue.close()
+                runtime.queue = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
@@ -175,21 +247,38 @@ def tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 10)
 
 
-def run(config: Config, *, app: Starlette | None = None, log_level: str = "info") -> None:
-    """Serve until SIGTERM/SIGINT (blocking); exit status 1 if the server could not start."""
-    server = _Server(
-        uvicorn.Config(
-            app or build_app(config),
-            host=config.host,
-            port=config.port,
-            lifespan="on",
-            log_level=log_level,
-            access_log=False,
-            timeout_graceful_shutdown=REQUEST_GRACE_SECONDS,
-            server_header=False,
+def run(
+    config: Config,
+    *,
+    app: Starlette | None = None,
+    log_level: str = "info",
+    announce: Callable[[], None] | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT (blocking).
+
+    First binds the port and opens the queue: :class:`StartupError` when either cannot be
+    done. ``announce`` is called once both are done, before serving (``serve --sandbox``
+    prints its banner then). Exit status 1 if the server could not start afterwards."""
+    app = app or build_app(config)
+    sock = bind(config.host, config.port)
+    try:
+        server = _Server(
+            uvicorn.Config(
+                app,
+                host=config.host,
+                port=config.port,
+                lifespan="on",
+                log_level=log_level,
+                access_log=False,
+                timeout_graceful_shutdown=REQUEST_GRACE_SECONDS,
+                server_header=False,
+            ),
+            runtime=getattr(app.state, "runtime", None),
+            announce=announce,
         )
-    )
-    server.run()
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
     if not server.started:
         raise SystemExit(1)
 
@@ -202,7 +291,21 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = _ERROR_CODES.get(exc.status_code, "http_error")
     message = f"{request.method} {request.url.path}: {exc.detail}"
-    if exc.status_code == 404:
+    runtime = getattr(request.app.state, "runtime", None)
+    path = request.url.path
+    if (
+        exc.status_code == 404
+        and runtime is not None
+        and runtime.config.role == "worker"
+        and path.startswith(("/v1/", "/beacon/"))
+    ):
+        code = "ingest_not_served"
+        message = (
+            f"{request.method} {path}: this relay runs with --role worker: it only delivers "
+            "queued events to Heap and accepts none; send events to a relay with --role api "
+            "or --role all"
+        )
+    elif exc.status_code == 404:
         message += " (ingest routes are under /v1/, e.g. POST /v1/batch)"
     body = orjson.dumps({"code": code, "message": message})
     return Response(body, exc.status_code, headers=exc.headers, media_type="application/json")

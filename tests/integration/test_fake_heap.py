@@ -166,7 +166,8 @@ def test_outage_and_error_injection(http: httpx.Client) -> None:
     assert codes.count(200) + codes.count(503) == 40
     r = http.post("/_fake/settings", json={"nonsense": 1})
     assert r.status_code == 400
-    assert "accepted" in r.json()["error"]
+    assert r.json()["code"] == "invalid_setting"
+    assert "accepted" in r.json()["message"]
 
 
 # --- Heap in the browser (device mode) ----------------------------------------------------
@@ -208,3 +209,51 @@ def test_a_bad_browser_record_is_a_400(http: httpx.Client, body: bytes) -> None:
     r = http.post("/js/record", content=body)
     assert r.status_code == 400
     assert r.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"error_rate": 2}, "error_rate: 2 is not a number from 0 to 1"),
+        ({"error_rate": -0.1}, "error_rate: -0.1 is not a number from 0 to 1"),
+        ({"error_rate": "0.5"}, 'error_rate: "0.5" is not a number'),
+        ({"accept_then_fail_rate": 1.5}, "accept_then_fail_rate: 1.5 is not"),
+        ({"error_status": 200}, "error_status: 200 is not an HTTP status from 400 to 599"),
+        ({"error_status": 503.5}, "error_status: 503.5 is not"),
+        ({"time_scale": 0}, "time_scale: 0 is not a number above 0"),
+        ({"latency": -1}, "latency: -1 is not a number of seconds from 0"),
+        ({"outage_seconds": "soon"}, 'outage_seconds: "soon" is not'),
+        ({"rate_limits": "yes"}, 'rate_limits: "yes" is not true or false'),
+        ({"keep_items": 1}, "keep_items: 1 is not true or false"),
+        ({"app_events_per_minute": 0}, "app_events_per_minute: 0 is not an integer from 1"),
+        ({"identity_events_per_minute": True}, "identity_events_per_minute: true is not"),
+        ({"single_requests_per_30s": 2.5}, "single_requests_per_30s: 2.5 is not"),
+        ({"seed": "x"}, 'seed: "x" is not an integer or null'),
+        ({"reject_identities": "alice"}, 'reject_identities: "alice" is not a list of strings'),
+        ({"reject_identities": [1]}, "reject_identities: [1] is not a list of strings"),
+        ({"max_kept_events": 0}, "max_kept_events: 0 is not"),
+        ({"max_request_log": -5}, "max_request_log: -5 is not"),
+        ({"outages": [[1, 2]]}, "unknown settings ['outages']"),
+    ],
+)
+def test_settings_are_checked_and_a_bad_one_changes_nothing(
+    http: httpx.Client, fake: FakeHeap, change: dict[str, Any], says: str
+) -> None:
+    before = fake.settings
+    r = http.post("/_fake/settings", json={"latency": 0.5, **change})
+    assert r.status_code == 400
+    assert r.json() == {"code": "invalid_setting", "message": r.json()["message"]}
+    assert says in r.json()["message"]
+    assert fake.settings == before
+    ok = http.post("/_fake/settings", json={"error_rate": 1, "seed": None, "reject_identities": []})
+    assert ok.status_code == 200
+    assert fake.settings.error_rate == 1
+
+
+def test_every_setting_is_checked() -> None:
+    from dataclasses import fields
+
+    from heaprelay.heap.fake import SETTING_CHECKS
+
+    settable = {f.name for f in fields(FakeHeapSettings)} - {"outages"} | {"outage_seconds"}
+    assert set(SETTING_CHECKS) == settable

@@ -104,7 +104,6 @@ def test_options() -> None:
 @pytest.mark.parametrize(
     ("args", "stdin", "message"),
     [
-        (["--app-id", "42"], '{"type": "track"}\n{not json\n', "line 2"),
         (["--app-id", "42"], "[1, 2", "not valid JSON"),
         (["--app-id", "42"], '{"batch": 3}', "'batch' must be an array"),
         ([], ndjson(TRACK), "app_id"),
@@ -122,6 +121,30 @@ def test_unreadable_input_or_bad_settings_exit_2(args: list[str], stdin: str, me
     assert p.returncode == 2
     assert message in p.stderr
     assert p.stdout == ""
+
+
+def test_a_bad_ndjson_line_is_reported_where_it_is_and_the_others_are_transformed() -> None:
+    stdin = ndjson(TRACK) + "\n  {not json\n" + ndjson(IDENTIFY) + "[1,\n"
+    p = run("--app-id", "42", stdin=stdin)
+    assert p.returncode == 1  # some input could not be read
+    assert [r["url"].rsplit("/", 1)[1] for r in lines(p.stdout)] == [
+        "track",
+        "add_user_properties",
+    ]
+    assert lines(p.stderr) == [
+        {
+            "index": 1,
+            "messageId": None,
+            "reason": "invalid_json",
+            "detail": "line 3, column 4: not JSON: unexpected character, expected a string key",
+        },
+        {
+            "index": 3,
+            "messageId": None,
+            "reason": "invalid_json",
+            "detail": "line 5, column 4: not JSON: unexpected end of data",
+        },
+    ]
 
 
 def test_not_sent_events_still_exit_0() -> None:

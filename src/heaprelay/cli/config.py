@@ -19,9 +19,12 @@ def default_config_path() -> str:
 
 
 def echo_problems(problems: list[Problem], file: str) -> None:
-    """Print problems the way ``config check`` and ``serve --config`` both do (on stderr)."""
-    count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
-    click.echo(f"{file}: {count}:", err=True)
+    """Print problems the way ``config check`` and ``serve --config`` both do (on stderr):
+    one alone on its line; several after a line that counts them, one a line."""
+    if len(problems) == 1:
+        click.echo(f"Error: {problems[0]}", err=True)
+        return
+    click.echo(f"{file}: {len(problems)} problems:", err=True)
     for problem in problems:
         click.echo(f"  {problem}", err=True)
 
@@ -62,6 +65,20 @@ def queue_location_or_exit(path: Path) -> tuple[str | None, Path]:
     except ConfigError as e:
         echo_problems(e.problems, str(path))
         raise SystemExit(1) from None
+
+
+def parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
+    """``--option KEY=VALUE`` flags (``serve``, ``transform``) as a dict; a usage error for a
+    pair without ``=`` or a key given twice."""
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="'--option'")
+        if key in options:
+            raise click.BadParameter(f"{key!r} given twice", param_hint="'--option'")
+        options[key] = value
+    return options
 
 
 def _mask(secret: str) -> str:

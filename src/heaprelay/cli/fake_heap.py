@@ -18,7 +18,7 @@ def _outage(value: str) -> tuple[float, float]:
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8788, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8788, show_default=True)
 @click.option(
     "--rate-limits/--no-rate-limits",
     default=True,
@@ -47,6 +47,7 @@ def _outage(value: str) -> tuple[float, float]:
     "--outage",
     "outages",
     multiple=True,
+    callback=lambda ctx, param, values: tuple(_outage(v) for v in values),
     help="START-END seconds after start during which every request gets 503 (repeatable).",
 )
 @click.option("--seed", type=int, default=None, help="Seed for injected failures.")
@@ -58,7 +59,7 @@ def command(
     error_rate: float,
     error_status: int,
     latency: float,
-    outages: tuple[str, ...],
+    outages: tuple[tuple[float, float], ...],
     seed: int | None,
 ) -> None:
     """Run a fake Heap API that checks Heap's documented rules and limits.
@@ -80,9 +81,25 @@ def command(
         error_rate=error_rate,
         error_status=error_status,
         latency=latency,
-        outages=tuple(_outage(o) for o in outages),
+        outages=outages,
         seed=seed,
     )
+    from heaprelay.server import StartupError, bind
+
     fake = FakeHeap(settings)
+    try:
+        sock = bind(host, port)
+    except StartupError as e:
+        raise CannotListen(str(e)) from None
     click.echo(f"fake Heap on http://{host}:{port}  (report: http://{host}:{port}/_fake/report)")
-    uvicorn.run(fake.app, host=host, port=port, log_level="warning", access_log=False)
+    config = uvicorn.Config(fake.app, host=host, port=port, log_level="warning", access_log=False)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+class CannotListen(click.ClickException):
+    """The port cannot be had: one line, exit 2."""
+
+    exit_code = 2

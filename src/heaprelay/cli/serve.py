@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 
 import click
 from click.core import ParameterSource
 
+from heaprelay.cli.config import parse_options
 from heaprelay.config import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -17,6 +19,7 @@ from heaprelay.config import (
     Source,
     default_data_dir,
 )
+from heaprelay.queue import redact_url
 from heaprelay.transform import PROFILE_NAMES, DestinationSettings, SettingsError, validate_settings
 
 
@@ -32,6 +35,7 @@ def config_from_flags(
     base_url: str | None,
     queue_url: str | None,
     device_mode: bool = False,
+    options: Mapping[str, str] | None = None,
 ) -> Config:
     """Zero-config mode: one source (the write key) with one Heap destination (the app id)."""
     settings = DestinationSettings(
@@ -39,6 +43,7 @@ def config_from_flags(
         profile=profile,
         region="eu" if (region or "").lower() == "eu" else "us",
         base_url=base_url,
+        options=dict(options or {}),
         region_setting=region,  # as written: segment-actions / segment-heap-cloud check it
     )
     source = Source(
@@ -51,7 +56,15 @@ def config_from_flags(
 
 #: Flags that describe the one source and destination of the zero-config mode: with
 #: ``--config`` they belong in the file.
-PER_DESTINATION_FLAGS = ("app_id", "write_key", "profile", "region", "base_url", "device_mode")
+PER_DESTINATION_FLAGS = (
+    "app_id",
+    "write_key",
+    "profile",
+    "region",
+    "base_url",
+    "option_pairs",
+    "device_mode",
+)
 #: Flags that, given explicitly (or by their ``HEAPRELAY_*`` variable), win over the file.
 SERVER_FLAGS = ("host", "port", "data_dir", "queue_url", "role")
 
@@ -81,7 +94,13 @@ SERVER_FLAGS = ("host", "port", "data_dir", "queue_url", "role")
     "required, except with --sandbox (default there: sandbox) or --config.",
 )
 @click.option("--host", envvar="HEAPRELAY_HOST", default=DEFAULT_HOST, show_default=True)
-@click.option("--port", envvar="HEAPRELAY_PORT", type=int, default=DEFAULT_PORT, show_default=True)
+@click.option(
+    "--port",
+    envvar="HEAPRELAY_PORT",
+    type=click.IntRange(1, 65535),
+    default=DEFAULT_PORT,
+    show_default=True,
+)
 @click.option(
     "--data-dir",
     envvar="HEAPRELAY_DATA_DIR",
@@ -107,6 +126,15 @@ SERVER_FLAGS = ("host", "port", "data_dir", "queue_url", "role")
 )
 @click.option(
     "--base-url", envvar="HEAPRELAY_BASE_URL", default=None, help="Heap API base URL override."
+)
+@click.option(
+    "--option",
+    "option_pairs",
+    envvar="HEAPRELAY_OPTION",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A profile option (repeat for several; HEAPRELAY_OPTION holds them separated by "
+    "spaces). `heaprelay transform --help` lists each profile's options.",
 )
 @click.option(
     "--queue",
@@ -141,9 +169,11 @@ SERVER_FLAGS = ("host", "port", "data_dir", "queue_url", "role")
 )
 @click.option(
     "--sandbox",
+    envvar="HEAPRELAY_SANDBOX",
     is_flag=True,
     help="Deliver to an embedded fake Heap at http://HOST:PORT/fake-heap instead of Heap "
-    "(see what arrives at /fake-heap/_fake/report, /_fake/events, /_fake/users).",
+    "(see what arrives at /fake-heap/_fake/report, /_fake/events, /_fake/users). "
+    "HEAPRELAY_SANDBOX=1 does the same.",
 )
 def command(
     config_file: Path | None,
@@ -155,6 +185,7 @@ def command(
     profile: str,
     region: str | None,
     base_url: str | None,
+    option_pairs: tuple[str, ...],
     queue_url: str | None,
     role: Role,
     log_level: str,
@@ -167,68 +198,108 @@ def command(
 
     One source and one Heap destination from the flags (--write-key, --app-id, ...), or any
     number of both from a configuration file (--config FILE).
-    """
-    from heaprelay import server
 
+    Exit status: 0 after a clean stop; 1 when the --config file has problems (all listed);
+    2 for bad flags, or when the relay cannot start (the port is taken, the queue cannot be
+    opened, the data dir cannot be created), with the reason on one line.
+    """
     if config_file is not None:
         config = _config_from_file(config_file, sandbox=sandbox)
-        if config.sandbox:
-            click.echo(
-                f"sandbox: delivering to the embedded fake Heap; what it accepted: "
-                f"http://{config.host}:{config.port}/fake-heap/_fake/report",
-                err=True,
+        banner = (
+            f"sandbox: delivering to the embedded fake Heap; what it accepted: "
+            f"http://{config.host}:{config.port}/fake-heap/_fake/report"
+        )
+    else:
+        if sandbox:
+            if base_url:
+                raise click.UsageError(
+                    "--sandbox delivers to the embedded fake Heap; drop --base-url"
+                )
+            app_id = app_id or "sandbox-app"
+            write_key = write_key or "sandbox"
+        if app_id is None:
+            raise click.BadParameter(
+                "required (or use --sandbox or --config)", param_hint="--app-id"
             )
-        server.run(config, log_level=log_level)
-        return
-    if sandbox:
-        if base_url:
-            raise click.UsageError("--sandbox delivers to the embedded fake Heap; drop --base-url")
-        app_id = app_id or "sandbox-app"
-        write_key = write_key or "sandbox"
-        click.echo(
+        if write_key is None:
+            raise click.BadParameter(
+                "required (or use --sandbox or --config)", param_hint="--write-key"
+            )
+        if not app_id.strip():
+            raise click.BadParameter("must not be empty", param_hint="--app-id")
+        if not write_key.strip():
+            raise click.BadParameter("must not be empty", param_hint="--write-key")
+        config = config_from_flags(
+            app_id=app_id,
+            write_key=write_key,
+            host=host,
+            port=port,
+            data_dir=data_dir or default_data_dir(),
+            profile=profile,
+            region=region,
+            base_url=base_url,
+            queue_url=queue_url,
+            device_mode=sandbox if device_mode is None else device_mode,
+            options=parse_options(option_pairs),
+        )
+        config = dataclasses.replace(config, role=role, sandbox=sandbox)
+        try:
+            validate_settings(config.sources[0].destinations[0].settings)
+        except SettingsError as e:
+            raise click.UsageError(str(e)) from None
+        except ImportError:  # a registered profile whose module is not there: reported on use
+            pass
+        banner = (
             f"sandbox: delivering to the embedded fake Heap; what it accepted: "
             f"http://{host}:{port}/fake-heap/_fake/report "
-            f"(write key {write_key!r}, app id {app_id!r})",
-            err=True,
+            f"(write key {write_key!r}, app id {app_id!r})"
         )
         if device_mode is not False:
-            click.echo(
-                f"sandbox: device mode: web pages whose SDK takes its settings from "
+            banner += (
+                f"\nsandbox: device mode: web pages whose SDK takes its settings from "
                 f"http://{host}:{port} load the fake Heap's heap.js; what they sent to Heap: "
-                f"http://{host}:{port}/fake-heap/_fake/browser (--no-device-mode: off)",
-                err=True,
+                f"http://{host}:{port}/fake-heap/_fake/browser (--no-device-mode: off)"
             )
-    if app_id is None:
-        raise click.BadParameter("required (or use --sandbox or --config)", param_hint="--app-id")
-    if write_key is None:
+    _start(config, log_level=log_level, banner=banner if config.sandbox else None)
+
+
+class CannotStart(click.ClickException):
+    """The relay cannot start (port, queue, data dir): one line, exit 2."""
+
+    exit_code = 2
+
+
+def _start(config: Config, *, log_level: str, banner: str | None) -> None:
+    """Check what can be checked before serving, then serve; every reason not to start is
+    one line (:class:`CannotStart`)."""
+    from heaprelay import server
+    from heaprelay.cli.config import echo_warnings
+
+    if config.queue_url is not None and not config.queue_url.startswith(_QUEUE_SCHEMES):
         raise click.BadParameter(
-            "required (or use --sandbox or --config)", param_hint="--write-key"
+            f"{redact_url(config.queue_url)!r}: use sqlite:///PATH or postgresql://USER@HOST/DB",
+            param_hint="--queue",
         )
-    config = config_from_flags(
-        app_id=app_id,
-        write_key=write_key,
-        host=host,
-        port=port,
-        data_dir=data_dir or default_data_dir(),
-        profile=profile,
-        region=region,
-        base_url=base_url,
-        queue_url=queue_url,
-        device_mode=sandbox if device_mode is None else device_mode,
-    )
-    config = dataclasses.replace(config, role=role)
-    if not app_id.strip():
-        raise click.BadParameter("must not be empty", param_hint="--app-id")
-    if not write_key.strip():
-        raise click.BadParameter("must not be empty", param_hint="--write-key")
+    if config.queue_url is None:  # the SQLite file goes in the data dir
+        try:
+            config.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CannotStart(
+                f"cannot create the data dir {config.data_dir}: {e.strerror or e}"
+            ) from None
+    echo_warnings(config)
+
+    def announce() -> None:
+        if banner:
+            click.echo(banner, err=True)
+
     try:
-        validate_settings(config.sources[0].destinations[0].settings)
-    except SettingsError as e:
-        raise click.UsageError(str(e)) from None
-    except ImportError:  # a registered profile whose module is not there: reported on use
-        pass
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    server.run(dataclasses.replace(config, sandbox=sandbox), log_level=log_level)
+        server.run(config, log_level=log_level, announce=announce)
+    except server.StartupError as e:
+        raise CannotStart(str(e)) from None
+
+
+_QUEUE_SCHEMES = ("sqlite:", "postgresql:", "postgres:")
 
 
 def _config_from_file(path: Path, *, sandbox: bool) -> Config:
@@ -240,16 +311,18 @@ def _config_from_file(path: Path, *, sandbox: bool) -> Config:
 
     ctx = click.get_current_context()
     ignored: list[str] = []
+    params = {p.name: p for p in ctx.command.params}
     for name in PER_DESTINATION_FLAGS:
         source = ctx.get_parameter_source(name)
-        flag = "--" + name.replace("_", "-")
+        param = params[name]
         if source is ParameterSource.COMMANDLINE:
+            flag = max(param.opts, key=len)
             raise click.UsageError(
                 f"{flag} cannot be combined with --config: set it in the file's "
                 "[[sources]] / [[sources.destinations]]"
             )
-        if source is ParameterSource.ENVIRONMENT:
-            ignored.append(f"HEAPRELAY_{name.upper()}")
+        if source is ParameterSource.ENVIRONMENT and isinstance(param, click.Option):
+            ignored.append(str(param.envvar))
     if ignored:
         click.echo(f"warning: --config given; ignoring {', '.join(ignored)}", err=True)
     config = load_or_exit(path)
@@ -262,6 +335,4 @@ def _config_from_file(path: Path, *, sandbox: bool) -> Config:
     }
     if sandbox:
         overrides["sandbox"] = True
-    config = dataclasses.replace(config, **overrides)  # type: ignore[arg-type]
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    return config
+    return dataclasses.replace(config, **overrides)  # type: ignore[arg-type]

@@ -7,9 +7,12 @@ given to items without one, as Segment does).
 
 Output, in input order: one line per Heap request on stdout,
 ``{"method": "POST", "url": "...", "body": {...}}``; one line per event not sent on stderr,
-``{"index": i, "messageId": ..., "reason": "...", "detail": "..."}``. Exit 0 when the input
-was read (even if some events were not sent), 2 with a message when it or the settings could
-not be used.
+``{"index": i, "messageId": ..., "reason": "...", "detail": "..."}`` (``index``: the event's
+place in the input, each NDJSON line counting as one). An NDJSON line that is not JSON is such
+a line too (reason ``invalid_json``, the detail saying the line and column); the other lines
+are transformed all the same. Exit 0 when the input was read (even if some events were not
+sent), 1 when some line could not be read, 2 with a message when the input or the settings
+could not be used at all.
 """
 
 from __future__ import annotations
@@ -17,13 +20,16 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 import orjson
 
+from heaprelay.cli.config import parse_options
 from heaprelay.heap.models import HeapRequest
+from heaprelay.messages.reasons import Reason
 from heaprelay.transform import (
     PROFILE_NAMES,
     DestinationSettings,
@@ -37,6 +43,13 @@ from heaprelay.transform import (
 
 class InputError(ValueError):
     """The input cannot be read as events; the message says where and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """An NDJSON line that is not JSON, in the place of the event it would have been."""
+
+    detail: str
 
 
 def _fail(message: str) -> NoReturn:
@@ -77,9 +90,18 @@ def parse_events(data: bytes) -> list[Any]:
         if stripped[:1] == b"[":
             _loads_or_raise(stripped, "the input")
     events: list[Any] = []
-    for lineno, line in enumerate(stripped.split(b"\n"), start=1):
+    # Lines and columns as in the input (``stripped`` lost its leading blank lines and the
+    # blanks before the first event).
+    skipped = data[: len(data) - len(stripped)].replace(b"\xef\xbb\xbf", b"")
+    first_line = skipped.count(b"\n") + 1
+    first_indent = len(skipped) - (skipped.rfind(b"\n") + 1)
+    for lineno, line in enumerate(stripped.split(b"\n"), start=first_line):
         if line.strip():
-            events.append(_loads_or_raise(line, f"line {lineno}"))
+            try:
+                events.append(_loads(line))
+            except orjson.JSONDecodeError as e:
+                column = e.colno + (first_indent if lineno == first_line else 0)
+                events.append(Unreadable(f"line {lineno}, column {column}: not JSON: {e.msg}"))
     return events
 
 
@@ -145,6 +167,10 @@ def run(events: list[Any], settings: DestinationSettings) -> tuple[list[bytes], 
     out: list[bytes] = []
     err: list[bytes] = []
     for index, event in enumerate(events):
+        if isinstance(event, Unreadable):
+            record = {"index": index, "messageId": None, "reason": str(Reason.INVALID_JSON)}
+            err.append(_dumps({**record, "detail": event.detail}) + b"\n")
+            continue
         result = transform(event, settings)
         if isinstance(result, Skip):
             message_id = event.get("messageId") if isinstance(event, Mapping) else None
@@ -185,18 +211,6 @@ class _Command(click.Command):
         super().format_epilog(ctx, formatter)
 
 
-def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
-    options: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="'--option'")
-        if key in options:
-            raise click.BadParameter(f"{key!r} given twice", param_hint="'--option'")
-        options[key] = value
-    return options
-
-
 @click.command(
     "transform",
     cls=_Command,
@@ -216,7 +230,12 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
     help="Heap region (US https://heapanalytics.com, EU https://c.eu.heap-api.com); "
     "default us. Profiles that reproduce Segment's Actions destinations want US or EU.",
 )
-@click.option("--base-url", default=None, help="Send to this base URL (a fake Heap) instead.")
+@click.option(
+    "--base-url",
+    default=None,
+    help="Write the requests for this Heap base URL (e.g. a fake Heap's) instead of the "
+    "region's; nothing is sent.",
+)
 @click.option(
     "--option",
     "option_pairs",
@@ -236,7 +255,7 @@ def command(
     """Dry run: print the Heap requests that events become (stdout), and why any event is
     not sent (stderr). FILE holds NDJSON events, a JSON array of events, or a Segment batch
     ({"batch": [...]}); without FILE (or with -) stdin is read."""
-    options = _parse_options(option_pairs)
+    options = parse_options(option_pairs)
     normalised = (region or "us").lower()
     if normalised not in ("us", "eu"):
         raise click.BadParameter(f"{region!r}; accepted: us, eu", param_hint="'--region'")
@@ -269,3 +288,5 @@ def command(
     sys.stdout.buffer.flush()
     sys.stderr.buffer.write(b"".join(err))
     sys.stderr.buffer.flush()
+    if any(isinstance(e, Unreadable) for e in events):
+        raise SystemExit(1)

@@ -390,17 +390,25 @@ class FakeHeap:
         self._state = _State(started=self.clock.monotonic())
 
     def update(self, changes: Mapping[str, Any]) -> None:
-        """Change settings at run time; ``outage_seconds``: answer 503 for that long from now."""
+        """Change settings at run time; ``outage_seconds``: answer 503 for that long from now.
+
+        Every value is checked first (:data:`SETTING_CHECKS`); ``ValueError`` saying which
+        and what is accepted, and nothing changed, when one is wrong."""
         changes = dict(changes)
+        unknown = set(changes) - set(SETTING_CHECKS)
+        if unknown:
+            raise ValueError(
+                f"unknown settings {sorted(unknown)}; accepted: {sorted(SETTING_CHECKS)}"
+            )
+        for name, value in changes.items():
+            accepts, check = SETTING_CHECKS[name]
+            if not check(value):
+                raise ValueError(f"{name}: {json_text(value)} is not {accepts}")
         if isinstance(changes.get("reject_identities"), list):
             changes["reject_identities"] = tuple(changes["reject_identities"])
         if "outage_seconds" in changes:
             seconds = float(changes.pop("outage_seconds"))
             self._state.outage_until = self.clock.monotonic() + seconds
-        allowed = set(FakeHeapSettings.__dataclass_fields__) - {"outages"}
-        unknown = set(changes) - allowed
-        if unknown:
-            raise ValueError(f"unknown settings {sorted(unknown)}; accepted: {sorted(allowed)}")
         self.settings = replace(self.settings, **changes)
         if "seed" in changes:
             self._rng = random.Random(self.settings.seed)
@@ -443,7 +451,7 @@ class FakeHeap:
                     raise ValueError("settings must be a JSON object")
                 self.update(changes)
             except (ValueError, TypeError) as exc:
-                return json({"error": str(exc)}, 400)
+                return json({"code": "invalid_setting", "message": str(exc)}, 400)
             return json(self.report()["settings"])
 
         def heap_js(depth: int) -> Callable[[Request], Any]:
@@ -502,6 +510,58 @@ class FakeHeap:
 @cache
 def _heap_js() -> str:
     return (resources.files("heaprelay.heap") / "fake-heap.js").read_text(encoding="utf-8")
+
+
+def _number(low: float, high: float = math.inf, *, low_open: bool = False) -> Callable[[Any], bool]:
+    def check(value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        return (low < value if low_open else low <= value) and value <= high
+
+    return check
+
+
+def _integer(low: int, high: int | None = None) -> Callable[[Any], bool]:
+    def check(value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return False
+        return low <= value and (high is None or value <= high)
+
+    return check
+
+
+def _boolean(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+#: What ``POST /_fake/settings`` accepts: setting -> (what it takes, in words; the check).
+SETTING_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "rate_limits": ("true or false", _boolean),
+    "time_scale": ("a number above 0", _number(0, low_open=True)),
+    "app_events_per_minute": ("an integer from 1", _integer(1)),
+    "identity_events_per_minute": ("an integer from 1", _integer(1)),
+    "single_requests_per_30s": ("an integer from 1", _integer(1)),
+    "error_rate": ("a number from 0 to 1", _number(0, 1)),
+    "error_status": ("an HTTP status from 400 to 599", _integer(400, 599)),
+    "accept_then_fail_rate": ("a number from 0 to 1", _number(0, 1)),
+    "latency": ("a number of seconds from 0", _number(0)),
+    "outage_seconds": ("a number of seconds from 0", _number(0)),
+    "seed": ("an integer or null", lambda v: v is None or _integer(-(2**63))(v)),
+    "reject_identities": (
+        "a list of strings",
+        lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
+    ),
+    "keep_items": ("true or false", _boolean),
+    "max_kept_events": ("an integer from 1", _integer(1)),
+    "max_request_log": ("an integer from 1", _integer(1)),
+}
+
+
+def json_text(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return repr(value)
 
 
 def sandbox(config: Config) -> tuple[Config, Mount]:

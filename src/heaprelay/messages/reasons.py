@@ -35,6 +35,8 @@ class Reason(StrEnum):
     """Segment Actions: no subscription matches this event type (group, alias)."""
     NO_PROPERTIES = "no_properties"
     """An identify with nothing to update where the profile requires at least one property."""
+    INVALID_JSON = "invalid_json"
+    """``heaprelay transform``: an input line that is not JSON (the detail says where)."""
     # --- router filters ------------------------------------------------------------------
     FILTERED_INTEGRATIONS = "filtered_integrations"
     """The message's integrations object switches this destination off."""
