@@ -153,3 +153,40 @@ def test_list_keeps_heaps_answer_readable_at_80_columns(tmp_path: Path) -> None:
     assert lines[0].startswith("1  segment-classic  heap_rejected  1 try  dead ")
     assert " ".join(" ".join(lines[2:]).split()) == answer  # all of it, wrapped
     assert "0f0e0d0c-0b0a-4909-8807-060504030201" in lines[1]
+
+
+def test_queue_commands_read_only_the_config_files_queue_settings(db: Path, tmp_path: Path) -> None:
+    # The sources' secrets come from variables this shell does not have: status, dlq and
+    # db migrate need only [server] (here its data_dir), as serve would.
+    config = tmp_path / "relay.toml"
+    config.write_text(
+        f"""
+[server]
+data_dir = "{db.parent}"
+
+[[sources]]
+name = "web"
+write_key_env = "WEB_WRITE_KEY_NOT_SET"
+
+  [[sources.destinations]]
+  app_id_env = "APP_ID_NOT_SET"
+"""
+    )
+    code, out, err = run_apart("status", "--config", str(config), "--interval", "0", "--json")
+    assert code == 0, err
+    assert orjson.loads(out)["by_state"]["dead"] == 3
+    code, out, err = run_apart("dlq", "list", "--config", str(config), "--json")
+    assert (code, len(out.splitlines())) == (0, 3), err
+    code, out, err = run_apart("db", "migrate", "--config", str(config))
+    assert code == 0, err
+    assert "up to date" in out
+    # serve, which needs them, still refuses the file
+    code, _, err = run_apart("serve", "--config", str(config))
+    assert code == 1
+    assert "WEB_WRITE_KEY_NOT_SET" in err
+    # and a problem in [server] itself is one line, exit 1
+    config.write_text('[server]\nqueue_url = "mysql://x"\n')
+    code, _, err = run_apart("status", "--config", str(config))
+    assert code == 1
+    assert err.count("\n") == 1
+    assert "server.queue_url" in err

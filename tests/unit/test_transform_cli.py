@@ -184,3 +184,7 @@ def test_help_lists_profiles_and_options() -> None:
     )
     for word in ("heap", "rudderstack", "segment", "anonymous_identity=deny|allow", "--option"):
         assert word in p.stdout
+    assert "id_property=id|_id|omit" in p.stdout
+    # --base-url only changes the URLs printed: the dry run sends nothing
+    assert "nothing is sent" in " ".join(p.stdout.split())
+    assert "Send to" not in p.stdout
