@@ -32,6 +32,7 @@ from typing import Any
 
 import orjson
 import pytest
+from _python_sdks import CLIENT_SETUP
 
 from heaprelay.config import Config, DeliverySettings, Destination, Source
 from heaprelay.heap.fake import FakeHeap, FakeHeapSettings
@@ -44,18 +45,13 @@ KEY = "backfill-key"
 APP = "4242"
 USER = "backfill-user"
 
-PY_DRIVER = r"""
+PY_DRIVER = (
+    r"""
 import datetime, json, sys
 sdk, host, key, message_id, when = sys.argv[1:6]
-errors = []
-def on_error(exc, batch):
-    errors.append(repr(exc))
-if sdk == "segment":
-    from segment.analytics.client import Client
-    client = Client(key, host=host, on_error=on_error, max_retries=2)
-else:
-    from rudderstack.analytics.client import Client
-    client = Client(key, host=host, on_error=on_error, max_retries=2, gzip=True)
+"""
+    + CLIENT_SETUP
+    + r"""
 client.track(user_id="backfill-user", event="Order Imported", properties={"price": 67.0},
              timestamp=datetime.datetime.fromisoformat(when.replace("Z", "+00:00")),
              message_id=message_id)
@@ -63,6 +59,7 @@ client.flush()
 client.shutdown() if hasattr(client, "shutdown") else client.join()
 print(json.dumps({"errors": errors}))
 """
+)
 
 
 def _node_missing() -> str | None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 import pytest
+from _python_sdks import CLIENT_SETUP
 
 from heaprelay.config import Config, Destination, Source
 from heaprelay.server import build_app
@@ -34,20 +35,13 @@ SEGMENT_23 = Path(os.environ.get("SEGMENT_23_DIR", ROOT / ".test-deps" / "segmen
 KEY = "sdk-write-key"
 BURST = 150
 
-DRIVER = r"""
+DRIVER = (
+    r"""
 import datetime, json, sys
 sdk, host, key, tag = sys.argv[1:5]
-errors = []
-def on_error(exc, batch):
-    errors.append(repr(exc))
-if sdk == "segment":
-    from segment.analytics.client import Client
-    from segment.analytics.version import VERSION
-    client = Client(key, host=host, on_error=on_error, max_retries=2)
-else:
-    from rudderstack.analytics.client import Client
-    from rudderstack.analytics.version import VERSION
-    client = Client(key, host=host, on_error=on_error, max_retries=2, gzip=True)
+"""
+    + CLIENT_SETUP
+    + r"""
 when = datetime.datetime(2024, 1, 2, 3, 4, 5, 678000, tzinfo=datetime.timezone.utc)
 client.identify(user_id="user-1", traits={"email": "ada@example.com", "plan": "pro", "logins": 3},
                 message_id=tag + "-identify")
@@ -64,6 +58,7 @@ client.flush()
 client.shutdown() if hasattr(client, "shutdown") else client.join()
 print(json.dumps({"version": VERSION, "errors": errors}))
 """
+)
 
 
 #: (path, Authorization present, Content-Encoding) of every request the relay got.

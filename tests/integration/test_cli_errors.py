@@ -11,7 +11,6 @@ Each case runs ``python -m heaprelay`` in its own process, as a user would.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import socket
@@ -26,9 +25,7 @@ import pytest
 from click.testing import CliRunner
 
 from heaprelay.cli import main
-from heaprelay.messages.reasons import Reason
-from heaprelay.queue.base import DeadLetter, NewJob
-from heaprelay.queue.sqlite import SQLiteQueue
+from heaprelay.testing.queues import sqlite_with_dead_letters
 
 #: A PostgreSQL that refuses connections (nothing listens on port 1).
 DOWN_PG = "postgresql://relay:secret@127.0.0.1:1/heaprelay"
@@ -93,17 +90,7 @@ def work(tmp_path: Path) -> Path:
 @pytest.fixture
 def dead_letters(work: Path) -> Path:
     """A data dir whose queue holds dead letters 1 and 2."""
-
-    async def fill() -> None:
-        queue = await SQLiteQueue.open(work / "queue" / "heaprelay.db")
-        jobs = [NewJob("s", "heap", f"m{i}", "k", orjson.dumps({"i": i}), 1.0) for i in range(2)]
-        await queue.append(jobs, now=1.0)
-        claimed = await queue.claim("w", limit=2, lease_seconds=60, now=2.0)
-        dead = [DeadLetter(j.id, Reason.HEAP_REJECTED, "400", "400 Bad") for j in claimed]
-        await queue.complete(dead, now=3.0)
-        await queue.close()
-
-    asyncio.run(fill())
+    sqlite_with_dead_letters(work / "queue" / "heaprelay.db", ["heap", "heap"])
     return work / "queue"
 
 

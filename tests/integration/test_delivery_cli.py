@@ -1,6 +1,5 @@
 """``heaprelay dlq`` / ``status`` / ``fake-heap`` options against a real SQLite queue."""
 
-import asyncio
 from pathlib import Path
 
 import click
@@ -10,31 +9,12 @@ from click.testing import CliRunner
 
 from heaprelay.cli import main
 from heaprelay.cli.fake_heap import _outage
-from heaprelay.messages.reasons import Reason
-from heaprelay.queue.base import DeadLetter, NewJob
-from heaprelay.queue.sqlite import SQLiteQueue
+from heaprelay.testing.queues import sqlite_with_dead_letters
 
 
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
-    path = tmp_path / "heaprelay.db"
-
-    async def fill() -> None:
-        queue = await SQLiteQueue.open(path)
-        jobs = [NewJob("s", "heap", f"m{i}", "k", orjson.dumps({"i": i}), 1.0) for i in range(3)]
-        await queue.append(jobs, now=1.0)
-        claimed = await queue.claim("w", limit=3, lease_seconds=60, now=2.0)
-        await queue.complete(
-            [
-                DeadLetter(j.id, Reason.HEAP_REJECTED, "Heap answered 400", f"400 Bad {j.id}")
-                for j in claimed
-            ],
-            now=3.0,
-        )
-        await queue.close()
-
-    asyncio.run(fill())
-    return path
+    return sqlite_with_dead_letters(tmp_path / "heaprelay.db", ["heap"] * 3, answer="400 Bad {id}")
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -106,18 +86,8 @@ def test_replay_and_purge_say_which_ids_are_not_dead_letters_and_exit_1(db: Path
 
 
 def test_replay_and_purge_by_destination(tmp_path: Path) -> None:
-    async def fill() -> None:
-        queue = await SQLiteQueue.open(tmp_path / "heaprelay.db")
-        jobs = [
-            NewJob("s", "web" if i % 3 else "ios", f"m{i}", "k", b"{}", 1.0) for i in range(1500)
-        ]
-        await queue.append(jobs, now=1.0)
-        claimed = await queue.claim("w", limit=1500, lease_seconds=60, now=2.0)
-        dead = [DeadLetter(j.id, Reason.HEAP_REJECTED, "400", "400 Bad") for j in claimed]
-        await queue.complete(dead, now=3.0)
-        await queue.close()
-
-    asyncio.run(fill())
+    destinations = ["web" if i % 3 else "ios" for i in range(1500)]
+    sqlite_with_dead_letters(tmp_path / "heaprelay.db", destinations)
     where = ("--data-dir", str(tmp_path))
     # 1000 of them are web's: more than one page of the dead-letter listing
     code, out, _ = run_apart("dlq", "replay", "--destination", "web", *where)
@@ -137,15 +107,9 @@ def test_list_keeps_heaps_answer_readable_at_80_columns(tmp_path: Path) -> None:
         "casing of 'id' (Heap refuses it; profile segment sends it unless id_property is set)"
     )
 
-    async def fill() -> None:
-        queue = await SQLiteQueue.open(tmp_path / "heaprelay.db")
-        message_id = "0f0e0d0c-0b0a-4909-8807-060504030201"
-        await queue.append([NewJob("s", "segment-classic", message_id, "k", b"{}", 1.0)], now=1.0)
-        (job,) = await queue.claim("w", limit=1, lease_seconds=60, now=2.0)
-        await queue.complete([DeadLetter(job.id, Reason.HEAP_REJECTED, "400", answer)], now=3.0)
-        await queue.close()
-
-    asyncio.run(fill())
+    message_id = "0f0e0d0c-0b0a-4909-8807-060504030201"
+    path = tmp_path / "heaprelay.db"
+    sqlite_with_dead_letters(path, ["segment-classic"], answer=answer, message_ids=[message_id])
     code, out, _ = run_apart("dlq", "list", "--data-dir", str(tmp_path), COLUMNS="80")
     assert code == 0
     lines = out.splitlines()
