@@ -211,6 +211,7 @@ def test_every_serve_variable_sets_its_flag(monkeypatch: Any, tmp_path: Path) ->
         "HEAPRELAY_QUEUE": ("sqlite:///q.db", "queue_url", "sqlite:///q.db"),
         "HEAPRELAY_ROLE": ("worker", "role", "worker"),
         "HEAPRELAY_LOG_LEVEL": ("debug", "log_level", "debug"),
+        "HEAPRELAY_DEVICE_MODE": ("false", "device_mode", False),
         "HEAPRELAY_SANDBOX": ("1", "sandbox", True),
     }
     for name, (text, _, _) in values.items():
