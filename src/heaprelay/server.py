@@ -140,6 +140,10 @@ def build_app(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error}
     )
     app.state.runtime = runtime
+    if config.role == "worker":  # so that its 404 can say why the events it got went nowhere
+        app.state.ingest_paths = frozenset(
+            route.path for route in ingest_routes(ingest) if isinstance(route, Route)
+        )
     return app
 
 
@@ -291,14 +295,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = _ERROR_CODES.get(exc.status_code, "http_error")
     message = f"{request.method} {request.url.path}: {exc.detail}"
-    runtime = getattr(request.app.state, "runtime", None)
     path = request.url.path
-    if (
-        exc.status_code == 404
-        and runtime is not None
-        and runtime.config.role == "worker"
-        and path.startswith(("/v1/", "/beacon/"))
-    ):
+    if exc.status_code == 404 and path in getattr(request.app.state, "ingest_paths", ()):
         code = "ingest_not_served"
         message = (
             f"{request.method} {path}: this relay runs with --role worker: it only delivers "

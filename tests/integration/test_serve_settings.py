@@ -175,9 +175,9 @@ def test_a_worker_says_it_accepts_no_events(tmp_path: Path) -> None:
             body = answer.json()
             assert body["code"] == "ingest_not_served"
             assert "--role worker: it only delivers" in body["message"]
-        other = httpx.get(f"{url}/nope")
-        assert other.json()["code"] == "not_found"
-        assert "ingest routes are under /v1/" in other.json()["message"]
+        for other_path in ("/nope", "/v1/nope", "/v1/projects/k/settings"):
+            other = httpx.get(f"{url}{other_path}")
+            assert other.json()["code"] == "not_found", other_path
 
 
 def test_every_serve_flag_has_a_variable_listed_in_the_readme() -> None:
