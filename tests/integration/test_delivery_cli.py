@@ -1,5 +1,6 @@
 """``heaprelay dlq`` / ``status`` / ``fake-heap`` options against a real SQLite queue."""
 
+import asyncio
 from pathlib import Path
 
 import click
@@ -9,6 +10,8 @@ from click.testing import CliRunner
 
 from heaprelay.cli import main
 from heaprelay.cli.fake_heap import _outage
+from heaprelay.queue.base import NewJob, RetryAt
+from heaprelay.queue.sqlite import SQLiteQueue
 from heaprelay.testing.queues import sqlite_with_dead_letters
 
 
@@ -51,7 +54,37 @@ def test_list_show_purge(db: Path) -> None:
     assert status["last_errors"][0]["answer"] == "400 Bad 3"
     code, out = run("status", "--data-dir", str(db.parent), "--interval", "0")
     assert "jobs by state" in out
-    assert "last dead letters" in out
+    assert "last errors" in out
+
+
+def test_status_shows_retries_with_heaps_answer(tmp_path: Path) -> None:
+    """The issue's case: jobs waiting in retry after a 503 are the last errors too, with
+    Heap's answer, and counted by retry reason."""
+
+    async def fill() -> None:
+        queue = await SQLiteQueue.open(tmp_path / "heaprelay.db")
+        jobs = [NewJob("s", "heap", f"m{i}", f"k{i}", b"{}", 1.0) for i in range(20)]
+        await queue.append(jobs, now=1.0)
+        claimed = await queue.claim("w", limit=20, lease_seconds=60, now=2.0)
+        answer = "503 Service Unavailable: try later"
+        await queue.complete(
+            [RetryAt(j.id, at=100.0, reason="http_503", answer=answer) for j in claimed], now=3.0
+        )
+        await queue.close()
+
+    asyncio.run(fill())
+    code, out = run("status", "--data-dir", str(tmp_path), "--interval", "0", "--json")
+    assert code == 0
+    status = orjson.loads(out)
+    assert status["by_state"]["retry"] == 20
+    assert status["retry_reasons"] == {"http_503": 20}
+    [error] = status["last_errors"]
+    assert (error["state"], error["reason"], error["jobs"]) == ("retry", "http_503", 20)
+    assert error["answer"] == "503 Service Unavailable: try later"
+    code, out = run("status", "--data-dir", str(tmp_path), "--interval", "0")
+    assert "retries by reason" in out
+    assert "http_503" in out
+    assert "Unavailable" in out
 
 
 def test_purge_asks_and_usage_errors(db: Path) -> None:

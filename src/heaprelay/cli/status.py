@@ -1,4 +1,7 @@
-"""``heaprelay status``: queue depth by state, delivery rate, last errors."""
+"""``heaprelay status``: queue depth by state, delivery rate, retry reasons, last errors.
+
+Reads the queue's maintained counts (:class:`heaprelay.queue.base.QueueStats`) and its record
+of recent failures, so it answers as fast on 10,000,000 jobs as on 10."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import click
 import orjson
 
 from heaprelay.cli._queue import queue_options, resolve_queue_url, with_queue
-from heaprelay.queue.base import DeadLetterRecord, Queue, QueueStats
+from heaprelay.queue.base import ErrorRecord, Queue, QueueStats
 
 
 @click.command()
@@ -32,7 +35,7 @@ def command(
     """How the relay is doing: jobs per state and destination, rate, recent failures."""
     url = resolve_queue_url(queue_url, data_dir, config_file)
 
-    async def read(queue: Queue) -> tuple[QueueStats, QueueStats | None, list[DeadLetterRecord]]:
+    async def read(queue: Queue) -> tuple[QueueStats, QueueStats | None, list[ErrorRecord]]:
         import asyncio
 
         first = await queue.stats()
@@ -40,19 +43,25 @@ def command(
         if interval > 0:
             await asyncio.sleep(interval)
             second = await queue.stats()
-        total_dead = first.by_state.get("dead", 0)
-        recent = await queue.dead_letters(limit=5, offset=max(0, total_dead - 5))
-        return first, second, recent
+        return first, second, await queue.recent_errors(limit=10)
 
     first, second, recent = with_queue(url, read)
     latest = second or first
     rate = None
     if second is not None:
         done = ("delivered", "dead", "skipped")
-        delta = sum(second.by_state.get(s, 0) - first.by_state.get(s, 0) for s in done)
+        delta = sum(
+            second.totals.get(d, {}).get(s, 0) - first.totals.get(d, {}).get(s, 0)
+            for d in second.totals
+            for s in done
+        )
         rate = max(0, delta) / interval
     oldest = latest.oldest_pending_received_at
     lag = time.time() - oldest if oldest is not None else None
+    retry_reasons: dict[str, int] = {}
+    for per in latest.reasons.values():
+        for reason, n in per.get("retry", {}).items():
+            retry_reasons[reason] = retry_reasons.get(reason, 0) + n
     if as_json:
         click.echo(
             orjson.dumps(
@@ -60,10 +69,21 @@ def command(
                     "by_state": latest.by_state,
                     "by_destination": latest.by_destination,
                     "by_reason": latest.by_reason,
+                    "retry_reasons": retry_reasons,
+                    "reasons": latest.reasons,
+                    "totals": latest.totals,
                     "finished_per_second": rate,
                     "oldest_unfinished_age_seconds": lag,
                     "last_errors": [
-                        {"id": r.id, "reason": r.reason, "answer": r.answer or r.detail}
+                        {
+                            "id": r.job_id,
+                            "at": r.at,
+                            "destination": r.destination,
+                            "state": r.state,
+                            "reason": r.reason,
+                            "answer": r.answer,
+                            "jobs": r.jobs,
+                        }
                         for r in recent
                     ],
                 }
@@ -89,8 +109,17 @@ def command(
         for reason, n in sorted(latest.by_reason.items()):
             reasons.add_row(reason, str(n))
         console.print(reasons)
+    if retry_reasons:
+        retries = Table("reason", "jobs", title="retries by reason")
+        for reason, n in sorted(retry_reasons.items()):
+            retries.add_row(reason, str(n))
+        console.print(retries)
     if recent:
-        errors = Table("id", "reason", "Heap's answer", title="last dead letters")
+        errors = Table(
+            "when", "destination", "job", "state", "reason", "Heap's answer", title="last errors"
+        )
         for r in recent:
-            errors.add_row(str(r.id), r.reason, (r.answer or r.detail)[:100])
+            when = time.strftime("%H:%M:%S", time.localtime(r.at))
+            job = f"{r.job_id}" + (f" (+{r.jobs - 1})" if r.jobs > 1 else "")
+            errors.add_row(when, r.destination, job, r.state, r.reason, r.answer[:100])
         console.print(errors)

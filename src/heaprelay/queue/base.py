@@ -57,9 +57,11 @@ Time is always passed in (``now``, seconds since the epoch): backends never read
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final, Literal, NamedTuple, Protocol, runtime_checkable
+
+import orjson
 
 from heaprelay.messages.reasons import Reason
 
@@ -189,14 +191,161 @@ def with_leases(outcomes: Sequence[Outcome], jobs: Sequence[Job]) -> list[Outcom
     return [replace(o, lease=leases[o.id]) if o.id in leases else o for o in outcomes]
 
 
+#: The events counted in :attr:`QueueStats.totals` (each since the queue was created).
+TOTALS: Final = ("received", "delivered", "skipped", "dead", "retry")
+
+
 @dataclass(frozen=True, slots=True)
 class QueueStats:
+    """Counts that cost the same on 10,000 jobs as on 10,000,000: every backend keeps them up
+    to date in the transactions that change the jobs (maintained counters), never by counting
+    rows. Zero counts may be absent (except in ``by_state``, which lists every state)."""
+
     by_state: dict[str, int] = field(default_factory=dict)
     #: Per destination: {state: count}.
     by_destination: dict[str, dict[str, int]] = field(default_factory=dict)
     #: Skipped and dead jobs per reason.
     by_reason: dict[str, int] = field(default_factory=dict)
+    #: ``received_at`` of the oldest unfinished (pending, leased, retry) job: the one appended
+    #: first (the lowest id), since jobs are appended as they arrive.
     oldest_pending_received_at: float | None = None
+    #: Per destination, per state among skipped / dead / retry: {reason: jobs in it now}.
+    reasons: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    #: Per destination, how many jobs were ever appended (``received``) and how many times a
+    #: job became delivered / skipped / dead / retry (monotonic: pruning, purging and
+    #: replaying do not lower them; a job replayed and then delivered counts in both).
+    totals: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+#: States whose jobs carry a reason that is counted (:attr:`QueueStats.reasons`).
+REASON_STATES: Final = ("skipped", "dead", "retry")
+
+
+def stats_from_counts(
+    rows: Iterable[tuple[str, str, str, str, int]], oldest: float | None
+) -> QueueStats:
+    """:class:`QueueStats` from counter rows ``(kind, destination, state, reason, n)``:
+    ``kind`` is ``"now"`` (jobs in that state now; ``reason`` is ``""`` for states without
+    one) or ``"total"`` (:attr:`QueueStats.totals`). Rows of zero are left out. The durable
+    backends keep such rows; the memory model makes them by counting."""
+    by_state: dict[str, int] = dict.fromkeys(STATES, 0)
+    by_destination: dict[str, dict[str, int]] = {}
+    by_reason: dict[str, int] = {}
+    reasons: dict[str, dict[str, dict[str, int]]] = {}
+    totals: dict[str, dict[str, int]] = {}
+    for kind, destination, state, reason, n in rows:
+        if not n:
+            continue
+        if kind == "total":
+            per = totals.setdefault(destination, {})
+            per[state] = per.get(state, 0) + n
+            continue
+        by_state[state] = by_state.get(state, 0) + n
+        per = by_destination.setdefault(destination, {})
+        per[state] = per.get(state, 0) + n
+        if state in REASON_STATES:
+            why = reasons.setdefault(destination, {}).setdefault(state, {})
+            why[reason] = why.get(reason, 0) + n
+            if state != "retry" and reason:
+                by_reason[reason] = by_reason.get(reason, 0) + n
+    return QueueStats(by_state, by_destination, by_reason, oldest, reasons, totals)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorRecord:
+    """A failed delivery attempt as it was recorded (:meth:`Queue.recent_errors`): the jobs of
+    one ``complete`` call that failed the same way are one record (``jobs`` of them, ``job_id``
+    the first)."""
+
+    id: int
+    at: float
+    destination: str
+    #: ``retry`` (to be tried again) or ``dead``.
+    state: str
+    reason: str
+    #: Heap's answer (status and body), or the detail when there was no answer.
+    answer: str
+    jobs: int
+    job_id: int
+
+
+#: How many error records a queue keeps (the oldest are forgotten first).
+MAX_ERRORS: Final = 200
+
+
+def error_groups(
+    outcomes: Iterable[RetryAt | DeadLetter], destinations: Mapping[int, str]
+) -> list[tuple[str, str, str, str, int, int]]:
+    """``(destination, state, reason, answer, jobs, first job id)`` per distinct failure among
+    applied ``outcomes`` (``destinations``: job id -> destination), in order of appearance."""
+    groups: dict[tuple[str, str, str, str], list[int]] = {}
+    for o in outcomes:
+        state = "retry" if isinstance(o, RetryAt) else "dead"
+        answer = o.answer or (o.detail if isinstance(o, DeadLetter) else "")
+        key = (destinations.get(o.id, ""), state, str(o.reason), answer)
+        groups.setdefault(key, []).append(o.id)
+    return [(*key, len(ids), ids[0]) for key, ids in groups.items()]
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """Everything about one job, whatever its state (the dashboard's debugger)."""
+
+    id: int
+    source: str
+    destination: str
+    message_id: str
+    order_key: str
+    payload: bytes
+    received_at: float
+    state: str
+    attempts: int
+    #: Why it is skipped / dead / waiting for a retry ("" otherwise).
+    reason: str
+    detail: str
+    #: Heap's last answer.
+    answer: str
+    finished_at: float | None
+    #: retry: when it is tried again; leased: when the lease ends.
+    due_at: float | None
+
+
+#: What the debugger can search jobs by (:meth:`Queue.search`).
+SearchField = Literal["userId", "anonymousId", "messageId", "event"]
+SEARCH_FIELDS: Final[tuple[SearchField, ...]] = ("userId", "anonymousId", "messageId", "event")
+_SEARCH_PREFIX: Final = {"userId": "u:", "anonymousId": "a:", "messageId": "m:", "event": "e:"}
+
+
+def search_key(field: SearchField, value: str) -> str:
+    """The key a job is found under for ``field`` = ``value`` (:func:`search_keys`)."""
+    return _SEARCH_PREFIX[field] + value
+
+
+def search_keys(payload: bytes) -> list[str]:
+    """The search keys of a stored message: its userId, anonymousId, messageId and event name
+    (those that are non-empty strings or numbers), each once. Pure; a payload that is not a
+    JSON object has none."""
+    try:
+        message = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return []
+    if not isinstance(message, dict):
+        return []
+    keys: list[str] = []
+    for field_name in SEARCH_FIELDS:
+        value = message.get(field_name)
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            continue
+        text = str(value)
+        if text and len(text) <= MAX_SEARCH_VALUE:
+            key = search_key(field_name, text)
+            if key not in keys:
+                keys.append(key)
+    return keys
+
+
+#: Longer values are not indexed (nobody types them into a search box).
+MAX_SEARCH_VALUE: Final = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +390,35 @@ class Queue(Protocol):
         """Return early when new jobs may have been appended (or at ``timeout`` seconds)."""
         ...
 
-    async def stats(self) -> QueueStats: ...
+    async def stats(self) -> QueueStats:
+        """Counts by state, destination and reason, totals, and the oldest unfinished job:
+        read from maintained counters, so as cheap on a huge queue as on a small one."""
+        ...
+
+    async def recent_errors(self, *, limit: int = 20) -> list[ErrorRecord]:
+        """The latest failed attempts (retries and dead letters), newest first: recorded by
+        ``complete`` in the transaction that applies them; the last :data:`MAX_ERRORS` are
+        kept."""
+        ...
+
+    async def job(self, job_id: int) -> JobRecord | None:
+        """One job in any state (``None`` when there is none, e.g. pruned)."""
+        ...
+
+    async def jobs(self, *, limit: int = 50, before: int | None = None) -> list[JobRecord]:
+        """The latest jobs (highest ids first), those below ``before`` when given."""
+        ...
+
+    async def search(self, field: SearchField, value: str, *, limit: int = 50) -> list[JobRecord]:
+        """Jobs whose message has ``field`` equal to ``value`` (exactly), newest first, among
+        those indexed by :meth:`index`."""
+        ...
+
+    async def index(self, *, limit: int = 2000) -> int:
+        """Index up to ``limit`` jobs not indexed yet for :meth:`search` (:func:`search_keys`);
+        return how many. Not done by ``append``, so that ingest does not pay for it: a
+        background service calls it (see :mod:`heaprelay.queue.search`)."""
+        ...
 
     async def dead_letters(
         self, *, limit: int = 100, offset: int = 0, destination: str | None = None
@@ -249,12 +426,16 @@ class Queue(Protocol):
 
     async def dead_letter(self, job_id: int) -> DeadLetterRecord | None: ...
 
-    async def replay(self, ids: Sequence[int] | None, *, now: float) -> int:
-        """Dead jobs back to pending (``None``: all of them); attempts reset. Returns the count."""
+    async def replay(
+        self, ids: Sequence[int] | None, *, now: float, destination: str | None = None
+    ) -> int:
+        """Dead jobs back to pending (``None``: all of them, of ``destination`` when given);
+        attempts reset. Returns the count."""
         ...
 
-    async def purge(self, ids: Sequence[int] | None) -> int:
-        """Delete dead jobs (``None``: all of them). Returns the count."""
+    async def purge(self, ids: Sequence[int] | None, *, destination: str | None = None) -> int:
+        """Delete dead jobs (``None``: all of them, of ``destination`` when given). Returns
+        the count."""
         ...
 
     async def prune(self, *, delivered_before: float) -> int:

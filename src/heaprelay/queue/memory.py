@@ -11,9 +11,14 @@ suite checks them on every backend):
   expired and whose job was finished by another worker must not undo that), and outcomes
   whose ``worker`` or ``lease`` is not the job's current lease (taken over by another claim);
   ``Job.lease`` counts the claims of a job (1 on the first; replay keeps counting);
-- ``stats().by_state`` lists every state (zeros included); ``by_destination`` and
-  ``by_reason`` only non-zero counts; ``oldest_pending_received_at`` is the oldest
-  ``received_at`` of the unfinished jobs (pending, leased, retry);
+- ``stats().by_state`` lists every state (zeros included); ``by_destination``, ``by_reason``,
+  ``reasons`` and ``totals`` only non-zero counts; ``oldest_pending_received_at`` is the
+  ``received_at`` of the unfinished job (pending, leased, retry) with the lowest id; the model
+  counts rows, the durable backends read counters they maintain (the suite compares them);
+- ``recent_errors`` has one record per (destination, state, reason, answer) of each
+  ``complete`` call, for the RetryAt / DeadLetter outcomes it applied, newest first, the last
+  :data:`~heaprelay.queue.base.MAX_ERRORS` kept;
+- ``search`` finds only what ``index`` has indexed, which it does in id order;
 - dead letters are listed by ascending id;
 - deduplication happens at the first claim (base.py's docstring has the rule): ``append``
   stores every job ``pending`` and keeps its window ``[now, now + job.dedupe_window)`` (a
@@ -34,27 +39,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from heaprelay.messages.reasons import Reason
 from heaprelay.queue.base import (
     DUPLICATE_DETAIL,
-    STATES,
+    MAX_ERRORS,
+    REASON_STATES,
     AppendResult,
     DeadLetter,
     DeadLetterRecord,
     Delivered,
+    ErrorRecord,
     Job,
+    JobRecord,
     NewJob,
     Outcome,
     QueueStats,
     Release,
     RetryAt,
+    SearchField,
     Skipped,
     State,
+    error_groups,
     is_duplicate,
     remembered,
+    search_key,
+    search_keys,
+    stats_from_counts,
 )
 
 UNFINISHED: frozenset[State] = frozenset({"pending", "leased", "retry"})
@@ -99,6 +113,26 @@ class _Row:
             lease=self.leases,
         )
 
+    def record(self) -> JobRecord:
+        n = self.new
+        due = self.lease_until if self.state == "leased" else self.retry_at
+        return JobRecord(
+            id=self.id,
+            source=n.source,
+            destination=n.destination,
+            message_id=n.message_id,
+            order_key=n.order_key,
+            payload=n.payload,
+            received_at=n.received_at,
+            state=self.state,
+            attempts=self.attempts,
+            reason=self.reason if self.state in REASON_STATES else "",
+            detail=self.detail if self.state in REASON_STATES else "",
+            answer=self.answer,
+            finished_at=self.finished_at,
+            due_at=due if self.state in ("leased", "retry") else None,
+        )
+
     def dead_letter(self) -> DeadLetterRecord:
         n = self.new
         return DeadLetterRecord(
@@ -127,6 +161,13 @@ class MemoryQueue:
         self._workers: dict[str, float] = {}
         self._next_id = 1
         self._wake = asyncio.Event()
+        #: (destination, event) -> times it happened (QueueStats.totals)
+        self._totals: Counter[tuple[str, str]] = Counter()
+        self._errors: list[ErrorRecord] = []
+        #: search key -> ids of the jobs found under it (ascending); jobs below _indexed_to
+        #: are indexed
+        self._search: dict[str, list[int]] = {}
+        self._indexed_to = 1
 
     # --- the reference decisions ----------------------------------------------------------
 
@@ -177,6 +218,7 @@ class MemoryQueue:
             row.unchecked = new.dedupe_window > 0
             self._next_id += 1
             self._rows[row.id] = row
+            self._totals[(new.destination, "received")] += 1
         if jobs:
             self._wake.set()
         return AppendResult(stored=len(jobs))
@@ -205,6 +247,7 @@ class MemoryQueue:
             if row.unchecked:
                 row.unchecked = False
                 if self.duplicate(row):
+                    self._totals[(row.new.destination, "skipped")] += 1
                     row.state = "skipped"
                     row.reason = Reason.DUPLICATE.value
                     row.detail = DUPLICATE_DETAIL
@@ -227,10 +270,18 @@ class MemoryQueue:
         self, outcomes: Sequence[Outcome], *, now: float, worker: str | None = None
     ) -> None:
         woke = False
+        failed: list[RetryAt | DeadLetter] = []
         for outcome in outcomes:
             if not self.holds(outcome, worker):
                 continue
             row = self._rows[outcome.id]
+            if isinstance(outcome, RetryAt | DeadLetter):
+                failed.append(outcome)
+            if not isinstance(outcome, Release):
+                state = {Delivered: "delivered", RetryAt: "retry", DeadLetter: "dead"}.get(
+                    type(outcome), "skipped"
+                )
+                self._totals[(row.new.destination, state)] += 1
             row.leased_by = None
             row.lease_until = None
             if isinstance(outcome, Release):
@@ -261,6 +312,14 @@ class MemoryQueue:
                 row.detail = outcome.detail
                 row.answer = outcome.answer
                 row.finished_at = now
+        destinations = {o.id: self._rows[o.id].new.destination for o in failed}
+        for destination, state, reason, answer, count, first in error_groups(failed, destinations):
+            self._errors.append(
+                ErrorRecord(
+                    len(self._errors) + 1, now, destination, state, reason, answer, count, first
+                )
+            )
+        del self._errors[:-MAX_ERRORS]
         if woke:
             self._wake.set()
 
@@ -270,24 +329,42 @@ class MemoryQueue:
         self._wake.clear()
 
     async def stats(self) -> QueueStats:
-        by_state: dict[str, int] = dict.fromkeys(STATES, 0)
-        by_destination: dict[str, dict[str, int]] = {}
-        by_reason: dict[str, int] = {}
-        oldest: float | None = None
+        rows: Counter[tuple[str, str, str, str]] = Counter()
+        oldest: tuple[int, float] | None = None
         for row in self._rows.values():
-            by_state[row.state] += 1
-            per = by_destination.setdefault(row.new.destination, {})
-            per[row.state] = per.get(row.state, 0) + 1
-            if row.state in ("skipped", "dead"):
-                by_reason[row.reason] = by_reason.get(row.reason, 0) + 1
-            if row.state in UNFINISHED and (oldest is None or row.new.received_at < oldest):
-                oldest = row.new.received_at
-        return QueueStats(
-            by_state=by_state,
-            by_destination=by_destination,
-            by_reason=by_reason,
-            oldest_pending_received_at=oldest,
+            reason = row.reason if row.state in REASON_STATES else ""
+            rows[("now", row.new.destination, row.state, reason)] += 1
+            if row.state in UNFINISHED and (oldest is None or row.id < oldest[0]):
+                oldest = (row.id, row.new.received_at)
+        for (destination, event), n in self._totals.items():
+            rows[("total", destination, event, "")] += n
+        return stats_from_counts(
+            ((*key, n) for key, n in rows.items()), oldest[1] if oldest else None
         )
+
+    async def recent_errors(self, *, limit: int = 20) -> list[ErrorRecord]:
+        return list(reversed(self._errors[-limit:])) if limit > 0 else []
+
+    async def job(self, job_id: int) -> JobRecord | None:
+        row = self._rows.get(job_id)
+        return row.record() if row is not None else None
+
+    async def jobs(self, *, limit: int = 50, before: int | None = None) -> list[JobRecord]:
+        ids = sorted((i for i in self._rows if before is None or i < before), reverse=True)
+        return [self._rows[i].record() for i in ids[:limit]]
+
+    async def search(self, field: SearchField, value: str, *, limit: int = 50) -> list[JobRecord]:
+        ids = [i for i in self._search.get(search_key(field, value), []) if i in self._rows]
+        return [self._rows[i].record() for i in sorted(ids, reverse=True)[:limit]]
+
+    async def index(self, *, limit: int = 2000) -> int:
+        todo = sorted(i for i in self._rows if i >= self._indexed_to)[:limit]
+        for job_id in todo:
+            for key in search_keys(self._rows[job_id].new.payload):
+                self._search.setdefault(key, []).append(job_id)
+        if todo:
+            self._indexed_to = todo[-1] + 1
+        return len(todo)
 
     async def dead_letters(
         self, *, limit: int = 100, offset: int = 0, destination: str | None = None
@@ -303,14 +380,18 @@ class MemoryQueue:
         row = self._rows.get(job_id)
         return row.dead_letter() if row is not None and row.state == "dead" else None
 
-    def _dead(self, ids: Sequence[int] | None) -> list[_Row]:
+    def _dead(self, ids: Sequence[int] | None, destination: str | None) -> list[_Row]:
         if ids is None:
-            return [r for r in self._rows.values() if r.state == "dead"]
-        rows = (self._rows.get(i) for i in set(ids))
-        return [r for r in rows if r is not None and r.state == "dead"]
+            rows = [r for r in self._rows.values() if r.state == "dead"]
+        else:
+            found = (self._rows.get(i) for i in set(ids))
+            rows = [r for r in found if r is not None and r.state == "dead"]
+        return [r for r in rows if destination is None or r.new.destination == destination]
 
-    async def replay(self, ids: Sequence[int] | None, *, now: float) -> int:
-        rows = self._dead(ids)
+    async def replay(
+        self, ids: Sequence[int] | None, *, now: float, destination: str | None = None
+    ) -> int:
+        rows = self._dead(ids, destination)
         for row in rows:
             row.state = "pending"
             row.attempts = 0
@@ -321,8 +402,8 @@ class MemoryQueue:
             self._wake.set()
         return len(rows)
 
-    async def purge(self, ids: Sequence[int] | None) -> int:
-        rows = self._dead(ids)
+    async def purge(self, ids: Sequence[int] | None, *, destination: str | None = None) -> int:
+        rows = self._dead(ids, destination)
         for row in rows:
             del self._rows[row.id]
         return len(rows)

@@ -47,19 +47,27 @@ from heaprelay.messages.reasons import Reason
 from heaprelay.queue._sql import package_queries
 from heaprelay.queue.base import (
     DUPLICATE_DETAIL,
+    MAX_ERRORS,
     AppendResult,
     DeadLetter,
     DeadLetterRecord,
     Delivered,
+    ErrorRecord,
     Job,
+    JobRecord,
     NewJob,
     Outcome,
     QueueStats,
     Release,
     RetryAt,
+    SearchField,
     Skipped,
+    error_groups,
     is_duplicate,
     remembered,
+    search_key,
+    search_keys,
+    stats_from_counts,
 )
 
 T = TypeVar("T")
@@ -67,6 +75,11 @@ T = TypeVar("T")
 DEFAULT_SCHEMA: Final = "heaprelay"
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _RETRIES: Final = 8
+#: Passes of :meth:`PostgresQueue.index` during which an id skipped over is looked for again
+#: (a job committed after a later one was indexed; or an id that never commits: rolled back).
+_GAP_PASSES: Final = 100
+#: Seconds between two compactions of the counts by one process (:meth:`PostgresQueue.stats`).
+COMPACT_EVERY: Final = 2.0
 
 
 QUERIES: Final = package_queries("postgres.sql")
@@ -140,6 +153,9 @@ class PostgresQueue:
         self._keys_conn: psycopg.AsyncConnection[Any] | None = None
         self._keys_lock = asyncio.Lock()
         self._closed = False
+        #: ids the indexer skipped over -> passes left to look for them (see index()).
+        self._gaps: dict[int, int] = {}
+        self._compacted_at = -COMPACT_EVERY
 
     @classmethod
     async def open(
@@ -225,8 +241,9 @@ class PostgresQueue:
                         "worker": worker,
                     },
                 )
+            failed: dict[int, str] = {}
             if retries:
-                await conn.execute(
+                cur = await conn.execute(
                     QUERIES["retry_at"],
                     {
                         "ids": [o.id for o in retries],
@@ -238,8 +255,9 @@ class PostgresQueue:
                         "worker": worker,
                     },
                 )
+                failed.update(await cur.fetchall())
             if dead:
-                await conn.execute(
+                cur = await conn.execute(
                     QUERIES["dead"],
                     {
                         "ids": [o.id for o in dead],
@@ -249,6 +267,26 @@ class PostgresQueue:
                         "answers": [o.answer for o in dead],
                         "now": now,
                         "worker": worker,
+                    },
+                )
+                failed.update(await cur.fetchall())
+            if failed:
+                position = {id(o): n for n, o in enumerate(outcomes)}
+                tried: list[RetryAt | DeadLetter] = [*retries, *dead]
+                applied = [o for o in tried if o.id in failed]
+                applied.sort(key=lambda o: position[id(o)])
+                groups = error_groups(applied, failed)
+                columns = list(zip(*groups, strict=True))
+                await conn.execute(
+                    QUERIES["add_errors"],
+                    {
+                        "at": now,
+                        "destinations": list(columns[0]),
+                        "states": list(columns[1]),
+                        "reasons": list(columns[2]),
+                        "answers": list(columns[3]),
+                        "counts": list(columns[4]),
+                        "job_ids": list(columns[5]),
                     },
                 )
             if skipped:
@@ -279,11 +317,13 @@ class PostgresQueue:
         if wakes:
             self._wake_local()
 
-    async def replay(self, ids: Sequence[int] | None, *, now: float) -> int:
+    async def replay(
+        self, ids: Sequence[int] | None, *, now: float, destination: str | None = None
+    ) -> int:
+        params = _dead_params(ids, destination)
+
         async def run(conn: psycopg.AsyncConnection[Any]) -> int:
-            cur = await conn.execute(
-                QUERIES["replay"], {"all": ids is None, "ids": list(ids or [])}
-            )
+            cur = await conn.execute(QUERIES["replay"], params)
             if cur.rowcount:
                 await self._send_notify(conn)
             return cur.rowcount
@@ -293,15 +333,58 @@ class PostgresQueue:
             self._wake_local()
         return count
 
-    async def purge(self, ids: Sequence[int] | None) -> int:
+    async def purge(self, ids: Sequence[int] | None, *, destination: str | None = None) -> int:
+        params = _dead_params(ids, destination)
+
         async def run(conn: psycopg.AsyncConnection[Any]) -> int:
-            cur = await conn.execute(QUERIES["purge"], {"all": ids is None, "ids": list(ids or [])})
+            await conn.execute(QUERIES["unsearch_dead"], params)
+            cur = await conn.execute(QUERIES["purge"], params)
             return cur.rowcount
+
+        return await self._transaction(run)
+
+    async def index(self, *, limit: int = 2000) -> int:
+        """Ids are handed out when rows are inserted, not when they commit: a job may become
+        visible after a later one was indexed. Ids skipped over are looked for again during
+        the next :data:`_GAP_PASSES` passes of this process (another process that takes over
+        the indexing only looks ahead)."""
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> int:
+            cur = await conn.execute(QUERIES["lock_search_cursor"])
+            row = await cur.fetchone()
+            if row is None:  # another process is indexing right now
+                return 0
+            start = int(row[0])
+            cur = await conn.execute(QUERIES["to_index"], {"next": start, "limit": limit})
+            found = list(await cur.fetchall())
+            late: list[Any] = []
+            if self._gaps:
+                cur = await conn.execute(QUERIES["gaps_to_index"], {"ids": sorted(self._gaps)})
+                late = list(await cur.fetchall())
+            keys = [
+                (key, job_id) for job_id, payload in late + found for key in search_keys(payload)
+            ]
+            if keys:
+                await conn.execute(
+                    QUERIES["add_search"],
+                    {"keys": [k for k, _ in keys], "ids": [i for _, i in keys]},
+                )
+            for job_id, _ in late:
+                self._gaps.pop(job_id, None)
+            self._gaps = {i: n - 1 for i, n in self._gaps.items() if n > 1}
+            if found:
+                seen = {job_id for job_id, _ in found}
+                for missing in range(start, found[-1][0]):
+                    if missing not in seen:
+                        self._gaps[missing] = _GAP_PASSES
+                await conn.execute(QUERIES["set_search_next"], {"next": found[-1][0] + 1})
+            return len(found) + len(late)
 
         return await self._transaction(run)
 
     async def prune(self, *, delivered_before: float) -> int:
         async def run(conn: psycopg.AsyncConnection[Any]) -> int:
+            await conn.execute(QUERIES["unsearch_finished"], {"before": delivered_before})
             cur = await conn.execute(QUERIES["prune_finished"], {"before": delivered_before})
             # A remembered messageId that expired before the cut-off can no longer match.
             await conn.execute(QUERIES["prune_seen"], {"before": delivered_before})
@@ -340,19 +423,54 @@ class PostgresQueue:
             self._waiters.discard(event)
 
     async def stats(self) -> QueueStats:
+        """The sum of the counts' delta rows (migration 0006). Compacts them first when this
+        process has not done so for :data:`COMPACT_EVERY` seconds and no other process is
+        compacting (the server reads the stats every few seconds, so they stay few)."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._compacted_at >= COMPACT_EVERY:
+            self._compacted_at = loop.time()
+            await self._compact()
         async with self._pool.connection() as conn, conn.transaction():
-            by_state: dict[str, int] = {}
-            by_destination: dict[str, dict[str, int]] = {}
-            cur = await conn.execute(QUERIES["count_by_destination_state"])
-            for destination, state, count in await cur.fetchall():
-                by_state[state] = by_state.get(state, 0) + count
-                by_destination.setdefault(destination, {})[state] = count
-            cur = await conn.execute(QUERIES["count_by_reason"])
-            by_reason = {reason: count for reason, count in await cur.fetchall()}
+            cur = await conn.execute(QUERIES["counts"])
+            rows = await cur.fetchall()
             cur = await conn.execute(QUERIES["oldest_unfinished"])
+            oldest = await cur.fetchone()
+        return stats_from_counts(rows, oldest[0] if oldest else None)
+
+    async def _compact(self) -> None:
+        async def run(conn: psycopg.AsyncConnection[Any]) -> None:
+            cur = await conn.execute(QUERIES["try_compact_lock"], {"name": f"{self.schema}:counts"})
             row = await cur.fetchone()
-            oldest = row[0] if row else None
-        return QueueStats(by_state, by_destination, by_reason, oldest)
+            if row and row[0]:
+                await conn.execute(QUERIES["compact_counts"])
+                await conn.execute(QUERIES["trim_errors"], {"keep": MAX_ERRORS})
+
+        await self._transaction(run)
+
+    async def recent_errors(self, *, limit: int = 20) -> list[ErrorRecord]:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                QUERIES["recent_errors"], {"limit": max(0, min(limit, MAX_ERRORS))}
+            )
+            return [ErrorRecord(*row) for row in await cur.fetchall()]
+
+    async def job(self, job_id: int) -> JobRecord | None:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(QUERIES["job"], {"id": job_id})
+            row = await cur.fetchone()
+            return JobRecord(*row) if row else None
+
+    async def jobs(self, *, limit: int = 50, before: int | None = None) -> list[JobRecord]:
+        params = {"limit": limit, "before": before if before is not None else 1 << 62}
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(QUERIES["jobs"], params)
+            return [JobRecord(*row) for row in await cur.fetchall()]
+
+    async def search(self, field: SearchField, value: str, *, limit: int = 50) -> list[JobRecord]:
+        params = {"key": search_key(field, value), "limit": limit}
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(QUERIES["search"], params)
+            return [JobRecord(*row) for row in await cur.fetchall()]
 
     async def dead_letters(
         self, *, limit: int = 100, offset: int = 0, destination: str | None = None
@@ -445,6 +563,10 @@ class PostgresQueue:
 
 Triple = tuple[str, str, str]
 Entry = tuple[float, float]
+
+
+def _dead_params(ids: Sequence[int] | None, destination: str | None) -> dict[str, Any]:
+    return {"all": ids is None, "ids": list(ids or []), "destination": destination}
 
 
 class _Claim:

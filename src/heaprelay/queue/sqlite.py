@@ -30,20 +30,27 @@ from heaprelay.messages.reasons import Reason
 from heaprelay.queue._sql import package_queries
 from heaprelay.queue.base import (
     DUPLICATE_DETAIL,
-    STATES,
+    MAX_ERRORS,
     AppendResult,
     DeadLetter,
     DeadLetterRecord,
     Delivered,
+    ErrorRecord,
     Job,
+    JobRecord,
     NewJob,
     Outcome,
     QueueStats,
     Release,
     RetryAt,
+    SearchField,
     Skipped,
+    error_groups,
     is_duplicate,
     remembered,
+    search_key,
+    search_keys,
+    stats_from_counts,
 )
 
 T = TypeVar("T")
@@ -110,6 +117,10 @@ class SQLiteQueue:
             # copied back once, and fewer commits wait for a checkpoint.
             write.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
             write.executescript(QUERIES["schema"])
+            tables = {row[0] for row in write.execute("SELECT name FROM sqlite_master")}
+            # One transaction (executescript commits before it runs its script).
+            fill = QUERIES["fill_counts"] if "counts" not in tables else ""  # new, or older
+            write.executescript(f"BEGIN IMMEDIATE;\n{QUERIES['counters']}\n{fill}\nCOMMIT;")
             columns = {row[1] for row in write.execute("PRAGMA table_info(jobs)")}
             if "leases" not in columns:  # a file from before lease tokens
                 write.execute(QUERIES["add_leases"])
@@ -145,6 +156,8 @@ class SQLiteQueue:
         self, outcomes: Sequence[Outcome], *, now: float, worker: str | None = None
     ) -> None:
         def run(conn: sqlite3.Connection) -> None:
+            failed: list[RetryAt | DeadLetter] = []
+            destinations: dict[int, str] = {}
             for outcome in outcomes:
                 # Only the current lease's outcomes apply (base.py, "Lease ownership").
                 params: dict[str, Any] = {
@@ -158,36 +171,76 @@ class SQLiteQueue:
                         conn.execute(QUERIES["delivered"], params | {"answer": answer})
                     case RetryAt(at=at, reason=reason, answer=answer):
                         params |= {"at": at, "reason": str(reason), "answer": answer}
-                        conn.execute(QUERIES["retry_at"], params)
+                        if row := conn.execute(QUERIES["retry_at"], params).fetchone():
+                            failed.append(outcome)
+                            destinations[outcome.id] = row[0]
                     case DeadLetter(reason=reason, detail=detail, answer=answer):
                         params |= {"reason": str(reason), "detail": detail, "answer": answer}
-                        conn.execute(QUERIES["dead"], params)
+                        if row := conn.execute(QUERIES["dead"], params).fetchone():
+                            failed.append(outcome)
+                            destinations[outcome.id] = row[0]
                     case Skipped(reason=reason, detail=detail):
                         params |= {"reason": str(reason), "detail": detail}
                         conn.execute(QUERIES["skipped"], params)
                     case Release():
                         conn.execute(QUERIES["release"], params)
+            if failed:
+                for group in error_groups(failed, destinations):
+                    row = dict(zip(_ERROR_FIELDS, (now, *group), strict=True))
+                    conn.execute(QUERIES["add_error"], row)
+                conn.execute(QUERIES["trim_errors"], {"keep": MAX_ERRORS})
 
         await self._call(run)
         if any(isinstance(o, Release | RetryAt) for o in outcomes):
             self._notify()
 
-    async def replay(self, ids: Sequence[int] | None, *, now: float) -> int:
+    async def replay(
+        self, ids: Sequence[int] | None, *, now: float, destination: str | None = None
+    ) -> int:
+        params = _dead_params(ids, destination)
+
         def run(conn: sqlite3.Connection) -> int:
-            if ids is None:
-                return conn.execute(QUERIES["replay_all"]).rowcount
-            return sum(conn.execute(QUERIES["replay_one"], {"id": i}).rowcount for i in ids)
+            count: int = conn.execute(QUERIES["replay"], params).rowcount
+            return count
 
         count = await self._call(run)
         if count:
             self._notify()
         return count
 
-    async def purge(self, ids: Sequence[int] | None) -> int:
+    async def purge(self, ids: Sequence[int] | None, *, destination: str | None = None) -> int:
+        params = _dead_params(ids, destination)
+
         def run(conn: sqlite3.Connection) -> int:
-            if ids is None:
-                return conn.execute(QUERIES["purge_all"]).rowcount
-            return sum(conn.execute(QUERIES["purge_one"], {"id": i}).rowcount for i in ids)
+            conn.execute(QUERIES["unsearch_dead"], params)
+            count: int = conn.execute(QUERIES["purge"], params).rowcount
+            return count
+
+        return await self._call(run)
+
+    async def index(self, *, limit: int = 2000) -> int:
+        def read() -> tuple[list[int], list[tuple[str, int]]]:
+            with self._read_lock:
+                row = self._read.execute(QUERIES["search_next"]).fetchone()
+                params = {"next": row[0] if row else 1, "limit": limit}
+                jobs = self._read.execute(QUERIES["to_index"], params).fetchall()
+            keys = [(key, job_id) for job_id, payload in jobs for key in search_keys(payload)]
+            return [job_id for job_id, _ in jobs], keys
+
+        # Read and parse in another thread, on the reading connection: the writer (which
+        # appends share) only inserts the keys.
+        ids, rows = await asyncio.to_thread(read)
+        if not ids:
+            return 0
+        first, last = ids[0], ids[-1]
+
+        def run(conn: sqlite3.Connection) -> int:
+            row = conn.execute(QUERIES["search_next"]).fetchone()
+            if (row[0] if row else 1) > first:  # another handle indexed them meanwhile
+                return 0
+            _insert_rows(conn, "add_search", rows, "(?, ?)")
+            conn.execute(QUERIES["set_search_next"], {"next": last + 1})
+            return len(ids)
 
         return await self._call(run)
 
@@ -195,6 +248,7 @@ class SQLiteQueue:
         def run(conn: sqlite3.Connection) -> int:
             # A seen entry that expired before the cut-off can no longer match anything.
             conn.execute(QUERIES["prune_seen"], {"before": delivered_before})
+            conn.execute(QUERIES["unsearch_finished"], {"before": delivered_before})
             count: int = conn.execute(
                 QUERIES["prune_finished"], {"before": delivered_before}
             ).rowcount
@@ -218,14 +272,37 @@ class SQLiteQueue:
 
     async def stats(self) -> QueueStats:
         def run(conn: sqlite3.Connection) -> QueueStats:
-            by_state: dict[str, int] = dict.fromkeys(STATES, 0)
-            by_destination: dict[str, dict[str, int]] = {}
-            for destination, state, count in conn.execute(QUERIES["count_by_destination_state"]):
-                by_state[state] = by_state.get(state, 0) + count
-                by_destination.setdefault(destination, {})[state] = count
-            by_reason = dict(conn.execute(QUERIES["count_by_reason"]).fetchall())
-            oldest = conn.execute(QUERIES["oldest_unfinished"]).fetchone()[0]
-            return QueueStats(by_state, by_destination, by_reason, oldest)
+            rows = conn.execute(QUERIES["counts"]).fetchall()
+            oldest = conn.execute(QUERIES["oldest_unfinished"]).fetchone()
+            return stats_from_counts(rows, oldest[0] if oldest else None)
+
+        return await self._read_call(run)
+
+    async def recent_errors(self, *, limit: int = 20) -> list[ErrorRecord]:
+        def run(conn: sqlite3.Connection) -> list[ErrorRecord]:
+            rows = conn.execute(QUERIES["recent_errors"], {"limit": limit})
+            return [ErrorRecord(*row) for row in rows]
+
+        return await self._read_call(run)
+
+    async def job(self, job_id: int) -> JobRecord | None:
+        def run(conn: sqlite3.Connection) -> JobRecord | None:
+            row = conn.execute(QUERIES["job"], {"id": job_id}).fetchone()
+            return JobRecord(*row) if row else None
+
+        return await self._read_call(run)
+
+    async def jobs(self, *, limit: int = 50, before: int | None = None) -> list[JobRecord]:
+        def run(conn: sqlite3.Connection) -> list[JobRecord]:
+            params = {"limit": limit, "before": before if before is not None else 1 << 62}
+            return [JobRecord(*row) for row in conn.execute(QUERIES["jobs"], params)]
+
+        return await self._read_call(run)
+
+    async def search(self, field: SearchField, value: str, *, limit: int = 50) -> list[JobRecord]:
+        def run(conn: sqlite3.Connection) -> list[JobRecord]:
+            params = {"key": search_key(field, value), "limit": limit}
+            return [JobRecord(*row) for row in conn.execute(QUERIES["search"], params)]
 
         return await self._read_call(run)
 
@@ -400,6 +477,17 @@ def _insert_group(
             else:
                 rows.append((*job[:6], None, None))
     _insert_rows(conn, "insert_jobs", rows, QUERIES["job_row"])
+    # The counters (queue/base.py, QueueStats), in the same transaction: one row a destination.
+    per_destination: dict[str, int] = {}
+    for jobs, _ in appends:
+        for job in jobs:
+            per_destination[job.destination] = per_destination.get(job.destination, 0) + 1
+    counts = [
+        (kind, destination, state, "", n)
+        for destination, n in per_destination.items()
+        for kind, state in (("now", "pending"), ("total", "received"))
+    ]
+    _insert_rows(conn, "add_counts", counts, "(?, ?, ?, ?, ?)")
     return [AppendResult(stored=len(jobs)) for jobs, _ in appends]
 
 
@@ -473,5 +561,12 @@ def _multi_row_sql(query: str, rows: int, row: str) -> str:
 
 
 _DUPLICATE: Final = Reason.DUPLICATE.value
+_ERROR_FIELDS: Final = ("at", "destination", "state", "reason", "answer", "jobs", "job_id")
+
+
+def _dead_params(ids: Sequence[int] | None, destination: str | None) -> dict[str, Any]:
+    return {"all": ids is None, "ids": json.dumps(list(ids or [])), "destination": destination}
+
+
 #: Rows per multi-row INSERT (8 parameters each at most: far under SQLite's limit).
 _ROWS_PER_INSERT: Final = 200

@@ -37,10 +37,13 @@ from hypothesis.stateful import (
 
 from heaprelay.messages.reasons import Reason
 from heaprelay.queue.base import (
+    MAX_ERRORS,
     DeadLetter,
     DeadLetterRecord,
     Delivered,
+    ErrorRecord,
     Job,
+    JobRecord,
     NewJob,
     Outcome,
     Queue,
@@ -100,12 +103,12 @@ def job(
     )
 
 
-def n_of(j: Job | DeadLetterRecord) -> int:
+def n_of(j: Job | DeadLetterRecord | JobRecord) -> int:
     value: int = json.loads(j.payload)["n"]
     return value
 
 
-def ns(jobs: Sequence[Job | DeadLetterRecord]) -> list[int]:
+def ns(jobs: Sequence[Job | DeadLetterRecord | JobRecord]) -> list[int]:
     return [n_of(j) for j in jobs]
 
 
@@ -120,7 +123,47 @@ def normalised(stats: QueueStats) -> dict[str, Any]:
         },
         "by_reason": {k: v for k, v in stats.by_reason.items() if v},
         "oldest_pending_received_at": stats.oldest_pending_received_at,
+        "reasons": {
+            d: {
+                st: {r: n for r, n in why.items() if n}
+                for st, why in per.items()
+                if any(why.values())
+            }
+            for d, per in stats.reasons.items()
+            if any(any(why.values()) for why in per.values())
+        },
+        "totals": {
+            d: {k: v for k, v in per.items() if v}
+            for d, per in stats.totals.items()
+            if any(per.values())
+        },
     }
+
+
+def error_view(records: Sequence[ErrorRecord]) -> list[tuple[Any, ...]]:
+    """Error records without their ids (each backend numbers its own)."""
+    return [(r.at, r.destination, r.state, r.reason, r.answer, r.jobs) for r in records]
+
+
+def record_view(r: JobRecord | None) -> tuple[Any, ...] | None:
+    """A job record without its id (matched across backends by payload)."""
+    if r is None:
+        return None
+    return (
+        n_of(r),
+        r.source,
+        r.destination,
+        r.message_id,
+        r.order_key,
+        r.received_at,
+        r.state,
+        r.attempts,
+        r.reason,
+        r.detail,
+        r.answer,
+        r.finished_at,
+        r.due_at,
+    )
 
 
 async def claim(q: Queue, worker: str = "w1", *, now: float, limit: int = 100) -> list[Job]:
@@ -657,6 +700,182 @@ class QueueContract:
 
         run(queue_factory, body)
 
+    def test_stats_count_reasons_and_totals(self, queue_factory: QueueFactory) -> None:
+        async def body(q: Queue) -> None:
+            await q.append([job(i, key=f"k{i}") for i in range(1, 6)], now=T0)
+            await q.append([job(6, key="k6", destination="d2", message_id="m1")], now=T0)
+            a, b, c, d, e, f = await claim(q, now=T0)
+            await q.complete(
+                [
+                    Delivered(a.id),
+                    RetryAt(b.id, at=T0 + 5, reason="http_503", answer="503 busy"),
+                    RetryAt(c.id, at=T0 + 5, reason="http_503", answer="503 busy"),
+                    DeadLetter(d.id, Reason.HEAP_REJECTED, "400", answer="400 no"),
+                    Skipped(e.id, Reason.CONSENT_DENIED, "denied"),
+                    Skipped(f.id, Reason.FILTERED_EVENT_NAME),
+                ],
+                now=T0 + 1,
+            )
+            stats = normalised(await q.stats())
+            assert stats["reasons"] == {
+                "d1": {
+                    "retry": {"http_503": 2},
+                    "dead": {"heap_rejected": 1},
+                    "skipped": {"consent_denied": 1},
+                },
+                "d2": {"skipped": {"filtered_event_name": 1}},
+            }
+            assert stats["by_reason"] == {
+                "heap_rejected": 1,
+                "consent_denied": 1,
+                "filtered_event_name": 1,
+            }
+            totals = {"received": 5, "delivered": 1, "retry": 2, "dead": 1, "skipped": 1}
+            assert stats["totals"] == {"d1": totals, "d2": {"received": 1, "skipped": 1}}
+            # Totals only grow: replayed, delivered, pruned, purged.
+            assert await q.replay([d.id], now=T0 + 2) == 1
+            again = await claim(q, now=T0 + 5)
+            await q.complete([Delivered(j.id) for j in again], now=T0 + 6)
+            assert await q.prune(delivered_before=T0 + 10) == 6
+            stats = normalised(await q.stats())
+            assert stats["by_state"] == {}
+            assert stats["reasons"] == {}
+            assert stats["totals"]["d1"] == totals | {"delivered": 4}
+            # The same counts through another handle (another process).
+            other = await queue_factory(fresh=False)
+            try:
+                assert normalised(await other.stats()) == stats
+            finally:
+                await other.close()
+
+        run(queue_factory, body)
+
+    def test_recent_errors_keep_retries_and_dead_letters(self, queue_factory: QueueFactory) -> None:
+        async def body(q: Queue) -> None:
+            assert await q.recent_errors() == []
+            await q.append([job(i, key=f"k{i}") for i in range(1, 5)], now=T0)
+            a, b, c, d = await claim(q, now=T0)
+            await q.complete(
+                [
+                    RetryAt(a.id, at=T0 + 10**6, reason="http_503", answer="503 busy"),
+                    RetryAt(b.id, at=T0 + 10**6, reason="http_503", answer="503 busy"),
+                    Delivered(c.id),
+                    DeadLetter(d.id, Reason.HEAP_REJECTED, "Heap answered 400", answer=""),
+                ],
+                now=T0 + 1,
+            )
+            # Not applied (not leased any more): not recorded.
+            await q.complete([RetryAt(c.id, at=T0 + 9, reason="http_500")], now=T0 + 2)
+            errors = await q.recent_errors()
+            assert error_view(errors) == [
+                (T0 + 1, "d1", "dead", "heap_rejected", "Heap answered 400", 1),
+                (T0 + 1, "d1", "retry", "http_503", "503 busy", 2),
+            ]
+            assert [e.job_id for e in errors] == [d.id, a.id]
+            assert error_view(await q.recent_errors(limit=1)) == error_view(errors[:1])
+            # Only the latest MAX_ERRORS are kept.
+            for i in range(MAX_ERRORS + 5):
+                await q.append([job(100 + i, key=f"x{i}")], now=T0)
+                [j] = await claim(q, now=T0 + 10 + i)
+                await q.complete(
+                    [RetryAt(j.id, at=T0 + 10**6, reason="http_502", answer=f"502 #{i}")],
+                    now=T0 + 10 + i,
+                )
+            kept = await q.recent_errors(limit=10 * MAX_ERRORS)
+            assert len(kept) == MAX_ERRORS
+            assert kept[0].answer == f"502 #{MAX_ERRORS + 4}"
+
+        run(queue_factory, body)
+
+    def test_job_records_in_every_state(self, queue_factory: QueueFactory) -> None:
+        async def body(q: Queue) -> None:
+            await q.append([job(1), job(2, key="b"), job(3, key="c")], now=T0)
+            assert await q.job(10**9) is None
+            one, two, three = await claim(q, now=T0)
+            leased = await q.job(one.id)
+            assert record_view(leased) == (
+                1, "s1", "d1", "m1", "u1", T0, "leased", 0, "", "", "", None, T0 + LEASE
+            )  # fmt: skip
+            assert leased is not None
+            assert leased.payload == one.payload
+            await q.complete(
+                [
+                    RetryAt(one.id, at=T0 + 7, reason="http_503", answer="503 x"),
+                    Delivered(two.id, answer="200"),
+                    Skipped(three.id, Reason.MISSING_IDENTITY, "no userId"),
+                ],
+                now=T0 + 1,
+            )
+            assert [record_view(r) for r in await q.jobs()] == [
+                (3, "s1", "d1", "m3", "c", T0, "skipped", 0, "missing_identity", "no userId", "",
+                 T0 + 1, None),
+                (2, "s1", "d1", "m2", "b", T0, "delivered", 1, "", "", "200", T0 + 1, None),
+                (1, "s1", "d1", "m1", "u1", T0, "retry", 1, "http_503", "", "503 x", None, T0 + 7),
+            ]  # fmt: skip
+            assert ns(await q.jobs(limit=1)) == [3]
+            assert ns(await q.jobs(before=three.id)) == [2, 1]
+
+        run(queue_factory, body)
+
+    def test_search_finds_indexed_jobs_by_each_field(self, queue_factory: QueueFactory) -> None:
+        async def body(q: Queue) -> None:
+            def message(n: int, **fields: Any) -> NewJob:
+                return job(n, key=f"k{n}")._replace(
+                    payload=json.dumps({"n": n, "type": "track", **fields}).encode()
+                )
+
+            await q.append(
+                [
+                    message(1, userId="ada", event="Signed Up", messageId="mid-1"),
+                    message(2, anonymousId="anon-9", event="Signed Up", messageId="mid-2"),
+                    message(3, userId=42, anonymousId="anon-9", event="Order"),
+                ],
+                now=T0,
+            )
+            assert await q.search("userId", "ada") == []  # not indexed yet
+            assert await q.index(limit=2) == 2
+            assert await q.index() == 1
+            assert await q.index() == 0
+            assert ns(await q.search("userId", "ada")) == [1]
+            assert ns(await q.search("userId", "42")) == [3]
+            assert ns(await q.search("anonymousId", "anon-9")) == [3, 2]
+            assert ns(await q.search("event", "Signed Up")) == [2, 1]
+            assert ns(await q.search("event", "Signed Up", limit=1)) == [2]
+            assert ns(await q.search("messageId", "mid-2")) == [2]
+            assert await q.search("messageId", "mid") == []  # exact matches only
+            # Found in whatever state, and gone once pruned or purged.
+            a, b, c = await claim(q, now=T0)
+            await q.complete(
+                [Delivered(a.id), DeadLetter(b.id, Reason.HEAP_REJECTED, "no"), Release(c.id)],
+                now=T0 + 1,
+            )
+            [found] = await q.search("messageId", "mid-1")
+            assert found.state == "delivered"
+            await q.prune(delivered_before=T0 + 2)
+            await q.purge(None)
+            assert await q.search("userId", "ada") == []
+            assert await q.search("anonymousId", "anon-9") == [await q.job(c.id)]
+
+        run(queue_factory, body)
+
+    def test_replay_and_purge_one_destination(self, queue_factory: QueueFactory) -> None:
+        async def body(q: Queue) -> None:
+            await q.append(
+                [job(i, key=f"k{i}", destination="a" if i % 2 else "b") for i in range(1, 7)],
+                now=T0,
+            )
+            jobs = await claim(q, now=T0)
+            await q.complete([DeadLetter(j.id, Reason.HEAP_REJECTED, "no") for j in jobs], now=T0)
+            assert await q.replay(None, now=T0 + 1, destination="a") == 3
+            assert ns(await q.dead_letters()) == [2, 4, 6]
+            assert await q.replay([jobs[1].id, jobs[0].id], now=T0 + 1, destination="a") == 0
+            assert await q.purge([jobs[1].id, jobs[3].id], destination="a") == 0
+            assert await q.purge([jobs[1].id], destination="b") == 1
+            assert await q.purge(None, destination="b") == 2
+            assert normalised(await q.stats())["by_state"] == {"pending": 3}
+
+        run(queue_factory, body)
+
     # --- several handles, as several processes ----------------------------------------------
 
     def test_jobs_survive_close_and_reopen(self, queue_factory: QueueFactory) -> None:
@@ -847,7 +1066,8 @@ class QueueModelMachine(RuleBasedStateMachine):
             new = job(
                 self.serial, key=key, destination=dest, message_id=mid, received_at=self.now - age
             )
-            jobs.append(new._replace(dedupe_window=window))
+            payload = json.dumps({"n": self.serial, "event": mid}).encode()
+            jobs.append(new._replace(dedupe_window=window, payload=payload))
         got = self._run(self.backend.append(jobs, now=self.now))
         want = self._run(self.model.append(jobs, now=self.now))
         assert got == want
@@ -966,6 +1186,36 @@ class QueueModelMachine(RuleBasedStateMachine):
             want = self._run(self.model.purge([self.model_id[n] for n in picked]))
         assert got == want
 
+    @rule(
+        everything=st.booleans(),
+        destination=st.sampled_from((None, *DESTINATIONS)),
+        replay=st.booleans(),
+    )
+    def of_destination(self, everything: bool, destination: str | None, replay: bool) -> None:
+        dead = self._run(self.model.dead_letters(limit=1000))
+        picked = None if everything else [n_of(r) for r in dead[:2]]
+        results = []
+        for q, ids in ((self.backend, self.backend_id), (self.model, self.model_id)):
+            chosen = None if picked is None else [ids[n] for n in picked]
+            if replay:
+                results.append(self._run(q.replay(chosen, now=self.now, destination=destination)))
+            else:
+                results.append(self._run(q.purge(chosen, destination=destination)))
+        assert results[0] == results[1]
+
+    @rule(limit=st.sampled_from((1, 3, 100)))
+    def index(self, limit: int) -> None:
+        got = self._run(self.backend.index(limit=limit))
+        want = self._run(self.model.index(limit=limit))
+        assert got == want
+
+    @rule(value=st.sampled_from(MESSAGE_IDS))
+    def search(self, value: str) -> None:
+        # The jobs' payloads carry no messageId field: search by a key the test puts in.
+        got = self._run(self.backend.search("event", value, limit=4))
+        want = self._run(self.model.search("event", value, limit=4))
+        assert [record_view(r) for r in got] == [record_view(r) for r in want]
+
     @rule(age=st.sampled_from((0.0, 5.0, 30.0)))
     def prune(self, age: float) -> None:
         got = self._run(self.backend.prune(delivered_before=self.now - age))
@@ -977,6 +1227,15 @@ class QueueModelMachine(RuleBasedStateMachine):
         got = normalised(self._run(self.backend.stats()))
         want = normalised(self._run(self.model.stats()))
         assert got == want
+
+    @invariant()
+    def same_errors_and_jobs(self) -> None:
+        got = self._run(self.backend.recent_errors(limit=1000))
+        want = self._run(self.model.recent_errors(limit=1000))
+        assert error_view(got) == error_view(want)
+        got_jobs = self._run(self.backend.jobs(limit=1000))
+        want_jobs = self._run(self.model.jobs(limit=1000))
+        assert [record_view(r) for r in got_jobs] == [record_view(r) for r in want_jobs]
 
     @invariant()
     def same_dead_letters(self) -> None:
@@ -993,8 +1252,10 @@ __all__ = [
     "QueueContract",
     "QueueFactory",
     "QueueModelMachine",
+    "error_view",
     "job",
     "normalised",
     "ns",
+    "record_view",
     "run",
 ]

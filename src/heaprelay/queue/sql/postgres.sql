@@ -136,7 +136,8 @@ FROM unnest(%(ids)s::bigint[], %(leases)s::int[], %(ats)s::float8[], %(reasons)s
             %(answers)s::text[]) AS o(id, lease, at, reason, answer)
 WHERE jobs.id = o.id AND jobs.state = 'leased'
   AND (%(worker)s::text IS NULL OR jobs.worker = %(worker)s::text)
-  AND (o.lease IS NULL OR jobs.leases = o.lease);
+  AND (o.lease IS NULL OR jobs.leases = o.lease)
+RETURNING jobs.id, jobs.destination;
 
 -- name: dead
 UPDATE jobs SET state = 'dead', reason = o.reason, detail = o.detail, answer = o.answer,
@@ -146,7 +147,8 @@ FROM unnest(%(ids)s::bigint[], %(leases)s::int[], %(reasons)s::text[], %(details
             %(answers)s::text[]) AS o(id, lease, reason, detail, answer)
 WHERE jobs.id = o.id AND jobs.state = 'leased'
   AND (%(worker)s::text IS NULL OR jobs.worker = %(worker)s::text)
-  AND (o.lease IS NULL OR jobs.leases = o.lease);
+  AND (o.lease IS NULL OR jobs.leases = o.lease)
+RETURNING jobs.id, jobs.destination;
 
 -- name: skipped
 UPDATE jobs SET state = 'skipped', reason = o.reason, detail = o.detail,
@@ -169,16 +171,89 @@ WHERE jobs.id = o.id AND jobs.state = 'leased'
 SELECT id FROM jobs WHERE id = ANY(%(ids)s::bigint[]) AND state = 'leased' ORDER BY id
 FOR UPDATE;
 
--- name: count_by_destination_state
-SELECT destination, state, count(*) FROM jobs GROUP BY destination, state;
+-- name: counts
+-- The maintained counts (migration 0006): the sum of their delta rows.
+SELECT kind, destination, state, reason, sum(n)::bigint FROM job_counts
+GROUP BY 1, 2, 3, 4 HAVING sum(n) <> 0;
 
--- name: count_by_reason
-SELECT reason, count(*) FROM jobs
-WHERE state IN ('dead', 'skipped') AND reason IS NOT NULL
-GROUP BY reason;
+-- name: compact_counts
+-- One row per count instead of one per statement since the last compaction. Rows added by
+-- transactions not committed yet are not seen, so not deleted: they stay and still count.
+WITH gone AS (DELETE FROM job_counts RETURNING kind, destination, state, reason, n)
+INSERT INTO job_counts (kind, destination, state, reason, n)
+SELECT kind, destination, state, reason, sum(n) FROM gone
+GROUP BY 1, 2, 3, 4 HAVING sum(n) <> 0;
+
+-- name: try_compact_lock
+SELECT pg_try_advisory_xact_lock(hashtextextended(%(name)s, 0));
 
 -- name: oldest_unfinished
-SELECT min(received_at) FROM jobs WHERE state IN ('pending', 'leased', 'retry');
+-- The unfinished job appended first (jobs_open: one index step, whatever the backlog).
+SELECT received_at FROM jobs WHERE state IN ('pending', 'leased', 'retry') ORDER BY id LIMIT 1;
+
+-- name: add_errors
+INSERT INTO errors (at, destination, state, reason, answer, jobs, job_id)
+SELECT %(at)s, * FROM unnest(%(destinations)s::text[], %(states)s::text[],
+                             %(reasons)s::text[], %(answers)s::text[], %(counts)s::int[],
+                             %(job_ids)s::bigint[]);
+
+-- name: trim_errors
+DELETE FROM errors WHERE id <= (SELECT max(id) FROM errors) - %(keep)s;
+
+-- name: recent_errors
+SELECT id, at, destination, state, reason, answer, jobs, job_id FROM errors
+ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: job
+SELECT id, source, destination, message_id, order_key, payload, received_at, state, attempts,
+       job_counts_reason(state, reason),
+       CASE WHEN state IN ('skipped', 'dead', 'retry') THEN detail ELSE '' END,
+       answer, finished_at, CASE WHEN state IN ('leased', 'retry') THEN due_at END
+FROM jobs WHERE id = %(id)s;
+
+-- name: jobs
+SELECT id, source, destination, message_id, order_key, payload, received_at, state, attempts,
+       job_counts_reason(state, reason),
+       CASE WHEN state IN ('skipped', 'dead', 'retry') THEN detail ELSE '' END,
+       answer, finished_at, CASE WHEN state IN ('leased', 'retry') THEN due_at END
+FROM jobs WHERE id < %(before)s ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: search
+SELECT j.id, j.source, j.destination, j.message_id, j.order_key, j.payload, j.received_at,
+       j.state, j.attempts, job_counts_reason(j.state, j.reason),
+       CASE WHEN j.state IN ('skipped', 'dead', 'retry') THEN j.detail ELSE '' END,
+       j.answer, j.finished_at, CASE WHEN j.state IN ('leased', 'retry') THEN j.due_at END
+FROM search AS s JOIN jobs AS j ON j.id = s.job_id
+WHERE s.key = %(key)s ORDER BY s.job_id DESC LIMIT %(limit)s;
+
+-- name: lock_search_cursor
+-- One indexer at a time; the others find nothing to do (SKIP LOCKED).
+SELECT next_id FROM search_cursor WHERE one = 1 FOR UPDATE SKIP LOCKED;
+
+-- name: to_index
+SELECT id, payload FROM jobs WHERE id >= %(next)s ORDER BY id LIMIT %(limit)s;
+
+-- name: gaps_to_index
+SELECT id, payload FROM jobs WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id;
+
+-- name: add_search
+INSERT INTO search (key, job_id)
+SELECT * FROM unnest(%(keys)s::text[], %(ids)s::bigint[]);
+
+-- name: set_search_next
+UPDATE search_cursor SET next_id = %(next)s WHERE one = 1;
+
+-- name: unsearch_finished
+DELETE FROM search WHERE job_id IN (
+    SELECT id FROM jobs WHERE state IN ('delivered', 'skipped') AND finished_at < %(before)s
+);
+
+-- name: unsearch_dead
+DELETE FROM search WHERE job_id IN (
+    SELECT id FROM jobs
+    WHERE state = 'dead' AND (%(all)s OR id = ANY(%(ids)s::bigint[]))
+      AND (%(destination)s::text IS NULL OR destination = %(destination)s::text)
+);
 
 -- name: dead_letters
 SELECT id, source, destination, message_id, payload, reason, detail, answer, attempts,
@@ -196,10 +271,12 @@ FROM jobs WHERE state = 'dead' AND id = %(id)s;
 -- name: replay
 UPDATE jobs SET state = 'pending', attempts = 0, first_attempt_at = NULL, reason = NULL,
        detail = '', answer = '', finished_at = NULL, due_at = NULL
-WHERE state = 'dead' AND (%(all)s OR id = ANY(%(ids)s::bigint[]));
+WHERE state = 'dead' AND (%(all)s OR id = ANY(%(ids)s::bigint[]))
+  AND (%(destination)s::text IS NULL OR destination = %(destination)s::text);
 
 -- name: purge
-DELETE FROM jobs WHERE state = 'dead' AND (%(all)s OR id = ANY(%(ids)s::bigint[]));
+DELETE FROM jobs WHERE state = 'dead' AND (%(all)s OR id = ANY(%(ids)s::bigint[]))
+  AND (%(destination)s::text IS NULL OR destination = %(destination)s::text);
 
 -- name: prune_finished
 DELETE FROM jobs WHERE state IN ('delivered', 'skipped') AND finished_at < %(before)s;

@@ -47,6 +47,94 @@ CREATE TABLE IF NOT EXISTS seen (
     PRIMARY KEY (source, destination, message_id)
 ) WITHOUT ROWID;
 
+-- name: counters
+-- Maintained counts (queue/base.py, QueueStats): kind 'now' = jobs per (destination, state,
+-- reason) now (reason '' but for skipped / dead / retry); kind 'total' = how many jobs were
+-- ever received, and how many times one became delivered / skipped / dead / retry. Appends
+-- add theirs in the same transaction (add_counts, one row a destination and commit, cheaper
+-- than a trigger a row); every other change of a job's state or reason (updates, deletes:
+-- claims, outcomes, replay, purge, prune) is counted by the triggers below, in its
+-- transaction. open() creates them with the schema, and fills the table from the jobs when
+-- it is new (fill_counts).
+CREATE TABLE IF NOT EXISTS counts (
+    kind TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (kind, destination, state, reason)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS jobs_count_update AFTER UPDATE OF state, reason ON jobs
+WHEN old.state IS NOT new.state
+  OR (new.state IN ('skipped', 'dead', 'retry') AND old.reason IS NOT new.reason)
+BEGIN
+    INSERT INTO counts VALUES ('now', old.destination, old.state,
+        CASE WHEN old.state IN ('skipped', 'dead', 'retry') THEN coalesce(old.reason, '')
+             ELSE '' END, -1)
+    ON CONFLICT DO UPDATE SET n = n - 1;
+    INSERT INTO counts VALUES ('now', new.destination, new.state,
+        CASE WHEN new.state IN ('skipped', 'dead', 'retry') THEN coalesce(new.reason, '')
+             ELSE '' END, 1)
+    ON CONFLICT DO UPDATE SET n = n + 1;
+    INSERT INTO counts SELECT 'total', new.destination, new.state, '', 1
+    WHERE new.state IN ('delivered', 'skipped', 'dead', 'retry') AND old.state IS NOT new.state
+    ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS jobs_count_delete AFTER DELETE ON jobs
+BEGIN
+    INSERT INTO counts VALUES ('now', old.destination, old.state,
+        CASE WHEN old.state IN ('skipped', 'dead', 'retry') THEN coalesce(old.reason, '')
+             ELSE '' END, -1)
+    ON CONFLICT DO UPDATE SET n = n - 1;
+END;
+-- Failed attempts (retries and dead letters) as complete() recorded them, the latest kept.
+CREATE TABLE IF NOT EXISTS errors (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    destination TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    answer TEXT NOT NULL,
+    jobs INTEGER NOT NULL,
+    job_id INTEGER NOT NULL
+);
+-- The debugger's search (Queue.search): keys of each job (queue/base.py, search_keys),
+-- written by Queue.index in the background, never by appends; next_id: the first job not
+-- indexed yet.
+CREATE TABLE IF NOT EXISTS search (
+    key TEXT NOT NULL,
+    job_id INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS search_key ON search (key, job_id);
+CREATE INDEX IF NOT EXISTS search_job ON search (job_id);
+CREATE TABLE IF NOT EXISTS search_cursor (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    next_id INTEGER NOT NULL
+);
+
+-- name: fill_counts
+-- A counts table new in an existing file: count what is there (once, O(jobs)). Totals start
+-- from the jobs still kept.
+INSERT INTO counts (kind, destination, state, reason, n)
+SELECT 'now', destination, state,
+       CASE WHEN state IN ('skipped', 'dead', 'retry') THEN coalesce(reason, '') ELSE '' END,
+       count(*)
+FROM jobs GROUP BY 1, 2, 3, 4
+ON CONFLICT DO UPDATE SET n = excluded.n;
+INSERT INTO counts (kind, destination, state, reason, n)
+SELECT 'total', destination, 'received', '', count(*) FROM jobs GROUP BY 1, 2, 3, 4
+ON CONFLICT DO UPDATE SET n = excluded.n;
+INSERT INTO counts (kind, destination, state, reason, n)
+SELECT 'total', destination, state, '', count(*) FROM jobs
+WHERE state IN ('delivered', 'skipped', 'dead', 'retry') GROUP BY 1, 2, 3, 4
+ON CONFLICT DO UPDATE SET n = excluded.n;
+
+-- name: add_counts
+-- The counts of an append (one row per destination: pending now, and received in total).
+-- ":rows" is expanded to one "(?, ?, ?, ?, ?)" per row.
+INSERT INTO counts (kind, destination, state, reason, n) VALUES :rows
+ON CONFLICT DO UPDATE SET n = n + excluded.n;
+
 -- name: add_leases
 -- For queue files made before lease tokens (open() runs it when the column is missing).
 ALTER TABLE jobs ADD COLUMN leases INTEGER NOT NULL DEFAULT 0;
@@ -132,14 +220,16 @@ UPDATE jobs SET state = 'retry', due_at = :at, reason = :reason, answer = :answe
        attempts = attempts + 1, first_attempt_at = coalesce(first_attempt_at, :now),
        worker = NULL
 WHERE id = :id AND state = 'leased' AND (:worker IS NULL OR worker = :worker)
-  AND (:lease IS NULL OR leases = :lease);
+  AND (:lease IS NULL OR leases = :lease)
+RETURNING destination;
 
 -- name: dead
 UPDATE jobs SET state = 'dead', reason = :reason, detail = :detail, answer = :answer,
        attempts = attempts + 1, first_attempt_at = coalesce(first_attempt_at, :now),
        finished_at = :now, due_at = NULL, worker = NULL
 WHERE id = :id AND state = 'leased' AND (:worker IS NULL OR worker = :worker)
-  AND (:lease IS NULL OR leases = :lease);
+  AND (:lease IS NULL OR leases = :lease)
+RETURNING destination;
 
 -- name: skipped
 UPDATE jobs SET state = 'skipped', reason = :reason, detail = :detail, finished_at = :now,
@@ -152,16 +242,74 @@ UPDATE jobs SET state = 'pending', due_at = NULL, worker = NULL
 WHERE id = :id AND state = 'leased' AND (:worker IS NULL OR worker = :worker)
   AND (:lease IS NULL OR leases = :lease);
 
--- name: count_by_destination_state
-SELECT destination, state, count(*) FROM jobs GROUP BY destination, state;
-
--- name: count_by_reason
-SELECT reason, count(*) FROM jobs
-WHERE state IN ('dead', 'skipped') AND reason IS NOT NULL
-GROUP BY reason;
+-- name: counts
+SELECT kind, destination, state, reason, n FROM counts WHERE n <> 0;
 
 -- name: oldest_unfinished
-SELECT min(received_at) FROM jobs WHERE state IN ('pending', 'leased', 'retry');
+-- The unfinished job appended first (jobs_open: one index step, whatever the backlog).
+SELECT received_at FROM jobs WHERE state IN ('pending', 'leased', 'retry') ORDER BY id LIMIT 1;
+
+-- name: add_error
+INSERT INTO errors (at, destination, state, reason, answer, jobs, job_id)
+VALUES (:at, :destination, :state, :reason, :answer, :jobs, :job_id);
+
+-- name: trim_errors
+DELETE FROM errors WHERE id <= (SELECT max(id) FROM errors) - :keep;
+
+-- name: recent_errors
+SELECT id, at, destination, state, reason, answer, jobs, job_id FROM errors
+ORDER BY id DESC LIMIT :limit;
+
+-- name: job
+SELECT id, source, destination, message_id, order_key, payload, received_at, state, attempts,
+       CASE WHEN state IN ('skipped', 'dead', 'retry') THEN coalesce(reason, '') ELSE '' END,
+       CASE WHEN state IN ('skipped', 'dead', 'retry') THEN detail ELSE '' END,
+       answer, finished_at, CASE WHEN state IN ('leased', 'retry') THEN due_at END
+FROM jobs WHERE id = :id;
+
+-- name: jobs
+SELECT id, source, destination, message_id, order_key, payload, received_at, state, attempts,
+       CASE WHEN state IN ('skipped', 'dead', 'retry') THEN coalesce(reason, '') ELSE '' END,
+       CASE WHEN state IN ('skipped', 'dead', 'retry') THEN detail ELSE '' END,
+       answer, finished_at, CASE WHEN state IN ('leased', 'retry') THEN due_at END
+FROM jobs WHERE id < :before ORDER BY id DESC LIMIT :limit;
+
+-- name: search
+SELECT j.id, j.source, j.destination, j.message_id, j.order_key, j.payload, j.received_at,
+       j.state, j.attempts,
+       CASE WHEN j.state IN ('skipped', 'dead', 'retry') THEN coalesce(j.reason, '') ELSE '' END,
+       CASE WHEN j.state IN ('skipped', 'dead', 'retry') THEN j.detail ELSE '' END,
+       j.answer, j.finished_at, CASE WHEN j.state IN ('leased', 'retry') THEN j.due_at END
+FROM search AS s JOIN jobs AS j ON j.id = s.job_id
+WHERE s.key = :key ORDER BY s.job_id DESC LIMIT :limit;
+
+-- name: search_next
+SELECT next_id FROM search_cursor WHERE one = 1;
+
+-- name: to_index
+SELECT id, payload FROM jobs WHERE id >= :next ORDER BY id LIMIT :limit;
+
+-- name: add_search
+-- ":rows" is expanded to one "(?, ?)" per key.
+INSERT INTO search (key, job_id) VALUES :rows;
+
+-- name: set_search_next
+INSERT INTO search_cursor (one, next_id) VALUES (1, :next)
+ON CONFLICT (one) DO UPDATE SET next_id = excluded.next_id;
+
+-- name: unsearch_finished
+-- Search keys of the jobs prune_finished is about to delete.
+DELETE FROM search WHERE job_id IN (
+    SELECT id FROM jobs WHERE state IN ('delivered', 'skipped') AND finished_at < :before
+);
+
+-- name: unsearch_dead
+-- Search keys of the dead jobs purge is about to delete.
+DELETE FROM search WHERE job_id IN (
+    SELECT id FROM jobs
+    WHERE state = 'dead' AND (:all OR id IN (SELECT value FROM json_each(:ids)))
+      AND (:destination IS NULL OR destination = :destination)
+);
 
 -- name: dead_letters
 SELECT id, source, destination, message_id, payload, reason, detail, answer, attempts,
@@ -176,21 +324,17 @@ SELECT id, source, destination, message_id, payload, reason, detail, answer, att
        received_at, finished_at
 FROM jobs WHERE state = 'dead' AND id = :id;
 
--- name: replay_one
+-- name: replay
+-- :ids is a JSON array of job ids (ignored when :all).
 UPDATE jobs SET state = 'pending', attempts = 0, first_attempt_at = NULL, reason = NULL,
        detail = '', answer = '', finished_at = NULL, due_at = NULL
-WHERE state = 'dead' AND id = :id;
+WHERE state = 'dead' AND (:all OR id IN (SELECT value FROM json_each(:ids)))
+  AND (:destination IS NULL OR destination = :destination);
 
--- name: replay_all
-UPDATE jobs SET state = 'pending', attempts = 0, first_attempt_at = NULL, reason = NULL,
-       detail = '', answer = '', finished_at = NULL, due_at = NULL
-WHERE state = 'dead';
-
--- name: purge_one
-DELETE FROM jobs WHERE state = 'dead' AND id = :id;
-
--- name: purge_all
-DELETE FROM jobs WHERE state = 'dead';
+-- name: purge
+DELETE FROM jobs
+WHERE state = 'dead' AND (:all OR id IN (SELECT value FROM json_each(:ids)))
+  AND (:destination IS NULL OR destination = :destination);
 
 -- name: prune_finished
 DELETE FROM jobs WHERE state IN ('delivered', 'skipped') AND finished_at < :before;
