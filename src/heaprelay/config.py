@@ -150,6 +150,17 @@ class Config:
     #: the ingest host and script URLs the device-mode settings name. ``None``: taken from
     #: each request (its scheme and ``Host``).
     public_url: str | None = None
+    #: Opens the dashboard (/ui): a login form or ``Authorization: Bearer``. ``None``: the
+    #: dashboard is served without login, and only when listening on loopback.
+    admin_token: str | None = None
+    #: ``None``: /metrics is open (as exporters are); else it needs ``Bearer`` this token.
+    metrics_token: str | None = None
+
+    def secrets(self) -> list[str]:
+        """Every secret of this configuration (masked in logs)."""
+        found = [s.write_key for s in self.sources]
+        found += [t for t in (self.admin_token, self.metrics_token) if t]
+        return found
 
     def source_for_key(self, write_key: str) -> Source | None:
         for source in self.sources:

@@ -12,7 +12,8 @@ Secrets and the environment:
 - ``write_key_env = "VAR"`` / ``app_id_env = "VAR"`` read the whole value from a variable
   (instead of ``write_key`` / ``app_id``);
 - ``HEAPRELAY_HOST``, ``HEAPRELAY_PORT``, ``HEAPRELAY_DATA_DIR``, ``HEAPRELAY_QUEUE``,
-  ``HEAPRELAY_ROLE`` and ``HEAPRELAY_PUBLIC_URL`` override the file's ``[server]`` table.
+  ``HEAPRELAY_ROLE``, ``HEAPRELAY_PUBLIC_URL``, ``HEAPRELAY_ADMIN_TOKEN`` and
+  ``HEAPRELAY_METRICS_TOKEN`` override the file's ``[server]`` table.
 
 The format is documented in ``examples/heaprelay.toml``.
 """
@@ -369,6 +370,8 @@ _SERVER = (
     "sandbox",
     "retention",
     "public_url",
+    "admin_token",
+    "metrics_token",
 )
 _SOURCE = (
     "name",
@@ -416,6 +419,8 @@ _ENV_OVERRIDES = {
     "HEAPRELAY_QUEUE": "queue_url",
     "HEAPRELAY_ROLE": "role",
     "HEAPRELAY_PUBLIC_URL": "public_url",
+    "HEAPRELAY_ADMIN_TOKEN": "admin_token",
+    "HEAPRELAY_METRICS_TOKEN": "metrics_token",
 }
 
 
@@ -470,6 +475,8 @@ def _build(r: _Reader, data: dict[str, Any]) -> Config:
         "retention": r.typed(server, "retention", "server", _positive_duration, defaults.retention),
         "public_url": r.typed(server, "public_url", "server", _url, cast(str | None, None)),
         "delivery": _delivery(r, data.get("delivery", {})),
+        "admin_token": _token(r, server, "admin_token"),
+        "metrics_token": _token(r, server, "metrics_token"),
     }
     _check_queue_url(r, config_kw["queue_url"])
 
@@ -485,6 +492,22 @@ def _build(r: _Reader, data: dict[str, Any]) -> Config:
     ]
     _unique(r, sources)
     return Config(sources=tuple(sources), **config_kw)
+
+
+#: Shorter tokens are refused: a dashboard token is a password.
+MIN_TOKEN_LENGTH = 12
+
+
+def _token(r: _Reader, server: Mapping[str, Any], key: str) -> str | None:
+    value = r.string(server, key, "server")
+    if value is not None and len(value.strip()) < MIN_TOKEN_LENGTH:
+        r.problem(
+            f"server.{key}",
+            f"too short ({len(value.strip())} characters): use at least {MIN_TOKEN_LENGTH} "
+            '(e.g. python3 -c "import secrets; print(secrets.token_urlsafe())")',
+        )
+        return None
+    return value.strip() if value is not None else None
 
 
 def _positive_duration(value: Any) -> float:

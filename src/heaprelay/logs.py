@@ -1,4 +1,12 @@
-"""heaprelay's logging helpers.
+"""heaprelay's logging: :func:`configure` (what ``serve --log-level/--log-format`` sets up) and
+:class:`FailureLog`.
+
+:func:`configure` gives heaprelay's loggers (and uvicorn's) one handler on stderr, as text or
+as one JSON object per line, at the level asked for; other libraries' loggers are held at
+warning (httpx would log every request to Heap at info). Every line goes through
+:class:`Redactor`, which masks the secrets it was told about (write keys, tokens, the queue
+URL's password) and anything shaped like an ``Authorization`` header's credentials, wherever
+they appear: a secret must never reach a log, even by way of an exception message.
 
 :class:`FailureLog` turns a stream of failures into lines an operator can read: the first
 failure of a *class* (say ``append:disk_full`` or ``heap:http_503``) is logged at once with its
@@ -12,13 +20,117 @@ A leaf module: it imports nothing of heaprelay, so every layer may use it.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import re
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal, TextIO
 
-__all__ = ["DEFAULT_INTERVAL", "FailureLog"]
+import orjson
+
+__all__ = ["DEFAULT_INTERVAL", "FailureLog", "LogFormat", "Redactor", "configure"]
+
+LogFormat = Literal["text", "json"]
+MASK: Final = "***"
+#: Credentials after an auth scheme (``Authorization: Basic …``, ``Bearer …``) and in URLs.
+_CREDENTIALS: Final = re.compile(
+    r"(?i)\b(basic|bearer|token)(\s+|=)([A-Za-z0-9+/=._~-]{4,})"
+    r"|(?<=://)([^/@\s:]+):([^/@\s]+)@"
+)
+#: Secrets shorter than this are not masked as plain text (they would match everywhere).
+MIN_SECRET: Final = 4
+
+
+class Redactor(logging.Filter):
+    """Masks ``secrets`` and credentials-shaped text in every record it filters (the message
+    as formatted, and the exception text)."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.secrets = sorted({s for s in secrets if len(s) >= MIN_SECRET}, key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return _CREDENTIALS.sub(_mask_credentials, text)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = self.redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info:
+            record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
+
+
+def _mask_credentials(m: re.Match[str]) -> str:
+    if m.group(1):
+        return f"{m.group(1)}{m.group(2)}{MASK}"
+    return f"{m.group(4)}:{MASK}@"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time`` (ISO 8601, UTC), ``level``, ``logger``,
+    ``message`` (and ``exception``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        elif record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
+_TEXT_FORMAT: Final = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+#: Loggers set up by configure(): heaprelay's own, and uvicorn's (startup, errors).
+OURS: Final = ("heaprelay", "uvicorn", "uvicorn.error")
+
+
+def configure(
+    level: str = "info",
+    fmt: LogFormat = "text",
+    *,
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+) -> logging.Handler:
+    """Log heaprelay's (and uvicorn's) records at ``level`` and above to ``stream`` (stderr),
+    as ``fmt``, with ``secrets`` masked; quiet everyone else below warning. Replaces what an
+    earlier call set up. Returns the handler."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(_TEXT_FORMAT))
+    handler.addFilter(Redactor(secrets))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_heaprelay", False)]:
+        root.removeHandler(old)
+    handler._heaprelay = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    numeric = logging.getLevelName(level.upper())
+    for name in OURS:
+        logger = logging.getLogger(name)
+        logger.setLevel(numeric)
+        logger.handlers.clear()
+        logger.propagate = True
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    return handler
+
 
 #: Seconds between two lines of the same failure class.
 DEFAULT_INTERVAL: Final = 60.0

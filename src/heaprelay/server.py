@@ -17,25 +17,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hmac
 import logging
 import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import FrameType
 from typing import Final
+from urllib.parse import urlsplit
 
 import orjson
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from heaprelay import __version__
 from heaprelay.clock import Clock, SystemClock
-from heaprelay.config import Config
+from heaprelay.config import Config, Source
+from heaprelay.dashboard import Access, Dashboard, History, LiveFeed, Monitor, dashboard_mount
 from heaprelay.device import device_routes
-from heaprelay.ingest import IngestState, ingest_routes
+from heaprelay.ingest import IngestObserver, IngestState, ingest_routes
+from heaprelay.logs import FailureLog, LogFormat, configure
+from heaprelay.messages.incoming import Prepared
+from heaprelay.metrics import CONTENT_TYPE_LATEST, Metrics
 from heaprelay.queue import open_queue, queue_url_for, redact_url
+from heaprelay.router.observer import DeliveryLog, Observers
 from heaprelay.runtime import Runtime, Service
 
 log = logging.getLogger("heaprelay.server")
@@ -48,16 +56,33 @@ REQUEST_GRACE_SECONDS: Final = 30
 def default_services(config: Config) -> list[Service]:
     """The background services ``heaprelay serve`` runs for ``config``.
 
-    Roles ``all`` and ``worker`` run the delivery (router) workers and retention (deleting
-    delivered and skipped jobs older than ``Config.retention``).
+    Roles ``all`` and ``worker`` run the delivery (router) workers, retention (deleting
+    delivered and skipped jobs older than ``Config.retention``) and the search index of the
+    debugger. (:func:`build_app` adds the dashboard's monitor to them, in every role.)
     """
     services: list[Service] = []
     if config.role in ("all", "worker"):
         from heaprelay.queue.retention import retention_service
+        from heaprelay.queue.search import search_index_service
         from heaprelay.router import delivery_service
 
-        services += [delivery_service, retention_service]
+        services += [delivery_service, retention_service, search_index_service]
     return services
+
+
+class _IngestObservers:
+    """Several ingest observers as one."""
+
+    def __init__(self, *observers: IngestObserver) -> None:
+        self.observers = observers
+
+    def stored(self, source: Source, route: str, messages: Sequence[Prepared], now: float) -> None:
+        for o in self.observers:
+            o.stored(source, route, messages, now)
+
+    def answered(self, route: str, status: int, seconds: float, body: bytes) -> None:
+        for o in self.observers:
+            o.answered(route, status, seconds, body)
 
 
 def build_app(
@@ -69,8 +94,10 @@ def build_app(
 ) -> Starlette:
     """The whole server as one ASGI app (the lifespan opens the queue and starts services).
 
-    ``services``: ``None`` means :func:`default_services`. ``extra_routes`` are mounted before
-    the API's routes (the dashboard, metrics, the benchmark's do-nothing endpoint).
+    ``services``: ``None`` means :func:`default_services` and the dashboard's monitor.
+    ``extra_routes`` are mounted before the API's routes (the benchmark's do-nothing
+    endpoint). Also served: ``/metrics`` (Prometheus), the dashboard at ``/ui`` (``/``
+    redirects there), ``/healthz`` and ``/readyz``.
     """
     sandbox_routes: list[BaseRoute] = []
     if config.sandbox:  # destinations point at an embedded fake Heap (serve --sandbox)
@@ -79,8 +106,22 @@ def build_app(
         config, mount = sandbox(config)
         sandbox_routes.append(mount)
     runtime = Runtime(config=config, clock=clock or SystemClock())
-    chosen = list(default_services(config) if services is None else services)
-    ingest = IngestState(sources=config.sources, clock=runtime.clock)
+    metrics = Metrics(config.delivery, monotonic=runtime.clock.monotonic, now=runtime.clock.now)
+    feed = LiveFeed(runtime.clock)
+    delivery_log = DeliveryLog(
+        FailureLog(logging.getLogger("heaprelay.delivery"), monotonic=runtime.clock.monotonic)
+    )
+    runtime.observer = Observers(metrics, feed, delivery_log)
+    history = History()
+    access = Access(config.admin_token, config.host)
+    board = Dashboard(runtime, access, feed, history, metrics.budget_use)
+    monitor = Monitor(history, tick=delivery_log.flush)
+    chosen: list[Service] = (
+        [*default_services(config), monitor] if services is None else list(services)
+    )
+    ingest = IngestState(
+        sources=config.sources, clock=runtime.clock, observer=_IngestObservers(metrics, feed)
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -93,6 +134,8 @@ def build_app(
             for service in chosen
         ]
         runtime.ready = True
+        for line in startup_summary(config, url, access):
+            log.info("%s", line)
         log.info("heaprelay ready: queue %s, %d service(s)", redact_url(url), len(tasks))
         try:
             yield
@@ -123,6 +166,26 @@ def build_app(
             media_type="application/json",
         )
 
+    async def scrape(request: Request) -> Response:
+        token = config.metrics_token
+        if token is not None:
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                given.strip().encode(), token.encode()
+            ):
+                return Response(
+                    b'{"code":"unauthorized","message":"/metrics needs Authorization: Bearer '
+                    b'<metrics_token>"}',
+                    status_code=401,
+                    headers={"www-authenticate": "Bearer"},
+                    media_type="application/json",
+                )
+        stats = await runtime.queue.stats() if runtime.queue is not None else None
+        return Response(metrics.render(stats), media_type=CONTENT_TYPE_LATEST)
+
+    async def home(request: Request) -> Response:
+        return RedirectResponse("/ui/", 307)
+
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/readyz", readyz, methods=["GET", "HEAD"]),
@@ -135,16 +198,61 @@ def build_app(
         routes += ingest_routes(ingest)
         # what the browser SDKs fetch for device mode (settings, the Heap integration)
         routes += device_routes(config.sources, config.public_url)
-    routes += sandbox_routes
+    routes += [
+        Route("/metrics", scrape, methods=["GET"]),
+        Route("/", home, methods=["GET"]),
+        dashboard_mount(board),
+        *sandbox_routes,
+    ]
     app = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error}
     )
     app.state.runtime = runtime
+    app.state.metrics = metrics
+    app.state.feed = feed
+    app.state.monitor = monitor
     if config.role == "worker":  # so that its 404 can say why the events it got went nowhere
         app.state.ingest_paths = frozenset(
             route.path for route in ingest_routes(ingest) if isinstance(route, Route)
         )
     return app
+
+
+def startup_summary(config: Config, queue_url: str, access: Access) -> list[str]:
+    """What ``serve`` logs when it is ready: queue, sources, destinations, access. Never a
+    secret (no write key, no token, the queue URL without its password)."""
+    d = config.delivery
+    lines = [
+        f"heaprelay {__version__}: role {config.role}, listening on "
+        f"http://{config.host}:{config.port}, queue {redact_url(queue_url)}",
+        f"delivery: batches of {d.batch_size}, {d.concurrency} in flight, rate limits "
+        + (f"on ({d.app_events_per_minute}/min per app_id)" if d.rate_limits else "off")
+        + f", retention {config.retention:g}s",
+    ]
+    for source in config.sources:
+        names = ", ".join(
+            f"{dest.id} (app_id {dest.settings.app_id}, "
+            f"{dest.settings.base_url or dest.settings.region}, profile {dest.settings.profile}"
+            + ("" if dest.enabled else ", disabled")
+            + ")"
+            for dest in source.destinations
+        )
+        lines.append(f"source {source.name}: {names or 'no destination'}")
+    lines.append(access.describe())
+    lines.append(
+        "metrics /metrics: "
+        + ("needs Authorization: Bearer (metrics_token)" if config.metrics_token else "open")
+    )
+    return lines
+
+
+def secrets_of(config: Config) -> list[str]:
+    """What logs must never show: the config's secrets and the queue URL's password."""
+    found = config.secrets()
+    password = urlsplit(config.queue_url or "").password
+    if password:
+        found.append(password)
+    return found
 
 
 class StartupError(Exception):
@@ -197,8 +305,11 @@ class _Server(uvicorn.Server):
     """uvicorn's server, except that it opens the queue before it serves (so that a queue
     that cannot be opened is a :class:`StartupError`, not a traceback from the lifespan),
     that a graceful stop on SIGTERM/SIGINT exits with status 0 (uvicorn re-raises the signal
-    once it has shut down, which ends the process by it), and that the garbage collector is
-    tuned for serving once started (:func:`tune_gc`)."""
+    once it has shut down, which ends the process by it), that long requests (the debugger's
+    event stream) are told at once (``on_exit``), and that the garbage collector is tuned for
+    serving once started (:func:`tune_gc`)."""
+
+    on_exit: Callable[[], None] | None = None
 
     def __init__(
         self,
@@ -229,6 +340,8 @@ class _Server(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
+        if self.on_exit is not None:
+            self.on_exit()
         captured = getattr(self, "_captured_signals", None)
         if isinstance(captured, list):
             captured.clear()
@@ -256,13 +369,17 @@ def run(
     *,
     app: Starlette | None = None,
     log_level: str = "info",
+    log_format: LogFormat = "text",
     announce: Callable[[], None] | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT (blocking).
 
     First binds the port and opens the queue: :class:`StartupError` when either cannot be
     done. ``announce`` is called once both are done, before serving (``serve --sandbox``
-    prints its banner then). Exit status 1 if the server could not start afterwards."""
+    prints its banner then). Exit status 1 if the server could not start afterwards. Logs
+    (:func:`heaprelay.logs.configure`) go to stderr at ``log_level``, as ``log_format``, with
+    the configuration's secrets masked."""
+    configure(log_level, log_format, secrets=secrets_of(config))
     app = app or build_app(config)
     sock = bind(config.host, config.port)
     try:
@@ -273,6 +390,7 @@ def run(
                 port=config.port,
                 lifespan="on",
                 log_level=log_level,
+                log_config=None,
                 access_log=False,
                 timeout_graceful_shutdown=REQUEST_GRACE_SECONDS,
                 server_header=False,
@@ -280,6 +398,13 @@ def run(
             runtime=getattr(app.state, "runtime", None),
             announce=announce,
         )
+        runtime = getattr(app.state, "runtime", None)
+        if isinstance(runtime, Runtime):
+
+            def closing() -> None:
+                runtime.closing = True
+
+            server.on_exit = closing
         server.run(sockets=[sock])
     finally:
         sock.close()

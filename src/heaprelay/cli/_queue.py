@@ -92,18 +92,23 @@ def queue_failure(what: str, url: str, exc: BaseException) -> QueueUnavailable:
 def with_queue(url: str, fn: Callable[[Queue], Awaitable[T]]) -> T:
     import sqlite3
 
-    import psycopg
-
     from heaprelay.queue import open_queue
 
+    failures: tuple[type[BaseException], ...] = (sqlite3.Error,)
+    if url.startswith(("postgresql:", "postgres:")):  # psycopg takes long to import
+        import psycopg
+
+        failures += (psycopg.Error,)
+
     async def run() -> T:
+        opening: tuple[type[BaseException], ...] = (ValueError, OSError, *failures)
         try:
             queue = await open_queue(url)
-        except (ValueError, OSError, sqlite3.Error, psycopg.Error) as exc:
+        except opening as exc:
             raise queue_failure("cannot open queue", url, exc) from None
         try:
             return await fn(queue)
-        except (sqlite3.Error, psycopg.Error) as exc:  # e.g. the server went away meanwhile
+        except failures as exc:  # e.g. the server went away meanwhile
             raise queue_failure("queue failed", url, exc) from None
         finally:
             await queue.close()

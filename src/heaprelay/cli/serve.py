@@ -19,6 +19,7 @@ from heaprelay.config import (
     Source,
     default_data_dir,
 )
+from heaprelay.logs import LogFormat
 from heaprelay.queue import redact_url
 from heaprelay.transform import PROFILE_NAMES, DestinationSettings, SettingsError, validate_settings
 
@@ -66,7 +67,7 @@ PER_DESTINATION_FLAGS = (
     "device_mode",
 )
 #: Flags that, given explicitly (or by their ``HEAPRELAY_*`` variable), win over the file.
-SERVER_FLAGS = ("host", "port", "data_dir", "queue_url", "role")
+SERVER_FLAGS = ("host", "port", "data_dir", "queue_url", "role", "admin_token", "metrics_token")
 
 
 @click.command()
@@ -168,6 +169,29 @@ SERVER_FLAGS = ("host", "port", "data_dir", "queue_url", "role")
     "[default: on with --sandbox, else off].",
 )
 @click.option(
+    "--log-format",
+    envvar="HEAPRELAY_LOG_FORMAT",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line (time, level, logger, message).",
+)
+@click.option(
+    "--admin-token",
+    envvar="HEAPRELAY_ADMIN_TOKEN",
+    default=None,
+    help="Token to log in to the dashboard (/ui) with; at least 12 characters. Prefer the "
+    "variable HEAPRELAY_ADMIN_TOKEN (a flag shows in the process list). Without one, /ui is "
+    "served only when listening on loopback.",
+)
+@click.option(
+    "--metrics-token",
+    envvar="HEAPRELAY_METRICS_TOKEN",
+    default=None,
+    help="Require Authorization: Bearer TOKEN on /metrics (default: open). Prefer the "
+    "variable HEAPRELAY_METRICS_TOKEN.",
+)
+@click.option(
     "--sandbox",
     envvar="HEAPRELAY_SANDBOX",
     is_flag=True,
@@ -190,6 +214,9 @@ def command(
     role: Role,
     log_level: str,
     device_mode: bool | None,
+    log_format: LogFormat,
+    admin_token: str | None,
+    metrics_token: str | None,
     sandbox: bool,
 ) -> None:
     """Accept Segment/RudderStack events and relay them to Heap.
@@ -242,7 +269,13 @@ def command(
             device_mode=sandbox if device_mode is None else device_mode,
             options=parse_options(option_pairs),
         )
-        config = dataclasses.replace(config, role=role, sandbox=sandbox)
+        config = dataclasses.replace(
+            config,
+            role=role,
+            sandbox=sandbox,
+            admin_token=_token(admin_token, "--admin-token"),
+            metrics_token=_token(metrics_token, "--metrics-token"),
+        )
         try:
             validate_settings(config.sources[0].destinations[0].settings)
         except SettingsError as e:
@@ -260,7 +293,12 @@ def command(
                 f"http://{host}:{port} load the fake Heap's heap.js; what they sent to Heap: "
                 f"http://{host}:{port}/fake-heap/_fake/browser (--no-device-mode: off)"
             )
-    _start(config, log_level=log_level, banner=banner if config.sandbox else None)
+    _start(
+        config,
+        log_level=log_level,
+        log_format=log_format,
+        banner=banner if config.sandbox else None,
+    )
 
 
 class CannotStart(click.ClickException):
@@ -269,7 +307,7 @@ class CannotStart(click.ClickException):
     exit_code = 2
 
 
-def _start(config: Config, *, log_level: str, banner: str | None) -> None:
+def _start(config: Config, *, log_level: str, log_format: LogFormat, banner: str | None) -> None:
     """Check what can be checked before serving, then serve; every reason not to start is
     one line (:class:`CannotStart`)."""
     from heaprelay import server
@@ -294,12 +332,24 @@ def _start(config: Config, *, log_level: str, banner: str | None) -> None:
             click.echo(banner, err=True)
 
     try:
-        server.run(config, log_level=log_level, announce=announce)
+        server.run(config, log_level=log_level, log_format=log_format, announce=announce)
     except server.StartupError as e:
         raise CannotStart(str(e)) from None
 
 
 _QUEUE_SCHEMES = ("sqlite:", "postgresql:", "postgres:")
+
+
+def _token(value: str | None, flag: str) -> str | None:
+    from heaprelay.config_file import MIN_TOKEN_LENGTH
+
+    if value is None:
+        return None
+    if len(value.strip()) < MIN_TOKEN_LENGTH:
+        raise click.BadParameter(
+            f"too short: use at least {MIN_TOKEN_LENGTH} characters", param_hint=flag
+        )
+    return value.strip()
 
 
 def _config_from_file(path: Path, *, sandbox: bool) -> Config:
@@ -326,6 +376,9 @@ def _config_from_file(path: Path, *, sandbox: bool) -> Config:
     if ignored:
         click.echo(f"warning: --config given; ignoring {', '.join(ignored)}", err=True)
     config = load_or_exit(path)
+    for flag in ("admin_token", "metrics_token"):
+        if ctx.params[flag] is not None:
+            _token(ctx.params[flag], "--" + flag.replace("_", "-"))
     overrides: dict[str, object] = {
         name: ctx.params[name]
         for name in SERVER_FLAGS

@@ -6,5 +6,6 @@ destinations and answers ``200 {"success": true}`` only after the queue committe
 """
 
 from heaprelay.ingest._app import IngestState, basic_user, ingest_routes
+from heaprelay.ingest._observer import IngestObserver
 
-__all__ = ["IngestState", "basic_user", "ingest_routes"]
+__all__ = ["IngestObserver", "IngestState", "basic_user", "ingest_routes"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from starlette.routing import BaseRoute, Route
 
 from heaprelay.clock import Clock
 from heaprelay.config import Source
+from heaprelay.ingest._observer import IngestObserver
 from heaprelay.messages.incoming import (
     SHORT_TYPES,
     TYPES,
@@ -42,6 +44,8 @@ class IngestState:
     sources: tuple[Source, ...]
     clock: Clock
     queue: Queue | None = None
+    #: Told of every request's answer and of what it stored (metrics, the debugger).
+    observer: IngestObserver | None = None
     by_key: dict[str, Source] = field(init=False)
     #: Largest request any source accepts (what is read before the write key is known).
     max_request_bytes: int = field(init=False)
@@ -64,7 +68,13 @@ def ingest_routes(state: IngestState) -> list[BaseRoute]:
         async def either(request: Request) -> Response:
             if request.method == "OPTIONS":
                 return await preflight(request)
-            return await endpoint(request)
+            if state.observer is None:
+                return await endpoint(request)
+            started = time.perf_counter()
+            response = await endpoint(request)
+            seconds = time.perf_counter() - started
+            state.observer.answered(path, response.status_code, seconds, bytes(response.body))
+            return response
 
         # One route a path, the busiest first: Starlette tries routes one by one.
         routes.append(Route(path, either, methods=["POST", "OPTIONS"]))
@@ -150,6 +160,8 @@ def _ingest(state: IngestState, route_type: str | None) -> Callable[[Request], A
                 source,
                 Rejection("queue_unavailable", f"could not store the messages: {exc}", 503),
             )
+        if state.observer is not None:
+            state.observer.stored(source, request.scope["path"], prepared.messages, now)
         if prepared.rejected:
             answer: dict[str, Any] = {
                 "success": True,

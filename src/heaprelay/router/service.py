@@ -74,7 +74,9 @@ async def delivery_service(
             settings,
             name=name,
             lease_seconds=settings.lease_seconds,
+            observer=runtime.observer,
         )
+        runtime.routers.append(router)
         registry = runtime.queue
         if not isinstance(registry, WorkerRegistry) or not settings.rate_limits:
             await router.run(runtime.stopping)

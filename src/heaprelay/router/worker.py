@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ from heaprelay.queue.base import (
 )
 from heaprelay.router.batcher import MAX_BULK_ITEMS, Batch, batch
 from heaprelay.router.filters import check
+from heaprelay.router.observer import DeliveryObserver, Observers
 from heaprelay.router.ratelimit import RateLimiter
 from heaprelay.router.retry import RetryPolicy, classify, decide, parse_retry_after
 from heaprelay.transform import Skip, transform
@@ -161,6 +163,7 @@ class Router:
         rng: random.Random | None = None,
         lease_seconds: float | None = None,
         claim_requests: int = 4,
+        observer: DeliveryObserver | None = None,
     ) -> None:
         self.queue = queue
         self.destinations = dict(destinations)
@@ -180,6 +183,8 @@ class Router:
             enabled=s.rate_limits,
         )
         self.stats = DeliveryStats()
+        #: Told of requests, answers, pauses and outcomes (metrics, logs, the debugger).
+        self.observer: DeliveryObserver = observer or Observers()
         self.claim_requests = max(1, claim_requests)
         self._last_hold = 0.0
         self._stopping: asyncio.Event | None = None
@@ -252,7 +257,9 @@ class Router:
             await self._give_back(jobs, worker)
             raise
         # Only while this claim still holds the jobs (a lease taken over ignores them).
-        await self.queue.complete(with_leases(outcomes, jobs), now=self.clock.now(), worker=worker)
+        now = self.clock.now()
+        await self.queue.complete(with_leases(outcomes, jobs), now=now, worker=worker)
+        self.observer.finished(jobs, outcomes, now)
         if self._last_hold and all(isinstance(o, Release) for o in outcomes):
             # Only jobs of identities out of budget: wait instead of claiming them again at once.
             await self.clock.sleep(min(self._last_hold, self.lease_seconds / 3))
@@ -353,6 +360,7 @@ class Router:
                 request = with_idempotency_key(request, key if track_n == 0 else f"{key}:{track_n}")
                 track_n += 1
             requests.append(request)
+        self.observer.prepared(job, requests)
         return requests
 
     async def _send_group(self, state: _Pass, batches: list[Batch]) -> None:
@@ -394,13 +402,16 @@ class Router:
                     state.released.add(item.owner)
                     state.blocked.add(state.key(item.owner))
                 return
+        started = time.perf_counter()
         answer = await self.client.post(b.url, b.body(), headers=dict(b.headers))
+        self.observer.sent(b, answer, time.perf_counter() - started)
         self.stats.requests[answer.status] += 1
         if answer.status == 429:
             # Heap says the budget is spent: pause every sender of this app_id, not just the
             # jobs of this request (backpressure, not failure).
             pause = parse_retry_after(answer.retry_after, now=self.clock.now()) or 1.0
             self.limiter.pause(b.app_id, pause, self.clock.monotonic())
+            self.observer.paused(b.app_id, pause)
         kind = classify(answer)
         if kind == "reject" and len(b.items) > 1:
             first, second = b.split()
