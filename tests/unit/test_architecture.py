@@ -104,7 +104,7 @@ def test_only_server_and_cli_import_the_server() -> None:
 
 
 #: Modules of heaprelay.cli that commands share (every other module there is one command).
-CLI_HELPERS = ("heaprelay.cli._queue", "heaprelay.cli.config")
+CLI_HELPERS = ("heaprelay.cli._queue", "heaprelay.cli._events", "heaprelay.cli.config")
 
 
 def test_cli_commands_share_helpers_not_each_other() -> None:

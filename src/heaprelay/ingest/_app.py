@@ -150,7 +150,7 @@ def _ingest(state: IngestState, route_type: str | None) -> Callable[[Request], A
         )
         if isinstance(prepared, Rejection):
             return _error(state, origin, source, prepared)
-        jobs = _fan_out(source, prepared, now)
+        jobs = fan_out(source, prepared, now)
         try:
             await state.queue.append(jobs, now=now)
         except Exception as exc:
@@ -208,7 +208,8 @@ def _preflight(state: IngestState) -> Callable[[Request], Awaitable[Response]]:
 # --- helpers ----------------------------------------------------------------------------
 
 
-def _fan_out(source: Source, prepared: PreparedRequest, now: float) -> list[NewJob]:
+def fan_out(source: Source, prepared: PreparedRequest, now: float) -> list[NewJob]:
+    """The jobs of a request: each message for each enabled destination of its source."""
     destinations = [d.id for d in source.destinations if d.enabled]
     window = source.dedupe_window
     return [
