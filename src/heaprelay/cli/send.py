@@ -663,11 +663,17 @@ class _Reading:
         if self.kind == "ndjson":
             return read_ndjson(stream, offset=state.offset, first=state.done)
         if self.kind == "csv":
-            text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
-            return read_csv(
+            return self._csv(stream, state)
+        return read_whole(stream.read(), skip=state.done)
+
+    def _csv(self, stream: BinaryIO, state: State) -> Iterator[Event]:
+        text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+        try:
+            yield from read_csv(
                 text, skip=state.done, mapping=self.mapping, default_type=self.default_type
             )
-        return read_whole(stream.read(), skip=state.done)
+        finally:
+            text.detach()  # the file is closed by its owner
 
 
 def _console(no_progress: bool) -> Any:
