@@ -21,6 +21,8 @@ RULES: dict[str, tuple[str, ...]] = {
     "heaprelay.messages": (),
     "heaprelay.transform": ("heaprelay.messages", "heaprelay.heap.models"),
     "heaprelay.heap.models": (),
+    # logging setup and FailureLog: every layer may use them.
+    "heaprelay.logs": (),
     "heaprelay.ingest": (
         "heaprelay.messages",
         "heaprelay.queue.base",

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import logging
+from collections.abc import Iterator
 
+import orjson
 import pytest
 
-from heaprelay.logs import FailureLog
+from heaprelay.logs import OURS, FailureLog, Redactor, configure
 
 
 class Clock:
@@ -65,3 +68,70 @@ def test_flush_and_recovered_say_the_count_held_back(
         assert lines(caplog)[3] == "heap:http_503: back again"
         log.recovered("never-failed")  # nothing to say
         assert len(caplog.records) == 4
+
+
+# --- configure(): handlers, formats, redaction ------------------------------------------
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    loggers = {n: (logging.getLogger(n).level, logging.getLogger(n).handlers[:]) for n in OURS}
+    yield
+    root.handlers[:], root.level = saved[0], saved[1]
+    for name, (level, handlers) in loggers.items():
+        logging.getLogger(name).setLevel(level)
+        logging.getLogger(name).handlers[:] = handlers
+
+
+def test_configure_prints_heaprelays_loggers_at_the_level(restore_logging: None) -> None:
+    out = io.StringIO()
+    configure("info", "text", stream=out)
+    logging.getLogger("heaprelay.router").info("delivered %d", 3)
+    logging.getLogger("heaprelay.router").debug("not at info")
+    logging.getLogger("httpx").info("HTTP Request: POST https://heapanalytics.com/api/track")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1
+    assert lines[0].endswith("INFO    heaprelay.router: delivered 3")
+    configure("debug", "text", stream=out)
+    logging.getLogger("heaprelay.router").debug("now at debug")
+    assert "now at debug" in out.getvalue()
+
+
+def test_json_format_is_one_object_a_line(restore_logging: None) -> None:
+    out = io.StringIO()
+    configure("info", "json", stream=out)
+    log = logging.getLogger("heaprelay.delivery")
+    log.warning("heap track 503: %s", "busy")
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        log.exception("a pass failed")
+    first, second = (orjson.loads(line) for line in out.getvalue().splitlines())
+    assert (first["level"], first["logger"], first["message"]) == (
+        "warning",
+        "heaprelay.delivery",
+        "heap track 503: busy",
+    )
+    assert first["time"].endswith("+00:00")
+    assert "RuntimeError: boom" in second["exception"]
+
+
+def test_secrets_and_credentials_never_reach_the_log(restore_logging: None) -> None:
+    out = io.StringIO()
+    configure("info", "text", secrets=["wk-0123456789", "tok-abcdefghij"], stream=out)
+    log = logging.getLogger("heaprelay.server")
+    log.info("source web with write key %s", "wk-0123456789")
+    log.info("headers: Authorization: Basic d2stMDEyMzQ1Njc4OTo= and Bearer tok-abcdefghij")
+    log.info("queue postgresql://relay:hunter2pw@db:5432/heaprelay")
+    try:
+        raise ValueError("bad token tok-abcdefghij")
+    except ValueError:
+        log.exception("failed")
+    text = out.getvalue()
+    for secret in ("wk-0123456789", "tok-abcdefghij", "d2stMDEyMzQ1Njc4OTo", "hunter2pw"):
+        assert secret not in text
+    assert "Basic ***" in text
+    assert "postgresql://relay:***@db:5432/heaprelay" in text
+    assert Redactor(["abc"]).redact("abc") == "abc"  # too short to mask as plain text
