@@ -76,13 +76,19 @@ class DeliveryLog:
 
     def sent(self, batch: Batch, answer: HeapAnswer, seconds: float) -> None:
         where = (batch.app_id, batch.endpoint)
-        if classify(answer) == "ok":
+        outcome = classify(answer)
+        if outcome == "ok":
+            # Heap works again for this app_id and endpoint: say how many were held back.
             for kind in self._failing.pop(where, ()):
                 self.failures.recovered(kind)
             return
         status = "network error" if answer.status == 0 else str(answer.status)
         kind = f"heap {batch.endpoint} {status} (app_id {batch.app_id})"
-        self._failing.setdefault(where, set()).add(kind)
+        if outcome == "retry":
+            # An outage (5xx, network, 429): it ends with the next success. A refusal (4xx)
+            # is about items, not an outage: the halves of a split request that Heap accepts
+            # do not end it, so that a split is not a line per step.
+            self._failing.setdefault(where, set()).add(kind)
         items = len(batch.items)
         self.failures.failure(kind, f"{items} item(s); {answer.describe()[:300]}")
 
@@ -96,7 +102,7 @@ class DeliveryLog:
         for outcome in outcomes:
             if isinstance(outcome, DeadLetter):
                 destination = destinations.get(outcome.id, "?")
-                answer = f"; Heap answered {outcome.answer[:200]}" if outcome.answer else ""
+                answer = f"; answer: {outcome.answer[:200]}" if outcome.answer else ""
                 self.failures.failure(
                     f"dead letter ({destination}: {outcome.reason})",
                     f"job {outcome.id}: {outcome.detail[:200]}{answer}",
