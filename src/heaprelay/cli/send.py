@@ -40,6 +40,7 @@ from typing import Any, BinaryIO, Final, Literal
 
 import click
 import orjson
+from click.core import ParameterSource
 
 from heaprelay.cli._events import InputError, Unreadable, loads, parse_events
 from heaprelay.cli._queue import queue_options, resolve_queue_url
@@ -598,8 +599,15 @@ def command(
     nothing: stdin) to a running relay (--url, --write-key) or straight into a queue
     (--data-dir, --queue or --config). Resumable: after an interruption, the same command
     goes on where it stopped, and no event is delivered twice."""
-    if url is not None and (queue_url or data_dir):
-        raise click.UsageError("give --url (a running relay) or --data-dir/--queue, not both")
+    if url is not None:
+        ctx = click.get_current_context()
+        given = [
+            flag
+            for name, flag in (("queue_url", "--queue"), ("data_dir", "--data-dir"))
+            if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+        ]
+        if given:
+            raise click.UsageError(f"give --url (a running relay) or {given[0]}, not both")
     if url is not None and not write_key:
         raise click.UsageError("--url needs --write-key (the source's write key)")
     if url is not None and not url.startswith(("http://", "https://")):
