@@ -18,21 +18,18 @@ once (accepted = events sent, no idempotency-key duplicates). The files are dele
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import orjson
 
-from heaprelay.testing.servers import free_port
+from heaprelay.testing.servers import free_port, run_process
 
 KEY, BASELINE_KEY = "bench-send-key", "bench-baseline-key"
 
@@ -48,33 +45,6 @@ def write_events(path: Path, n: int, tag: str) -> None:
                 "properties": {"n": i, "tag": tag, "revenue": 12.5, "currency": "EUR"},
             }
             f.write(orjson.dumps(event) + b"\n")
-
-
-@contextlib.contextmanager
-def process(command: list[str], log: Path, ready: str | None = None) -> Iterator[None]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEAPRELAY_")}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        if ready:
-            deadline = time.monotonic() + 30
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(log.read_text())
-                with contextlib.suppress(httpx.TransportError):
-                    if httpx.get(ready, timeout=1).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(log.read_text())
-                time.sleep(0.1)
-        yield
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def done_so_far(state: Path) -> int:
@@ -146,8 +116,8 @@ write_key = "{BASELINE_KEY}"
         fake = [*exe, "fake-heap", "--port", str(heap_port), "--no-rate-limits"]
         serve = [*exe, "serve", "--config", str(config), "--log-level", "warning"]
         with (
-            process(fake, folder / "fake.log", ready=f"{heap}/_fake/report"),
-            process(serve, folder / "serve.log", ready=f"{relay}/readyz"),
+            run_process(fake, folder / "fake.log", ready=f"{heap}/_fake/report"),
+            run_process(serve, folder / "serve.log", ready=f"{relay}/readyz"),
         ):
             rate = baseline(relay, args.baseline)
             print(f"baseline: bare /v1/batch loop, {args.baseline:,} events: {rate:,.0f} events/s")

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,23 +24,13 @@ import pytest
 from segment.analytics.client import Client
 
 from heaprelay.heap.fake import FakeHeap, FakeHeapSettings
-from heaprelay.testing.servers import free_port, serve_in_thread
+from heaprelay.testing.servers import free_port, run_process, serve_in_thread
+
+# The same Chromium, launched the same way (no CDN, no internet, only loopback).
+from test_browser_sdks import CHROMIUM, CHROMIUM_ARGS  # isort: skip
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = Path("/usr/bin/chromium")
-# As tests/acceptance/test_browser_sdks.py: no CDN, no internet, only loopback.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
-]
 TOKEN = "browser-admin-token-0123"
 KEY = "browser-dash-key"
 APP = "55555"
@@ -103,29 +90,10 @@ write_key = "{KEY}"
     env["HEAPRELAY_ADMIN_TOKEN"] = TOKEN
     log = tmp_path / "serve.log"
     command = [sys.executable, "-m", "heaprelay", "serve", "--config", str(config)]
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"serve exited {process.returncode}:\n{log.read_text()}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError(log.read_text())
-            time.sleep(0.05)
+    with run_process(command, log, ready=f"{url}/readyz", env=env) as process:
         yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        assert process.returncode == 0, log.read_text()
+    assert process.returncode == 0, log.read_text()
 
 
 def shots_dir(tmp_path: Path) -> Path:

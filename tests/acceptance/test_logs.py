@@ -7,17 +7,11 @@ tokens, the database password, or any Authorization header."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
 import re
-import signal
-import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -27,7 +21,7 @@ import pytest
 from segment.analytics.client import Client
 
 from heaprelay.heap.fake import FakeHeap, FakeHeapSettings
-from heaprelay.testing.servers import free_port, serve_in_thread
+from heaprelay.testing.servers import free_port, run_process, serve_in_thread, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -36,15 +30,6 @@ ADMIN_TOKEN = "admin-tok-55e1c0ffee99"
 METRICS_TOKEN = "metrics-tok-0b5e55ed77"
 DB_PASSWORD = "pg-pass-d3adb33fcafe"
 APP = "31415"
-
-
-def wait_until(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-    return value
 
 
 def with_password(url: str, password: str) -> str:
@@ -142,19 +127,8 @@ write_key_env = "RELAY_WRITE_KEY"
     log = tmp_path / f"serve-{log_format}.log"
     command = [sys.executable, "-m", "heaprelay", "serve", "--config", str(config)]
     command += ["--log-level", "debug", "--log-format", log_format]
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     relay = f"http://127.0.0.1:{port}"
-    try:
-
-        def ready() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError(log.read_text())
-            with contextlib.suppress(httpx.TransportError):
-                return httpx.get(f"{relay}/readyz", timeout=1).status_code == 200
-            return False
-
-        wait_until(ready, "serve ready")
+    with run_process(command, log, ready=f"{relay}/readyz", env=env):
         sdk = Client(WRITE_KEY, host=relay, upload_interval=0.05, max_retries=2)
         fake.update({"outage_seconds": 1.5})  # 503s first
         for i in range(120):
@@ -169,13 +143,10 @@ write_key_env = "RELAY_WRITE_KEY"
             assert browser.get("/ui/").status_code == 200
         auth = {"Authorization": f"Bearer {METRICS_TOKEN}"}
         assert httpx.get(f"{relay}/metrics", headers=auth).status_code == 200
-        assert (
-            httpx.get(f"{relay}/metrics", headers={"Authorization": "Bearer no"}).status_code == 401
-        )
-        assert (
-            httpx.post(f"{relay}/v1/track", json={"event": "x"}, auth=("wrong-key", "")).status_code
-            == 401
-        )
+        wrong = {"Authorization": "Bearer no"}
+        assert httpx.get(f"{relay}/metrics", headers=wrong).status_code == 401
+        unknown = httpx.post(f"{relay}/v1/track", json={"event": "x"}, auth=("wrong-key", ""))
+        assert unknown.status_code == 401
 
         def delivered() -> bool:
             text = httpx.get(f"{relay}/metrics", headers=auth).text
@@ -184,11 +155,4 @@ write_key_env = "RELAY_WRITE_KEY"
             )
 
         wait_until(delivered, "delivery through the outage and the 429s", timeout=90)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
     return log

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import pytest
 from heaprelay.config import Config, DeliverySettings, Destination, EventFilter, Source
 from heaprelay.heap.fake import FakeHeap, FakeHeapSettings
 from heaprelay.server import build_app
-from heaprelay.testing.servers import free_port, serve_in_thread
+from heaprelay.testing.servers import free_port, run_process, serve_in_thread, wait_until
 from heaprelay.transform import DestinationSettings
 
 pytestmark = pytest.mark.slow
@@ -30,15 +30,6 @@ KEY = "prom-write-key"
 METRICS_TOKEN = "prometheus-scrape-token"
 APP = "9090"
 DELIVERED, FILTERED, DEAD, REFUSED = 37, 11, 5, 3
-
-
-def wait_until(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-    return value
 
 
 @contextlib.contextmanager
@@ -65,37 +56,16 @@ scrape_configs:
 """
     )
     log = tmp_path / "prometheus.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                PROMETHEUS,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=warn",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    command = [
+        PROMETHEUS,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=warn",
+    ]
     url = f"http://127.0.0.1:{port}"
-    try:
-
-        def ready() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError(f"prometheus exited:\n{log.read_text()}")
-            with contextlib.suppress(httpx.TransportError):
-                return httpx.get(f"{url}/-/ready", timeout=1).status_code == 200
-            return False
-
-        wait_until(ready, "prometheus ready", timeout=60)
+    with run_process(command, log, ready=f"{url}/-/ready", env=dict(os.environ), timeout=60):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def query(url: str, expr: str) -> dict[tuple[tuple[str, str], ...], tuple[float, float]]:

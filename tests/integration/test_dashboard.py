@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +18,13 @@ import pytest
 from heaprelay.config import Config, DeliverySettings, Destination, Source
 from heaprelay.heap.fake import FakeHeap, FakeHeapSettings
 from heaprelay.server import build_app
-from heaprelay.testing.servers import serve_in_thread
+from heaprelay.testing.servers import serve_in_thread, wait_until
 from heaprelay.transform import DestinationSettings
 
 KEY = "dash-write-key"
 TOKEN = "admin-token-for-tests"
 METRICS_TOKEN = "metrics-token-for-tests"
 APP = "4242"
-
-
-def wait_until(check: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return value
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from heaprelay.config import Config, DeliverySettings, Destination, Source
 from heaprelay.heap.fake import FakeHeap, FakeHeapSettings
 from heaprelay.queue.sqlite import SQLiteQueue
 from heaprelay.server import build_app
-from heaprelay.testing.servers import free_port, serve_in_thread
+from heaprelay.testing.servers import free_port, serve_in_thread, wait_until
 from heaprelay.transform import DestinationSettings
 
 KEY = "send-write-key"
@@ -197,14 +197,6 @@ def relay_config(tmp_path: Path, heap_url: str, port: int = 0) -> Config:
     source = Source("import", KEY, (Destination("heap", settings),))
     delivery = DeliverySettings(rate_limits=False, flush_interval=0.05, concurrency=2)
     return Config(sources=(source,), data_dir=tmp_path / "relay", delivery=delivery)
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def send_process(path: Path, url: str, *extra: str) -> subprocess.Popen[bytes]:

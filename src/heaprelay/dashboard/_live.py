@@ -128,6 +128,8 @@ class LiveFeed:
     def __init__(self, clock: Clock | None = None, kept: int = KEPT) -> None:
         self.clock = clock or SystemClock()
         self._kept: deque[_Stored | dict[str, Any]] = deque(maxlen=kept)
+        #: source name -> its enabled destinations (looked up once a source)
+        self._destinations: dict[str, tuple[str, ...]] = {}
         self._listeners: set[asyncio.Queue[dict[str, Any]]] = set()
         #: The next event's number (a page that reconnects says the last it saw).
         self._seq = 1
@@ -166,8 +168,11 @@ class LiveFeed:
     # --- ingest -----------------------------------------------------------------------------
 
     def stored(self, source: Source, route: str, messages: Sequence[Prepared], now: float) -> None:
-        destinations = tuple(d.id for d in source.destinations if d.enabled)
-        shown = messages[:PER_REQUEST]
+        destinations = self._destinations.get(source.name)
+        if destinations is None:
+            destinations = tuple(d.id for d in source.destinations if d.enabled)
+            self._destinations[source.name] = destinations
+        shown = messages if len(messages) <= PER_REQUEST else messages[:PER_REQUEST]
         item = _Stored(self._seq, now, source.name, destinations, route, shown)
         self._seq += len(shown)
         self._kept.append(item)
