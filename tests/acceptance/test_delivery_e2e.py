@@ -360,8 +360,8 @@ def test_running_relay_prunes_delivered_jobs_older_than_retention(
 @pytest.mark.parametrize(
     ("role", "expected"),
     [
-        ("all", ["delivery_service", "retention_service"]),
-        ("worker", ["delivery_service", "retention_service"]),
+        ("all", ["delivery_service", "retention_service", "search_index_service"]),
+        ("worker", ["delivery_service", "retention_service", "search_index_service"]),
         ("api", []),
     ],
 )

@@ -214,7 +214,7 @@ def done_so_far(state: Path) -> int:
 
 
 @pytest.mark.slow
-def test_killed_twice_and_resumed_every_event_is_delivered_once(
+def test_interrupted_twice_and_resumed_every_event_is_delivered_once(
     tmp_path: Path, heap: FakeHeap
 ) -> None:
     total = 12_000
@@ -232,12 +232,16 @@ def test_killed_twice_and_resumed_every_event_is_delivered_once(
     )
     state = tmp_path / "big.ndjson.send-state"
     with serve_in_thread(build_app(relay_config(tmp_path, heap.url))) as url:  # type: ignore[attr-defined]
-        for cut in (2_000, 6_000):
+        # Ctrl-C first (it stops after the batch in flight), then kill -9 (mid-batch).
+        for cut, how in ((2_000, signal.SIGINT), (6_000, signal.SIGKILL)):
             process = send_process(events, url)
             wait_until(lambda cut=cut: done_so_far(state) >= cut, f"{cut} events sent")
-            process.send_signal(signal.SIGKILL)
-            process.communicate()
+            process.send_signal(how)
+            output = process.communicate(timeout=60)[0].decode()
             assert done_so_far(state) < total
+            if how == signal.SIGINT:
+                assert process.returncode == 1, output
+                assert "run the same command again to go on" in output
         process = send_process(events, url)
         output = process.communicate(timeout=120)[0].decode()
         assert process.returncode == 0, output

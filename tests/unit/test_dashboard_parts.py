@@ -17,6 +17,7 @@ from heaprelay.transform import DestinationSettings
 
 def request(headers: dict[str, str] | None = None, cookie: str | None = None) -> Request:
     raw = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    raw.append((b"host", b"127.0.0.1:8787"))
     if cookie:
         raw.append((b"cookie", f"heaprelay_session={cookie}".encode()))
     scope = {"type": "http", "method": "GET", "path": "/ui/", "headers": raw, "query_string": b""}
@@ -64,6 +65,9 @@ def test_csrf_is_bound_to_the_session_and_the_origin() -> None:
     assert not access.action_allowed(foreign, visitor, visitor.csrf)
     same = request({"Origin": "http://127.0.0.1:8787"}, cookie)
     assert access.action_allowed(same, visitor, visitor.csrf)
+    # Behind a proxy that ends TLS: the page's origin is https, the relay sees http.
+    proxied = request({"Origin": "https://127.0.0.1:8787"}, cookie)
+    assert access.action_allowed(proxied, visitor, visitor.csrf)
 
 
 def test_without_a_token_only_loopback_is_served() -> None:

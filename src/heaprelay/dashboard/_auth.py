@@ -23,6 +23,7 @@ import ipaddress
 import secrets
 from dataclasses import dataclass
 from typing import Final
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 
@@ -124,7 +125,8 @@ class Access:
         if visitor.how == "bearer":
             return True
         origin = request.headers.get("origin")
-        if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+        # The host only: behind a proxy that ends TLS the scheme seen here is not the page's.
+        if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
             return False
         return form_csrf is not None and hmac.compare_digest(form_csrf, visitor.csrf)
 
