@@ -1,4 +1,5 @@
-"""The dashboard in headless Chromium (Debian's, driven by Playwright), on a real
+"""The dashboard in headless Chromium (Debian's, driven by Playwright; the ``browser`` fixture
+of conftest.py), on a real
 ``heaprelay serve`` process with an admin token, delivering to a fake Heap; events come from
 a real SDK (segment-analytics-python).
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,12 +22,10 @@ from typing import Any
 import httpx
 import pytest
 from segment.analytics.client import Client
+from tests.acceptance._browser import serve_relay
 
 from heaprelay.heap.fake import FakeHeap, FakeHeapSettings
-from heaprelay.testing.servers import free_port, run_process, serve_in_thread
-
-# The same Chromium, launched the same way (no CDN, no internet, only loopback).
-from test_browser_sdks import CHROMIUM, CHROMIUM_ARGS  # isort: skip
+from heaprelay.testing.servers import serve_in_thread
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -35,22 +33,6 @@ TOKEN = "browser-admin-token-0123"
 KEY = "browser-dash-key"
 APP = "55555"
 DEADLINE_MS = 20_000
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing (scripts/setup-test-env installs it)")
-        pytest.skip(f"{CHROMIUM} is missing")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture
@@ -62,14 +44,10 @@ def heap() -> Iterator[tuple[FakeHeap, str]]:
 
 @contextlib.contextmanager
 def relay_process(tmp_path: Path, heap_url: str) -> Iterator[str]:
-    port = free_port()
+    """``heaprelay serve --config`` with the admin token (its flag wins over the file)."""
     config = tmp_path / "heaprelay.toml"
     config.write_text(
         f"""
-[server]
-port = {port}
-data_dir = "{tmp_path / "data"}"
-
 [delivery]
 rate_limits = false
 flush_interval = "50ms"
@@ -86,14 +64,10 @@ write_key = "{KEY}"
   base_url = "{heap_url}"
 """
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEAPRELAY_")}
-    env["HEAPRELAY_ADMIN_TOKEN"] = TOKEN
-    log = tmp_path / "serve.log"
-    command = [sys.executable, "-m", "heaprelay", "serve", "--config", str(config)]
-    url = f"http://127.0.0.1:{port}"
-    with run_process(command, log, ready=f"{url}/readyz", env=env) as process:
+    data = tmp_path / "data"
+    data.mkdir()
+    with serve_relay(["--config", str(config), "--admin-token", TOKEN], data) as url:
         yield url
-    assert process.returncode == 0, log.read_text()
 
 
 def shots_dir(tmp_path: Path) -> Path:
