@@ -173,10 +173,12 @@ class FakeHeap:
             return self._log(endpoint, 400, "Bad Request: body is not JSON", items)
         if not isinstance(body, dict):
             return self._log(endpoint, 400, "Bad Request: body is not a JSON object", items)
+        array = "events" if endpoint.endswith("track") else "users"
+        # Items in the request, refused or not (the request log shows what was sent).
+        items = len(body[array]) if isinstance(body.get(array), list) else 1
         problem = _CHECKS[endpoint](body) or self._injected_rejection(body)
         if problem:
             return self._log(endpoint, 400, f"Bad Request: {problem}", items)
-        array = "events" if endpoint.endswith("track") else "users"
         entries: list[dict[str, Any]] = (
             list(body[array])
             if isinstance(body.get(array), list)

@@ -31,6 +31,13 @@ leased to ``worker`` (when given) and, when the outcome carries ``lease``, its c
 that one. An expired lease that nobody took over still accepts its holder's outcome (the work
 was done; nothing else has started). The router always passes both.
 
+Renewing: a worker whose pass takes long (Heap's rate limits, a refused bulk request split
+until the refused items are alone) keeps its jobs with ``renew``: each job still leased by
+that claim (same rule as outcomes: leased, to ``worker``, with the job's ``lease`` token; an
+expired lease nobody took over included) gets its lease end moved to ``now + lease_seconds``,
+and ``renew`` says which ones it kept. A job not kept was taken over (or finished by someone
+else): its holder must stop sending it (its outcome would be ignored anyway).
+
 Deduplication happens at the first claim, not at ``append`` (so that ingest stays cheap:
 delivery is paced by Heap's rate limits anyway). ``append`` never looks at messageIds: it
 stores every job as ``pending`` and remembers that the job's check is still to do, with its
@@ -384,6 +391,14 @@ class Queue(Protocol):
         Only outcomes of the current lease are applied (module doc, "Lease ownership"): the job
         must be leased, to ``worker`` if given, and with ``outcome.lease`` if set; the others
         are ignored. ``worker=None`` and ``lease=None`` skip those checks (tools and tests)."""
+        ...
+
+    async def renew(
+        self, jobs: Sequence[Job], *, worker: str, lease_seconds: float, now: float
+    ) -> set[int]:
+        """Extend the leases of claimed jobs that ``worker`` still holds under their
+        ``Job.lease`` token to ``now + lease_seconds``; return the ids of those (module doc,
+        "Renewing"). Jobs taken over, finished or released are left alone."""
         ...
 
     async def wait_for_work(self, timeout: float) -> None:

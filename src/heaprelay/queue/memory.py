@@ -7,6 +7,8 @@ suite checks them on every backend):
 
 - a claim hands out the ``limit`` lowest-id claimable jobs that are not duplicates (see
   :meth:`MemoryQueue.claimable` and :meth:`MemoryQueue.claim`);
+- ``renew`` keeps a job only for the claim holding it (leased, to that worker, with that
+  lease token), expired or not, as ``complete`` does;
 - ``complete`` ignores outcomes for jobs that are not leased any more (a worker whose lease
   expired and whose job was finished by another worker must not undo that), and outcomes
   whose ``worker`` or ``lease`` is not the job's current lease (taken over by another claim);
@@ -265,6 +267,22 @@ class MemoryQueue:
             and (worker is None or row.leased_by == worker)
             and (outcome.lease is None or row.leases == outcome.lease)
         )
+
+    async def renew(
+        self, jobs: Sequence[Job], *, worker: str, lease_seconds: float, now: float
+    ) -> set[int]:
+        kept: set[int] = set()
+        for job in jobs:
+            row = self._rows.get(job.id)
+            if (
+                row is not None
+                and row.state == "leased"
+                and row.leased_by == worker
+                and row.leases == job.lease
+            ):
+                row.lease_until = now + lease_seconds
+                kept.add(job.id)
+        return kept
 
     async def complete(
         self, outcomes: Sequence[Outcome], *, now: float, worker: str | None = None

@@ -216,6 +216,28 @@ class PostgresQueue:
         jobs = await self._transaction(run)
         return sorted(jobs, key=lambda j: j.id)
 
+    async def renew(
+        self, jobs: Sequence[Job], *, worker: str, lease_seconds: float, now: float
+    ) -> set[int]:
+        if not jobs:
+            return set()
+        ids = [job.id for job in jobs]
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> set[int]:
+            await conn.execute(QUERIES["lock_outcome_rows"], {"ids": ids})
+            cur = await conn.execute(
+                QUERIES["renew"],
+                {
+                    "ids": ids,
+                    "leases": [job.lease for job in jobs],
+                    "worker": worker,
+                    "due_at": now + lease_seconds,
+                },
+            )
+            return {row[0] for row in await cur.fetchall()}
+
+        return await self._transaction(run)
+
     async def complete(
         self, outcomes: Sequence[Outcome], *, now: float, worker: str | None = None
     ) -> None:

@@ -152,6 +152,19 @@ class SQLiteQueue:
 
         return await self._call(run)
 
+    async def renew(
+        self, jobs: Sequence[Job], *, worker: str, lease_seconds: float, now: float
+    ) -> set[int]:
+        if not jobs:
+            return set()
+        leases = json.dumps([[job.id, job.lease] for job in jobs])
+
+        def run(conn: sqlite3.Connection) -> set[int]:
+            params = {"leases": leases, "worker": worker, "due_at": now + lease_seconds}
+            return {row[0] for row in conn.execute(QUERIES["renew"], params)}
+
+        return await self._call(run)
+
     async def complete(
         self, outcomes: Sequence[Outcome], *, now: float, worker: str | None = None
     ) -> None:

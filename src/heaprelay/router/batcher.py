@@ -77,10 +77,13 @@ class Batch:
     def with_items(self, items: Sequence[Item]) -> Batch:
         return Batch(self.url, self.endpoint, self.envelope, tuple(items), self.headers)
 
-    def split(self) -> tuple[Batch, Batch]:
-        """Two halves (for isolating the items Heap refuses)."""
-        half = len(self.items) // 2
-        return self.with_items(self.items[:half]), self.with_items(self.items[half:])
+    def split(self, parts: int = 2) -> tuple[Batch, ...]:
+        """``parts`` consecutive parts of (nearly) equal size, in order (for isolating the
+        items Heap refuses); at most one part per item."""
+        n = len(self.items)
+        parts = max(1, min(parts, n))
+        bounds = [n * k // parts for k in range(parts + 1)]
+        return tuple(self.with_items(self.items[bounds[k] : bounds[k + 1]]) for k in range(parts))
 
 
 def items_of(request: HeapRequest) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -15,9 +15,27 @@ Each :class:`Router` runs ``concurrency`` loops. One pass of a loop (:meth:`Rout
 4. per bulk request: book the rate limits and wait for them (backpressure, never a failure;
    the jobs of an identity whose budget is too far out are released untried instead),
    send, and classify Heap's answer with :func:`heaprelay.router.retry.decide`. A refused
-   (4xx) bulk request is split in halves until the refused items are alone: they are
-   dead-lettered with Heap's answer, the others are delivered;
-5. complete every claimed job with exactly one outcome.
+   (4xx) bulk request is split until the refused items are alone: they are dead-lettered
+   with Heap's answer, the others are delivered (see "Refused requests" below);
+5. record each job's outcome in the queue as soon as it is decided: after every bulk
+   request, the outcomes it settled (``Queue.complete``), so that a long pass loses nothing
+   of what it did; every claimed job gets exactly one outcome.
+
+A pass's time is bounded by what it holds, not by a lease: while it waits for budget or
+splits refused requests, it renews the leases of the jobs it still holds every third of a
+lease (``Queue.renew``), so they are never taken over and sent again by another loop while
+it works. (A worker that stalls for longer than a lease loses them all the same: the new
+holder has them, and this pass sends nothing more of them.)
+
+Refused requests: the parts of a refused request are sent in order, each wholly settled
+before the next (so that per identity the accepted items keep their order), always within
+the pass — given back, they would come back in a full request, be refused and split again.
+They pay the rate budget like any request (whether Heap counts a refused request against its
+limits is not documented), so how they are cut matters: halves while nothing is known,
+then about four parts per refused item expected from what refused requests held lately
+(:func:`split_parts`), which re-sends far fewer accepted items when many are refused. A
+request books its identities' budget before the app's, so that app budget never sits
+booked by a request that waits for one hot identity.
 
 Per-identity order: the queue hands out a key's jobs only in order and never while an
 earlier one waits for a retry. Within one claim, once a job of an order key fails in a
@@ -36,7 +54,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -61,7 +78,6 @@ from heaprelay.queue.base import (
 )
 from heaprelay.router.batcher import MAX_BULK_ITEMS, Batch, batch
 from heaprelay.router.filters import check
-from heaprelay.router.observer import DeliveryObserver, Observers
 from heaprelay.router.ratelimit import RateLimiter
 from heaprelay.router.retry import RetryPolicy, classify, decide, parse_retry_after
 from heaprelay.transform import Skip, transform
@@ -131,9 +147,10 @@ class DeliveryStats:
 
 @dataclass(slots=True)
 class _Pass:
-    """The bookkeeping of one claim: answers per job, keys blocked by a retryable failure."""
+    """The bookkeeping of one claim: answers per job, outcomes decided, keys blocked."""
 
     jobs: dict[int, Job]
+    worker: str
     answers: dict[int, list[HeapAnswer]] = field(default_factory=dict)
     released: set[int] = field(default_factory=set)
     blocked: set[str] = field(default_factory=set)
@@ -141,10 +158,71 @@ class _Pass:
     failed: set[int] = field(default_factory=set)
     #: Seconds until a released hot identity has budget again (0: none released for that).
     hold: float = 0.0
+    #: The outcome of every job decided so far (each job gets exactly one).
+    decided: dict[int, Outcome] = field(default_factory=dict)
+    #: Decided outcomes not recorded in the queue yet (see Router._save).
+    unsaved: list[Outcome] = field(default_factory=list)
+    #: Jobs whose lease was taken over by another claim: nothing more of them is sent.
+    lost: set[int] = field(default_factory=set)
+    #: Per job: the index of its last request (stage), and its items of the current stage
+    #: not answered yet.
+    last_stage: dict[int, int] = field(default_factory=dict)
+    pending_items: Counter[int] = field(default_factory=Counter)
+    stage: int = 0
+    #: ``clock.monotonic()`` of the last lease renewal (or of the claim).
+    renewed_at: float = 0.0
+    #: The pass's jobs count towards the router's held jobs (passes of ``run_once``).
+    counted: bool = False
 
     def key(self, job_id: int) -> str:
         job = self.jobs[job_id]
         return f"{job.destination}\x00{job.order_key}"
+
+    def open(self, job_id: int) -> bool:
+        """Whether the job may still be sent (not decided, not given back, not lost)."""
+        return job_id not in self.decided and job_id not in self.lost
+
+    def held(self) -> list[Job]:
+        """The jobs this pass still holds a lease for and has no outcome recorded for."""
+        return [job for i, job in self.jobs.items() if i not in self.decided and i not in self.lost]
+
+
+@dataclass(slots=True)
+class _Refusals:
+    """What refused bulk requests of one (url, endpoint, app_id) turned out to hold: items
+    isolated as refused, and items settled (accepted, or isolated as refused). Their ratio
+    estimates the share of refused items in the next refused request (see
+    :func:`split_parts`). Counts are halved past :data:`_REFUSALS_MEMORY` settled items, so
+    the estimate follows what Heap refuses lately."""
+
+    refused: float = 0.0
+    settled: float = 0.0
+
+    def density(self) -> float | None:
+        return None if self.settled <= 0 else self.refused / self.settled
+
+    def add(self, refused: int, settled: int) -> None:
+        self.refused += refused
+        self.settled += settled
+        if self.settled > _REFUSALS_MEMORY:
+            self.refused /= 2
+            self.settled /= 2
+
+
+_REFUSALS_MEMORY = 20_000.0
+
+
+def split_parts(items: int, density: float | None) -> int:
+    """Into how many parts to split a refused bulk request of ``items`` items.
+
+    Halves while nothing is known. Once refused requests have shown which share ``density``
+    of their items Heap refuses, about four parts per refused item expected: halving a
+    request with many refused items re-sends its accepted items once per level (a request of
+    1,000 with 40 refused ones costs 8,000 items of rate budget in halves, about 2,500 this
+    way); with few refused items this is halving again. Pure."""
+    if items <= 2 or density is None:
+        return min(2, items)
+    return max(2, min(items, round(4 * items * density)))
 
 
 class Router:
@@ -163,7 +241,6 @@ class Router:
         rng: random.Random | None = None,
         lease_seconds: float | None = None,
         claim_requests: int = 4,
-        observer: DeliveryObserver | None = None,
     ) -> None:
         self.queue = queue
         self.destinations = dict(destinations)
@@ -183,11 +260,13 @@ class Router:
             enabled=s.rate_limits,
         )
         self.stats = DeliveryStats()
-        #: Told of requests, answers, pauses and outcomes (metrics, logs, the debugger).
-        self.observer: DeliveryObserver = observer or Observers()
         self.claim_requests = max(1, claim_requests)
         self._last_hold = 0.0
         self._stopping: asyncio.Event | None = None
+        self._refusals: dict[tuple[str, str, str], _Refusals] = {}
+        #: Jobs claimed by this router's passes and not recorded yet (see _claim_limit).
+        self._held = 0
+        self._room = asyncio.Event()
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -227,46 +306,108 @@ class Router:
         for task in pending:
             task.cancel()
 
+    def _claim_limit(self) -> int:
+        """How many jobs the next claim may take.
+
+        A claim takes ``claim_requests`` bulk requests' worth (claiming and completing cost
+        the same for 1 or 4,000 jobs). With Heap's rate limits on, what all the loops of this
+        router hold together is capped at that much per app_id the destinations send to:
+        Heap's budget, not the backlog, bounds what is worth holding (in memory, and leased),
+        and ``RateLimiter.claim_wait`` keeps the next claim from running ahead of it."""
+        limit = max(1, self.settings.batch_size) * self.claim_requests
+        if not self.limiter.enabled:
+            return limit
+        apps = {d.settings.app_id for d in self.destinations.values() if d.enabled}
+        return min(limit, limit * max(1, len(apps)) - self._held)
+
+    def _release_held(self, state: _Pass, count: int) -> None:
+        if count and state.counted:
+            self._held -= count
+            self._room.set()
+
+    async def _wait_for_room(self) -> bool:
+        """Wait until the loops hold less than a bulk request under the cap (False when the
+        router is told to stop meanwhile)."""
+        need = min(max(1, self.settings.batch_size), self._claim_limit() + self._held)
+        while self._claim_limit() < need:
+            self._room.clear()
+            waiters = {asyncio.ensure_future(self._room.wait())}
+            if self._stopping is not None:
+                if self._stopping.is_set():
+                    return False
+                waiters.add(asyncio.ensure_future(self._stopping.wait()))
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+        return self._stopping is None or not self._stopping.is_set()
+
     async def run_once(self, *, worker: str | None = None) -> int:
         """Claim, deliver and complete one batch of jobs. Returns how many were claimed."""
         worker = worker or self.name
-        # Several bulk requests' worth per claim: claiming and completing cost the same for
-        # 1 or 4,000 jobs, and the requests of one claim go out back to back.
-        limit = max(1, self.settings.batch_size) * self.claim_requests
+        if not await self._wait_for_room():
+            return 0
         # Claim only while the rate budget is at most two requests in debt: further ahead, the
         # claimed jobs would sit leased while they wait (see RateLimiter.claim_wait).
         wait = self.limiter.claim_wait(self.clock.monotonic())
         if wait > 0 and not await self._wait_unless_stopping(wait):
+            return 0
+        limit = self._claim_limit()
+        if limit <= 0:
             return 0
         jobs = await self.queue.claim(
             worker, limit=limit, lease_seconds=self.lease_seconds, now=self.clock.now()
         )
         if not jobs:
             return 0
+        self._held += len(jobs)
+        state = _Pass(
+            {job.id: job for job in jobs},
+            worker,
+            renewed_at=self.clock.monotonic(),
+            counted=True,
+        )
         try:
             if len(jobs) < limit and self.settings.flush_interval > 0:
                 await self.clock.sleep(self.settings.flush_interval)
-                jobs += await self.queue.claim(
+                more = await self.queue.claim(
                     worker,
-                    limit=limit - len(jobs),
+                    limit=max(0, min(limit - len(jobs), self._claim_limit())),
                     lease_seconds=self.lease_seconds,
                     now=self.clock.now(),
                 )
-            outcomes = await self.deliver(jobs)
+                self._held += len(more)
+                jobs += more
+                state.jobs.update((job.id, job) for job in more)
+            outcomes = await self.deliver(jobs, state=state)
+            await self._save(state)
         except asyncio.CancelledError:
-            await self._give_back(jobs, worker)
+            await self._give_back(state)
             raise
-        # Only while this claim still holds the jobs (a lease taken over ignores them).
-        now = self.clock.now()
-        await self.queue.complete(with_leases(outcomes, jobs), now=now, worker=worker)
-        self.observer.finished(jobs, outcomes, now)
+        except BaseException:
+            self._release_held(state, len(state.held()) + len(state.unsaved))
+            raise
         if self._last_hold and all(isinstance(o, Release) for o in outcomes):
             # Only jobs of identities out of budget: wait instead of claiming them again at once.
             await self.clock.sleep(min(self._last_hold, self.lease_seconds / 3))
         return len(jobs)
 
-    async def _wait_unless_stopping(self, seconds: float) -> bool:
-        """Sleep ``seconds``; False (at once) if the router is told to stop meanwhile."""
+    async def _wait_unless_stopping(self, seconds: float, state: _Pass | None = None) -> bool:
+        """Sleep ``seconds``; False (at once) if the router is told to stop meanwhile. With a
+        ``state``, the pass's leases are renewed while it waits (see :meth:`_renew`)."""
+        step = self.lease_seconds / 4
+        while True:
+            chunk = seconds if state is None else min(seconds, step)
+            if not await self._sleep_unless_stopping(chunk):
+                return False
+            seconds -= chunk
+            if seconds <= 1e-9:
+                return True
+            if state is not None:
+                await self._renew(state)
+
+    async def _sleep_unless_stopping(self, seconds: float) -> bool:
         stopping = self._stopping
         if stopping is None:
             await self.clock.sleep(seconds)
@@ -282,26 +423,74 @@ class Router:
             stop.cancel()
         return not stopping.is_set()
 
-    async def _give_back(self, jobs: Sequence[Job], worker: str) -> None:
-        """The pass holding ``jobs`` was cancelled: release them all now (see the module doc)
-        instead of leaving them leased until the lease expires."""
-        releases = [Release(job.id, lease=job.lease) for job in jobs]
+    async def _renew(self, state: _Pass) -> None:
+        """Renew the leases of the jobs the pass still holds, once a third of the lease has
+        passed since the last renewal: a pass that waits for Heap's budget, or splits refused
+        requests, may outlast one lease, and must not have its jobs taken over and sent again
+        meanwhile. A job that was taken over all the same (this worker was stalled longer
+        than a lease) is not sent any more by this pass."""
+        now = self.clock.monotonic()
+        if now - state.renewed_at < self.lease_seconds / 3:
+            return
+        state.renewed_at = now
+        held = state.held()
+        if not held:
+            return
+        kept = await self.queue.renew(
+            held, worker=state.worker, lease_seconds=self.lease_seconds, now=self.clock.now()
+        )
+        lost = [job.id for job in held if job.id not in kept]
+        if lost:
+            log.warning("%d jobs of a delivery pass were taken over by another claim", len(lost))
+            state.lost.update(lost)
+            self._release_held(state, len(lost))
+
+    async def _save(self, state: _Pass) -> None:
+        """Record the outcomes decided so far (only while this claim still holds the jobs: a
+        lease taken over ignores them)."""
+        if not state.unsaved:
+            return
+        outcomes, state.unsaved = state.unsaved, []
+        await self.queue.complete(
+            with_leases(outcomes, list(state.jobs.values())),
+            now=self.clock.now(),
+            worker=state.worker,
+        )
+        self._release_held(state, len(outcomes))
+
+    async def _give_back(self, state: _Pass) -> None:
+        """The pass was cancelled: record what it decided and release the rest now (see the
+        module doc) instead of leaving them leased until the lease expires."""
+        releases = [Release(job.id) for job in state.held()]
+        outcomes = state.unsaved + releases
+        state.unsaved = []
         try:
             await asyncio.wait_for(
-                self.queue.complete(releases, now=self.clock.now(), worker=worker), 5.0
+                self.queue.complete(
+                    with_leases(outcomes, list(state.jobs.values())),
+                    now=self.clock.now(),
+                    worker=state.worker,
+                ),
+                5.0,
             )
         except Exception:  # the lease brings them back anyway
-            log.exception("could not release %d jobs of a cancelled pass", len(jobs))
+            log.exception("could not release %d jobs of a cancelled pass", len(releases))
         else:
-            self.stats.released_jobs += len(jobs)
-            log.info("released %d jobs of a cancelled delivery pass", len(jobs))
+            self.stats.released_jobs += len(releases)
+            log.info("released %d jobs of a cancelled delivery pass", len(releases))
+        finally:
+            self._release_held(state, len(outcomes))
 
     # --- one claim --------------------------------------------------------------------------
 
-    async def deliver(self, jobs: Sequence[Job]) -> list[Outcome]:
-        """Deliver claimed jobs; one outcome per job."""
-        state = _Pass({job.id: job for job in jobs})
-        outcomes: dict[int, Outcome] = {}
+    async def deliver(self, jobs: Sequence[Job], *, state: _Pass | None = None) -> list[Outcome]:
+        """Deliver claimed jobs; one outcome per job. Outcomes are recorded in the queue as
+        they are decided, bulk request by bulk request (the last ones by the caller, with
+        :meth:`_save`)."""
+        if state is None:
+            state = _Pass(
+                {job.id: job for job in jobs}, self.name, renewed_at=self.clock.monotonic()
+            )
         # stages[k]: the k-th request of every job (module doc, step 3)
         stages: list[list[tuple[int, HeapRequest]]] = []
         for job in jobs:
@@ -312,21 +501,31 @@ class Router:
                         stages.append([])
                     stages[k].append((job.id, request))
                 state.answers[job.id] = []
+                state.last_stage[job.id] = len(prepared) - 1
             else:
-                outcomes[job.id] = prepared
+                self._decide(state, job.id, prepared)
+        await self._save(state)
         max_items = min(MAX_BULK_ITEMS, max(1, self.settings.batch_size))
-        for pairs in stages:
+        for k, pairs in enumerate(stages):
+            state.stage = k
             groups: dict[tuple[str, str, str], list[Batch]] = {}
-            for b in batch(pairs, max_items=max_items):
+            for b in batch([p for p in pairs if state.open(p[0])], max_items=max_items):
                 groups.setdefault((b.url, b.endpoint, b.app_id), []).append(b)
+                state.pending_items.update(item.owner for item in b.items)
             await asyncio.gather(*(self._send_group(state, g) for g in groups.values()))
         self._last_hold = state.hold
         now = self.clock.now()
         for job_id, answers in state.answers.items():
-            outcomes[job_id] = self._outcome(state, state.jobs[job_id], answers, now)
-        for outcome in outcomes.values():
-            self._count(outcome)
-        return [outcomes[job.id] for job in jobs]
+            if state.open(job_id):
+                self._decide(state, job_id, self._outcome(state, state.jobs[job_id], answers, now))
+        return [state.decided[job.id] for job in jobs if job.id in state.decided]
+
+    def _decide(self, state: _Pass, job_id: int, outcome: Outcome) -> None:
+        if job_id in state.decided or job_id in state.lost:
+            return
+        state.decided[job_id] = outcome
+        state.unsaved.append(outcome)
+        self._count(outcome)
 
     def _prepare(self, job: Job) -> list[HeapRequest] | Outcome:
         destination = self.destinations.get(job.destination)
@@ -360,74 +559,132 @@ class Router:
                 request = with_idempotency_key(request, key if track_n == 0 else f"{key}:{track_n}")
                 track_n += 1
             requests.append(request)
-        self.observer.prepared(job, requests)
         return requests
+
+    def _release(self, state: _Pass, job_id: int) -> None:
+        """Give the job back untried (its later requests are not sent by this pass)."""
+        state.released.add(job_id)
+        state.blocked.add(state.key(job_id))
+        self._decide(state, job_id, Release(job_id))
 
     async def _send_group(self, state: _Pass, batches: list[Batch]) -> None:
         # The bulk requests of one (url, endpoint, app_id) go one after the other, in order.
         for b in batches:
             await self._send(state, b)
+            await self._save(state)
 
-    async def _send(self, state: _Pass, b: Batch) -> None:
+    def _sendable(self, state: _Pass, b: Batch) -> Batch:
+        """``b`` without the items of jobs decided or lost; jobs of a blocked key are
+        released (nothing of that key may go ahead of the job that blocks it)."""
         items = []
         for item in b.items:
-            if item.owner in state.failed or item.owner in state.released:
+            owner = item.owner
+            if not state.open(owner):
                 continue  # an earlier request of its event failed, or the job was given back
-            if state.key(item.owner) in state.blocked:
-                state.released.add(item.owner)
+            if state.key(owner) in state.blocked:
+                self._release(state, owner)
             else:
                 items.append(item)
-        if not items:
+        return b if len(items) == len(b.items) else b.with_items(items)
+
+    async def _send(self, state: _Pass, b: Batch, *, resend: bool = False) -> None:
+        """Send one bulk request and decide what its answer means for its jobs.
+
+        ``resend``: ``b`` is a part of a refused request. Parts are always sent within the
+        pass, waiting for the budget as long as it takes (the lease is renewed meanwhile):
+        given back, they would come back in a full request, refused and split again."""
+        await self._renew(state)
+        b = self._sendable(state, b)
+        if not b.items:
             return
-        b = b.with_items(items)
         if b.endpoint == "track" and self.limiter.enabled:
-            b = self._hold_hot_identities(state, b)
-            if not b.items:
+            if not resend:
+                b = self._hold_hot_identities(state, b)
+                if not b.items:
+                    return
+            if not await self._book(state, b, resend=resend):
                 return
-            counts = Counter(_identity_of(item.body) for item in b.items)
-            wait = self.limiter.reserve(b.app_id, counts, self.clock.monotonic())
-            if wait > self.lease_seconds / 3:
-                # Other passes booked the app's budget that far ahead: give these jobs back
-                # rather than hold them leased (a lease must never expire while we wait).
-                self.limiter.cancel(b.app_id, counts)
-                for item in b.items:
-                    state.released.add(item.owner)
-                    state.blocked.add(state.key(item.owner))
-                state.hold = min(wait, self.lease_seconds / 3)
+            # A lease may have been lost while waiting (a key blocked meanwhile by this
+            # request's own hot identity releases does not hold back what was booked).
+            kept = [item for item in b.items if state.open(item.owner)]
+            if not kept:
                 return
-            if wait > 0 and not await self._wait_unless_stopping(wait):
-                # Stopping: give the jobs back rather than wait (or be cancelled waiting).
-                self.limiter.cancel(b.app_id, counts)
-                for item in b.items:
-                    state.released.add(item.owner)
-                    state.blocked.add(state.key(item.owner))
-                return
-        started = time.perf_counter()
+            b = b if len(kept) == len(b.items) else b.with_items(kept)
         answer = await self.client.post(b.url, b.body(), headers=dict(b.headers))
-        self.observer.sent(b, answer, time.perf_counter() - started)
         self.stats.requests[answer.status] += 1
         if answer.status == 429:
             # Heap says the budget is spent: pause every sender of this app_id, not just the
             # jobs of this request (backpressure, not failure).
             pause = parse_retry_after(answer.retry_after, now=self.clock.now()) or 1.0
             self.limiter.pause(b.app_id, pause, self.clock.monotonic())
-            self.observer.paused(b.app_id, pause)
         kind = classify(answer)
+        refusals = self._refusals.setdefault((b.url, b.endpoint, b.app_id), _Refusals())
         if kind == "reject" and len(b.items) > 1:
-            first, second = b.split()
-            await self._send(state, first)
-            await self._send(state, second)
+            # Find the refused items: split, and send the parts in order (each part wholly
+            # settled before the next, so that per identity the accepted items keep their
+            # order). What is decided on the way is recorded as it comes.
+            for part in b.split(split_parts(len(b.items), refusals.density())):
+                await self._send(state, part, resend=True)
+                await self._save(state)
             return
+        if resend and kind != "retry":
+            refusals.add(1 if kind == "reject" else 0, len(b.items))
         if kind != "ok":
             self.stats.error(f"{b.url}: {answer.describe()[:300]}")
-        for owner in b.owners():
+        now = self.clock.now()
+        per_owner = Counter(item.owner for item in b.items)
+        for owner, count in per_owner.items():
+            if not state.open(owner):
+                continue
             state.answers[owner].append(answer)
-            if kind != "ok":
+            if kind == "ok":
+                state.pending_items[owner] -= count
+                if state.pending_items[owner] > 0 or state.stage < state.last_stage[owner]:
+                    continue  # more of it to send
+            else:
                 state.failed.add(owner)
-            if kind == "retry":
-                state.blocked.add(state.key(owner))
+                if kind == "retry":
+                    state.blocked.add(state.key(owner))
+            outcome = self._outcome(state, state.jobs[owner], state.answers[owner], now)
+            self._decide(state, owner, outcome)
         if kind == "ok":
             self.stats.delivered_items += len(b.items)
+
+    async def _book(self, state: _Pass, b: Batch, *, resend: bool) -> bool:
+        """Book Heap's rate budget for a bulk track request and wait until it may go. False:
+        the request is not sent (its jobs were given back)."""
+        counts = Counter(_identity_of(item.body) for item in b.items)
+        # The identities' budget first, without booking the app's: app budget booked for a
+        # request that then waits for one of its identities would sit unused meanwhile.
+        now = self.clock.monotonic()
+        wait = max(self.limiter.identity_wait(b.app_id, i, n, now) for i, n in counts.items())
+        if wait > 0:
+            if not resend and wait > self.lease_seconds / 3:
+                self._release_all(state, b, hold=min(wait, self.lease_seconds / 3))
+                return False
+            if not await self._wait_unless_stopping(wait, state):
+                self._release_all(state, b)
+                return False
+        wait = self.limiter.reserve(b.app_id, counts, self.clock.monotonic())
+        if not resend and wait > self.lease_seconds / 3:
+            # Other passes booked the app's budget that far ahead: give these jobs back
+            # rather than hold them leased.
+            self.limiter.cancel(b.app_id, counts)
+            self._release_all(state, b, hold=min(wait, self.lease_seconds / 3))
+            return False
+        if wait > 0 and not await self._wait_unless_stopping(wait, state):
+            # Stopping: give the jobs back rather than wait (or be cancelled waiting).
+            self.limiter.cancel(b.app_id, counts)
+            self._release_all(state, b)
+            return False
+        return True
+
+    def _release_all(self, state: _Pass, b: Batch, *, hold: float = 0.0) -> None:
+        for owner in b.owners():
+            if state.open(owner):
+                self._release(state, owner)
+        if hold:
+            state.hold = hold
 
     def _hold_hot_identities(self, state: _Pass, b: Batch) -> Batch:
         """Release the items of an identity beyond what its budget allows soon (Heap allows
@@ -447,13 +704,13 @@ class Router:
                 left = self.limiter.identity_allowance(b.app_id, identity, within, now)
             key = state.key(item.owner)
             if left <= 0 or key in state.blocked:
-                state.released.add(item.owner)
-                state.blocked.add(key)
+                self._release(state, item.owner)
                 state.hold = within
             else:
                 keep.append(item)
                 left -= 1
             allowance[identity] = left
+        keep = [item for item in keep if state.open(item.owner)]
         return b if len(keep) == len(b.items) else b.with_items(keep)
 
     def _outcome(self, state: _Pass, job: Job, answers: list[HeapAnswer], now: float) -> Outcome:

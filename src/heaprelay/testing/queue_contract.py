@@ -20,6 +20,7 @@ interface leaves open and this suite pins down. The suite needs pytest and Hypot
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, Protocol
@@ -410,6 +411,48 @@ class QueueContract:
             assert normalised(await q.stats())["by_state"] == {"delivered": 1, "pending": 1}
             [again] = await claim(q, "w2", now=late)
             assert (n_of(again), again.lease) == (2, two.lease + 1)
+
+        run(queue_factory, body)
+
+    def test_renew_keeps_the_jobs_of_a_long_pass(self, queue_factory: QueueFactory) -> None:
+        """A pass that outlasts its lease renews it: nobody takes the jobs over meanwhile."""
+
+        async def body(q: Queue) -> None:
+            await q.append([job(1), job(2, key="b")], now=T0)
+            held = await claim(q, "slow", now=T0)
+            half = T0 + LEASE / 2
+            kept = await q.renew(held, worker="slow", lease_seconds=LEASE, now=half)
+            assert kept == {j.id for j in held}
+            # Past the first lease's end, within the renewed one: still held.
+            assert await claim(q, "w2", now=T0 + LEASE + 1) == []
+            taken = await claim(q, "w2", now=half + LEASE + 1)
+            assert ns(taken) == [1, 2]
+            assert [j.lease for j in taken] == [j.lease + 1 for j in held]
+
+        run(queue_factory, body)
+
+    def test_renew_gives_nothing_back_to_an_old_or_foreign_claim(
+        self, queue_factory: QueueFactory
+    ) -> None:
+        async def body(q: Queue) -> None:
+            await q.append([job(1), job(2, key="b"), job(3, key="c")], now=T0)
+            old = await claim(q, "slow", now=T0)
+            late = T0 + LEASE + 1
+            [taken] = await claim(q, "w2", now=late, limit=1)  # job 1 taken over
+            await q.complete([Delivered(old[1].id, lease=old[1].lease)], now=late, worker="slow")
+            # Job 1: another claim holds it; job 2: finished; job 3: expired, nobody took it
+            # over, so the old claim still holds it (as for outcomes).
+            kept = await q.renew(old, worker="slow", lease_seconds=LEASE, now=late)
+            assert kept == {old[2].id}
+            assert await q.renew([taken], worker="slow", lease_seconds=LEASE, now=late) == set()
+            stale = [dataclasses.replace(taken, lease=taken.lease - 1)]
+            assert await q.renew(stale, worker="w2", lease_seconds=LEASE, now=late) == set()
+            assert await q.renew([taken], worker="w2", lease_seconds=LEASE, now=late) == {taken.id}
+            assert await q.renew([], worker="w2", lease_seconds=LEASE, now=late) == set()
+            # The renewal of job 1 by its new holder counts from `late`; the old claim's
+            # failed renewal changed nothing.
+            assert await claim(q, "w3", now=late + LEASE - 1) == []
+            assert ns(await claim(q, "w3", now=late + LEASE + 1)) == [1, 3]
 
         run(queue_factory, body)
 
@@ -1154,6 +1197,26 @@ class QueueModelMachine(RuleBasedStateMachine):
         self._run(self.backend.complete(b_out, now=self.now, worker=worker))
         self._run(self.model.complete(m_out, now=self.now, worker=worker))
         self.leased = [n for n in self.leased if self._model_state(n) == "leased"]
+
+    @precondition(lambda self: bool(self.leased))
+    @rule(data=st.data(), worker=st.sampled_from(("w1", "w2")), lease=st.sampled_from((5.0, 30.0)))
+    def renew(self, data: st.DataObject, worker: str, lease: float) -> None:
+        picked = data.draw(
+            st.lists(st.sampled_from(self.leased), min_size=1, max_size=3, unique=True)
+        )
+        b_jobs: list[Job] = []
+        m_jobs: list[Job] = []
+        for n in picked:
+            token = data.draw(st.sampled_from(self.leases[n][-2:]))
+            for ids, out in ((self.backend_id, b_jobs), (self.model_id, m_jobs)):
+                out.append(Job(ids[n], "", "", "", "", b"", 0.0, 0, None, lease=token))
+        got = self._run(
+            self.backend.renew(b_jobs, worker=worker, lease_seconds=lease, now=self.now)
+        )
+        want = self._run(self.model.renew(m_jobs, worker=worker, lease_seconds=lease, now=self.now))
+        by_backend = {self.backend_id[n]: n for n in picked}
+        by_model = {self.model_id[n]: n for n in picked}
+        assert {by_backend[i] for i in got} == {by_model[i] for i in want}
 
     def _model_state(self, n: int) -> str | None:
         return self.model.state_of(self.model_id[n])

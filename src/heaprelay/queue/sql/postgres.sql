@@ -116,6 +116,15 @@ WHERE id = ANY(%(ids)s::bigint[])
 RETURNING id, source, destination, message_id, order_key, payload, received_at, attempts,
           first_attempt_at, leases;
 
+-- name: renew
+-- Jobs still leased by that claim get a new lease end (queue/base.py, "Renewing"); their rows
+-- were locked in id order first (lock_outcome_rows).
+UPDATE jobs SET due_at = %(due_at)s
+FROM unnest(%(ids)s::bigint[], %(leases)s::int[]) AS r(id, lease)
+WHERE jobs.id = r.id AND jobs.state = 'leased' AND jobs.worker = %(worker)s::text
+  AND jobs.leases = r.lease
+RETURNING jobs.id;
+
 -- name: delivered
 -- Outcomes (delivered … release) apply only to the current lease: the job is leased, to
 -- %(worker)s when given, with the outcome's lease token when given (queue/base.py, "Lease

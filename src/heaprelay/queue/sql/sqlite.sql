@@ -206,6 +206,16 @@ WHERE id IN (SELECT value FROM json_each(:ids))
 RETURNING id, source, destination, message_id, order_key, payload, received_at, attempts,
           first_attempt_at, leases;
 
+-- name: renew
+-- :leases is a JSON array of [id, lease token]: jobs still leased by that claim get a new
+-- lease end (queue/base.py, "Renewing").
+UPDATE jobs SET due_at = :due_at
+FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS lease
+      FROM json_each(:leases)) AS r
+WHERE jobs.id = r.id AND jobs.state = 'leased' AND jobs.worker = :worker
+  AND jobs.leases = r.lease
+RETURNING jobs.id;
+
 -- name: delivered
 -- Outcomes (delivered … release) apply only to the current lease: the job is leased, to
 -- :worker when given, with lease token :lease when given (queue/base.py, "Lease ownership").
