@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from heaprelay.clock import SystemClock
+from heaprelay.clock import ManualClock, SystemClock
 from heaprelay.config import Config, DeliverySettings, Destination, Source
 from heaprelay.heap.client import HeapClient
 from heaprelay.heap.fake import FakeHeap, FakeHeapSettings
@@ -555,3 +555,61 @@ async def test_a_cancelled_pass_releases_the_jobs_it_holds(heap_url: str, fake: 
     assert states == {"delivered": 60, "pending": 100}
     jobs = await queue.claim("next", limit=200, lease_seconds=60, now=SystemClock().now())
     assert len(jobs) == 100
+
+
+# --- a pass that outlasts its lease (issue 12.1) ----------------------------------------------
+
+
+LEASE = 15.0
+
+
+class ThievingClock(ManualClock):
+    """A manual clock under which, each time a pass sleeps, another worker tries to claim
+    everything claimable (as the other loops and relays do while a pass waits)."""
+
+    def __init__(self, queue: MemoryQueue) -> None:
+        super().__init__()
+        self.queue = queue
+        self.stolen: list[int] = []
+
+    async def sleep(self, seconds: float) -> None:
+        await super().sleep(seconds)
+        taken = await self.queue.claim("thief", limit=1000, lease_seconds=LEASE, now=self.now())
+        self.stolen += [j.id for j in taken]
+
+
+@sync
+async def test_a_pass_splitting_refused_requests_past_its_lease_keeps_its_jobs(
+    heap_url: str, fake: FakeHeap
+) -> None:
+    """Budget 10 events a second, 100 jobs of which 10 are refused: finding them takes
+    several leases' worth of budget. The pass renews its leases, records what it settled as
+    it goes, and nobody can take its jobs over meanwhile."""
+    fake.update({"reject_identities": ["bad"]})
+    queue = MemoryQueue()
+    clock = ThievingClock(queue)
+    jobs = [track(i, "bad" if i % 10 == 3 else f"user{i}") for i in range(100)]
+    await queue.append(jobs, now=clock.now())
+    settings = DeliverySettings(
+        batch_size=100,
+        flush_interval=0.0,
+        app_events_per_minute=600,
+        identity_events_per_minute=100_000,
+        lease_seconds=LEASE,
+    )
+    async with HeapClient() as client:
+        router = Router(
+            queue,
+            {"heap": destination(heap_url, profile="heap")},
+            client,
+            clock,
+            settings,
+            claim_requests=1,
+        )
+        assert await router.run_once() == 100
+    assert clock.now() - ManualClock().now() > 2 * LEASE  # the pass outlasted two leases
+    assert clock.stolen == []
+    states = Counter(queue.state_of(i) for i in range(1, 101))
+    assert states == {"delivered": 90, "dead": 10}
+    report = fake.report()
+    assert (report["accepted_events"], report["duplicates"]) == (90, 0)

@@ -1,6 +1,8 @@
+import pytest
+
 from heaprelay.heap.models import HeapRequest
 from heaprelay.router.batcher import batch, items_of
-from heaprelay.router.worker import with_idempotency_key
+from heaprelay.router.worker import split_parts, with_idempotency_key
 
 US = "https://heapanalytics.com"
 EU = "https://c.eu.heap-api.com"
@@ -70,6 +72,28 @@ def test_a_bulk_body_contributes_all_its_items() -> None:
     left, right = b.split()
     assert [i.body for i in left.items] == [{"event": "a"}]
     assert [i.body for i in right.items] == [{"event": "b"}]
+
+
+@pytest.mark.parametrize(("n", "parts"), [(10, 3), (7, 7), (3, 5), (1000, 160), (2, 2)])
+def test_split_into_parts_keeps_every_item_in_order(n: int, parts: int) -> None:
+    req = HeapRequest(US, "track", {"app_id": "1", "events": [{"n": i} for i in range(n)]})
+    [b] = batch([(1, req)], max_items=1000)
+    pieces = b.split(parts)
+    assert len(pieces) == min(n, parts)
+    assert [i.body["n"] for p in pieces for i in p.items] == list(range(n))
+    sizes = [len(p.items) for p in pieces]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_split_parts_halves_until_refusals_are_known_then_follows_their_share() -> None:
+    assert split_parts(1000, None) == 2
+    assert split_parts(2, 0.5) == 2
+    assert split_parts(1, None) == 1
+    assert split_parts(1000, 0.0) == 2  # refused requests held no refused item: halves
+    assert split_parts(1000, 0.001) == 4
+    assert split_parts(1000, 0.04) == 160  # ~4 parts per refused item expected
+    assert split_parts(500, 0.04) == 80
+    assert split_parts(10, 0.9) == 10  # at most one part per item
 
 
 def test_idempotency_key_added_only_where_missing() -> None:
