@@ -170,3 +170,20 @@ class Config:
 
     def destinations(self) -> dict[str, Destination]:
         return {d.id: d for s in self.sources for d in s.destinations}
+
+    def shared_app_destinations(self) -> frozenset[str]:
+        """Ids of the destinations whose Heap app_id another source sends to as well.
+
+        Heap deduplicates track events by ``idempotency_key`` per app_id, while messageIds
+        are only unique per source: the router scopes the keys of these destinations to
+        their source (see :func:`heaprelay.router.worker.scoped_key`)."""
+        sources_of: dict[str, set[str]] = {}
+        for source in self.sources:
+            for d in source.destinations:
+                sources_of.setdefault(d.settings.app_id, set()).add(source.name)
+        return frozenset(
+            d.id
+            for source in self.sources
+            for d in source.destinations
+            if len(sources_of[d.settings.app_id]) > 1
+        )

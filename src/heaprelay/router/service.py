@@ -75,6 +75,7 @@ async def delivery_service(
             name=name,
             lease_seconds=settings.lease_seconds,
             observer=runtime.observer,
+            scoped_keys=runtime.config.shared_app_destinations(),
         )
         runtime.routers.append(router)
         registry = runtime.queue

@@ -52,12 +52,13 @@ again later, in order; Heap absorbs a repeated track by its ``idempotency_key``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -82,7 +83,15 @@ from heaprelay.router.ratelimit import RateLimiter
 from heaprelay.router.retry import RetryPolicy, classify, decide, parse_retry_after
 from heaprelay.transform import Skip, transform
 
-__all__ = ["DeliveryStats", "Router", "with_idempotency_key"]
+__all__ = [
+    "OWN_KEY_PROFILES",
+    "DeliveryStats",
+    "Router",
+    "scoped_key",
+    "split_parts",
+    "with_idempotency_key",
+    "with_scoped_keys",
+]
 
 log = logging.getLogger("heaprelay.router")
 
@@ -112,6 +121,51 @@ def with_idempotency_key(request: HeapRequest, key: str) -> HeapRequest:
         body["events"] = new_events
     elif not body.get("idempotency_key"):
         body["idempotency_key"] = key
+    else:
+        return request
+    return HeapRequest(request.base_url, request.endpoint, body, request.method, request.headers)
+
+
+#: Profiles whose idempotency keys are heaprelay's own choice. The others reproduce a peer's
+#: requests byte for byte, keys included (Segment's Actions destinations send the messageId,
+#: RudderStack ``properties.idempotencyKey``): a team migrating from it keeps Heap
+#: deduplicating what both Segment and heaprelay send during the switch. Keys the router
+#: adds (where a profile sets none) are heaprelay's own in every profile.
+OWN_KEY_PROFILES: Final = frozenset({"heap"})
+#: Heap's limit on identities; keys are kept within it too.
+_MAX_KEY_CHARS: Final = 255
+
+
+def scoped_key(source: str, key: str) -> str:
+    """``key`` scoped to one source: ``<source>:<key>``, or its SHA-256 digest when that is
+    longer than 255 characters.
+
+    Why: Heap drops a track event whose ``idempotency_key`` it has seen for the app_id,
+    whichever source sent it, while messageIds (the default key) are only unique per source
+    (ingest deduplicates them per source). When two sources send to one app_id — a public
+    web write key and a backend, say — the web key could otherwise pre-send a messageId the
+    backend will use, and Heap would drop the backend's event while the relay records it
+    delivered. The router scopes the keys of destinations whose app_id another source
+    shares (:meth:`heaprelay.config.Config.shared_app_destinations`)."""
+    scoped = f"{source}:{key}"
+    if len(scoped) > _MAX_KEY_CHARS:
+        return "sha256:" + hashlib.sha256(scoped.encode("utf-8", "surrogatepass")).hexdigest()
+    return scoped
+
+
+def with_scoped_keys(request: HeapRequest, source: str) -> HeapRequest:
+    """``request`` with each track event's ``idempotency_key`` scoped to ``source``."""
+    body = dict(request.body)
+    events = body.get("events")
+    if isinstance(events, list):
+        body["events"] = [
+            {**e, "idempotency_key": scoped_key(source, str(e["idempotency_key"]))}
+            if isinstance(e, dict) and e.get("idempotency_key")
+            else e
+            for e in events
+        ]
+    elif body.get("idempotency_key"):
+        body["idempotency_key"] = scoped_key(source, str(body["idempotency_key"]))
     else:
         return request
     return HeapRequest(request.base_url, request.endpoint, body, request.method, request.headers)
@@ -241,7 +295,10 @@ class Router:
         rng: random.Random | None = None,
         lease_seconds: float | None = None,
         claim_requests: int = 4,
+        scoped_keys: Collection[str] = (),
     ) -> None:
+        """``scoped_keys``: ids of the destinations whose idempotency keys are scoped to the
+        job's source (those whose app_id several sources share: see :func:`scoped_key`)."""
         self.queue = queue
         self.destinations = dict(destinations)
         self.client = client
@@ -251,6 +308,7 @@ class Router:
         self.policy = policy or RetryPolicy(self.settings.retry_base, self.settings.retry_cap)
         self.rng = rng or random.Random()
         self.lease_seconds = lease_seconds or self.settings.lease_seconds
+        self.scoped_keys = frozenset(scoped_keys)
         s = self.settings
         self.limiter = RateLimiter(
             app_per_minute=s.app_events_per_minute,
@@ -552,10 +610,16 @@ class Router:
         if isinstance(result, Skip):
             return Skipped(job.id, result.reason, result.detail)
         key = job.message_id or f"heaprelay:{job.destination}:{job.id}"
+        scoped = job.destination in self.scoped_keys
+        if scoped:
+            key = scoped_key(job.source, key)
+        own_keys = scoped and destination.settings.profile in OWN_KEY_PROFILES
         track_n = 0
         requests: list[HeapRequest] = []
         for request in result:
             if request.endpoint in _TRACK_ENDPOINTS:
+                if own_keys:  # the profile's keys are heaprelay's own: scope them too
+                    request = with_scoped_keys(request, job.source)
                 request = with_idempotency_key(request, key if track_n == 0 else f"{key}:{track_n}")
                 track_n += 1
             requests.append(request)
