@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
@@ -44,6 +46,7 @@ from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool
 
 from heaprelay.messages.reasons import Reason
+from heaprelay.queue._payload import PayloadCodec, dictionary_ids, train
 from heaprelay.queue._sql import package_queries
 from heaprelay.queue.base import (
     DUPLICATE_DETAIL,
@@ -71,6 +74,8 @@ from heaprelay.queue.base import (
 )
 
 T = TypeVar("T")
+
+log = logging.getLogger("heaprelay.queue")
 
 DEFAULT_SCHEMA: Final = "heaprelay"
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -141,9 +146,18 @@ async def migrate(url: str, *, schema: str = DEFAULT_SCHEMA) -> list[str]:
 class PostgresQueue:
     """The Queue of :mod:`heaprelay.queue.base` on PostgreSQL (psycopg 3, a connection pool)."""
 
-    def __init__(self, url: str, schema: str, pool: AsyncConnectionPool) -> None:
+    def __init__(
+        self,
+        url: str,
+        schema: str,
+        pool: AsyncConnectionPool,
+        codec: PayloadCodec | None = None,
+    ) -> None:
         self.url = url
         self.schema = schema
+        #: Payload compression (queue/_payload.py); its dictionaries are in payload_dicts.
+        self.codec = codec or PayloadCodec()
+        self._training: asyncio.Task[None] | None = None
         self.channel = f"heaprelay_work_{schema}"
         self._pool = pool
         self._waiters: set[asyncio.Event] = set()
@@ -172,7 +186,14 @@ class PostgresQueue:
             check=AsyncConnectionPool.check_connection,
         )
         await pool.open(wait=True, timeout=30)
-        return cls(url, schema, pool)
+        try:
+            async with pool.connection() as conn:
+                cur = await conn.execute(QUERIES["dictionaries"])
+                codec = PayloadCodec({i: bytes(d) for i, d in await cur.fetchall()})
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(url, schema, pool, codec)
 
     # --- writes ---------------------------------------------------------------------------
 
@@ -181,6 +202,8 @@ class PostgresQueue:
             return AppendResult(stored=0)
         # No dedupe work here: each job keeps its window, and its first claim checks it.
         windows = [j.dedupe_window for j in jobs]
+        encode = self.codec.encode
+        payloads = [encode(j.payload) for j in jobs]
 
         async def run(conn: psycopg.AsyncConnection[Any]) -> None:
             await conn.execute(
@@ -190,7 +213,7 @@ class PostgresQueue:
                     "destinations": [j.destination for j in jobs],
                     "message_ids": [j.message_id for j in jobs],
                     "keys": [j.order_key for j in jobs],
-                    "payloads": [j.payload for j in jobs],
+                    "payloads": payloads,
                     "received": [j.received_at for j in jobs],
                     "froms": [now if w > 0 else None for w in windows],
                     "untils": [now + w if w > 0 else None for w in windows],
@@ -200,7 +223,35 @@ class PostgresQueue:
 
         await self._transaction(run)
         self._wake_local()
+        samples = self.codec.take_samples()
+        if samples is not None and not self._closed:
+            self._training = asyncio.create_task(self._train(samples, now))
         return AppendResult(stored=len(jobs))
+
+    async def _train(self, samples: list[bytes], now: float) -> None:
+        """Train a payload dictionary off the event loop and store it (queue/_payload.py)."""
+        try:
+            data = await asyncio.to_thread(train, samples)
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(QUERIES["add_dictionary"], {"dict": data, "now": now})
+                row = await cur.fetchone()
+            assert row is not None
+            self.codec.add(int(row[0]), data)
+        except Exception:  # too few distinct samples, or the database is away: try later
+            log.warning("could not train a payload dictionary", exc_info=True)
+        finally:
+            self.codec.training_done()
+
+    async def _decode(
+        self, conn: psycopg.AsyncConnection[Any], payloads: Sequence[bytes]
+    ) -> list[bytes]:
+        """Stored payloads as appended; dictionaries another process made are loaded first."""
+        missing = [i for i in dictionary_ids(payloads) if not self.codec.knows(i)]
+        if missing:
+            cur = await conn.execute(QUERIES["dictionaries_by_id"], {"ids": missing})
+            for dict_id, data in await cur.fetchall():
+                self.codec.add(dict_id, bytes(data))
+        return [self.codec.decode(p) for p in payloads]
 
     async def claim(
         self, worker: str, *, limit: int, lease_seconds: float, now: float
@@ -209,9 +260,11 @@ class PostgresQueue:
             return []
 
         async def run(conn: psycopg.AsyncConnection[Any]) -> list[Job]:
-            return await _Claim(conn, now, self._ensure_keys).run(
+            jobs = await _Claim(conn, now, self._ensure_keys).run(
                 worker, limit, now + lease_seconds
             )
+            payloads = await self._decode(conn, [bytes(j.payload) for j in jobs])
+            return [dataclasses.replace(j, payload=p) for j, p in zip(jobs, payloads, strict=True)]
 
         jobs = await self._transaction(run)
         return sorted(jobs, key=lambda j: j.id)
@@ -502,18 +555,29 @@ class PostgresQueue:
                 QUERIES["dead_letters"],
                 {"limit": limit, "offset": offset, "destination": destination},
             )
-            return [DeadLetterRecord(*row) for row in await cur.fetchall()]
+            records = [DeadLetterRecord(*row) for row in await cur.fetchall()]
+            payloads = await self._decode(conn, [bytes(r.payload) for r in records])
+            return [
+                dataclasses.replace(r, payload=p) for r, p in zip(records, payloads, strict=True)
+            ]
 
     async def dead_letter(self, job_id: int) -> DeadLetterRecord | None:
         async with self._pool.connection() as conn:
             cur = await conn.execute(QUERIES["dead_letter"], {"id": job_id})
             row = await cur.fetchone()
-            return DeadLetterRecord(*row) if row else None
+            if not row:
+                return None
+            record = DeadLetterRecord(*row)
+            [payload] = await self._decode(conn, [bytes(record.payload)])
+            return dataclasses.replace(record, payload=payload)
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        if self._training is not None:  # let it store its dictionary first
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._training), 10)
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, psycopg.Error):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import queue as thread_queue
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from heaprelay.messages.reasons import Reason
+from heaprelay.queue._payload import PayloadCodec, dictionary_ids, train
 from heaprelay.queue._sql import package_queries
 from heaprelay.queue.base import (
     DUPLICATE_DETAIL,
@@ -91,10 +93,19 @@ class _Call:
 class SQLiteQueue:
     """The Queue of :mod:`heaprelay.queue.base` on one SQLite file."""
 
-    def __init__(self, path: Path, write: sqlite3.Connection, read: sqlite3.Connection) -> None:
+    def __init__(
+        self,
+        path: Path,
+        write: sqlite3.Connection,
+        read: sqlite3.Connection,
+        codec: PayloadCodec | None = None,
+    ) -> None:
         self.path = path
         self._write = write
         self._read = read
+        #: Payload compression (queue/_payload.py); its dictionaries are in payload_dicts.
+        self.codec = codec or PayloadCodec()
+        self._training: threading.Thread | None = None
         self._read_lock = threading.Lock()
         self._inbox: thread_queue.SimpleQueue[_Append | _Call | None] = thread_queue.SimpleQueue()
         self._closed = False
@@ -128,7 +139,8 @@ class SQLiteQueue:
                 write.executescript(QUERIES["add_dedupe_window"])
             if "seen_at" not in {row[1] for row in write.execute("PRAGMA table_info(seen)")}:
                 write.executescript(QUERIES["add_seen_at"])
-            return cls(path, write, _connect(path))
+            codec = PayloadCodec(dict(write.execute(QUERIES["dictionaries"]).fetchall()))
+            return cls(path, write, _connect(path), codec)
 
         return await asyncio.to_thread(connect)
 
@@ -148,7 +160,9 @@ class SQLiteQueue:
         self, worker: str, *, limit: int, lease_seconds: float, now: float
     ) -> list[Job]:
         def run(conn: sqlite3.Connection) -> list[Job]:
-            return _claim(conn, worker, limit=limit, due_at=now + lease_seconds, now=now)
+            return _claim(
+                conn, worker, limit=limit, due_at=now + lease_seconds, now=now, codec=self.codec
+            )
 
         return await self._call(run)
 
@@ -327,20 +341,23 @@ class SQLiteQueue:
                 QUERIES["dead_letters"],
                 {"limit": limit, "offset": offset, "destination": destination},
             )
-            return [DeadLetterRecord(*row) for row in rows]
+            return _decoded_records(conn, self.codec, [DeadLetterRecord(*row) for row in rows])
 
         return await self._read_call(run)
 
     async def dead_letter(self, job_id: int) -> DeadLetterRecord | None:
         def run(conn: sqlite3.Connection) -> DeadLetterRecord | None:
             row = conn.execute(QUERIES["dead_letter"], {"id": job_id}).fetchone()
-            return DeadLetterRecord(*row) if row else None
+            return _decoded_records(conn, self.codec, [DeadLetterRecord(*row)])[0] if row else None
 
         return await self._read_call(run)
 
     async def close(self) -> None:
         if self._closed:
             return
+        training = self._training
+        if training is not None:  # let it store its dictionary first
+            await asyncio.to_thread(training.join, 10)
         self._closed = True
         self._inbox.put(None)
         await asyncio.to_thread(self._thread.join)
@@ -427,13 +444,13 @@ class SQLiteQueue:
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                outcomes = list(_insert_group(conn, [(a.jobs, a.now) for a in appends]))
+                outcomes = list(_insert_group(conn, [(a.jobs, a.now) for a in appends], self.codec))
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
         except Exception:
-            outcomes = [self._append_alone(conn, a) for a in appends]
+            outcomes = [self._append_alone(conn, a, self.codec) for a in appends]
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Append, Any]]] = {}
         for append, outcome in zip(appends, outcomes, strict=True):
             by_loop.setdefault(append.loop, []).append((append, outcome))
@@ -442,13 +459,42 @@ class SQLiteQueue:
             with contextlib.suppress(RuntimeError):  # that loop is closed
                 loop.call_soon_threadsafe(_resolve, results)
         self._notify()
+        samples = self.codec.take_samples()
+        if samples is not None:
+            self._training = threading.Thread(
+                target=self._train,
+                args=(samples, appends[-1].now),
+                name="sqlite-queue-dict",
+                daemon=True,
+            )
+            self._training.start()
+
+    def _train(self, samples: list[bytes], now: float) -> None:
+        """Train a payload dictionary off the writer thread, then store it (queue/_payload.py)."""
+        try:
+            data = train(samples)
+
+            def store(conn: sqlite3.Connection) -> int:
+                row = conn.execute(QUERIES["add_dictionary"], {"dict": data, "now": now})
+                dict_id: int = row.fetchone()[0]
+                return dict_id
+
+            future: Future[int] = Future()
+            self._submit(_Call(store, future))
+            self.codec.add(future.result(timeout=60), data)
+        except Exception:  # too few distinct samples, or the queue is closing: try later
+            pass
+        finally:
+            self.codec.training_done()
 
     @staticmethod
-    def _append_alone(conn: sqlite3.Connection, append: _Append) -> AppendResult | Exception:
+    def _append_alone(
+        conn: sqlite3.Connection, append: _Append, codec: PayloadCodec
+    ) -> AppendResult | Exception:
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                result = _insert(conn, append.jobs, append.now)
+                result = _insert_group(conn, [(append.jobs, append.now)], codec)[0]
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -468,12 +514,10 @@ def _resolve(results: list[tuple[_Append, AppendResult | BaseException]]) -> Non
             append.future.set_result(outcome)
 
 
-def _insert(conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float) -> AppendResult:
-    return _insert_group(conn, [(jobs, now)])[0]
-
-
 def _insert_group(
-    conn: sqlite3.Connection, appends: Sequence[tuple[Sequence[NewJob], float]]
+    conn: sqlite3.Connection,
+    appends: Sequence[tuple[Sequence[NewJob], float]],
+    codec: PayloadCodec,
 ) -> list[AppendResult]:
     """Insert the appends of one transaction, in order; each one's result.
 
@@ -481,14 +525,16 @@ def _insert_group(
     cost more than the request itself), of the columns that need values: no dedupe work
     (claims do it, :func:`_claim`)."""
     rows: list[tuple[Any, ...]] = []
+    encode = codec.encode
     for jobs, now in appends:
         for job in jobs:
             # NewJob's first six fields are the first six columns of job_row.
             window = job.dedupe_window
+            payload = encode(job[4])
             if window > 0:
-                rows.append((*job[:6], now, now + window))
+                rows.append((*job[:4], payload, job[5], now, now + window))
             else:
-                rows.append((*job[:6], None, None))
+                rows.append((*job[:4], payload, job[5], None, None))
     _insert_rows(conn, "insert_jobs", rows, QUERIES["job_row"])
     # The counters (queue/base.py, QueueStats), in the same transaction: one row a destination.
     per_destination: dict[str, int] = {}
@@ -505,7 +551,13 @@ def _insert_group(
 
 
 def _claim(
-    conn: sqlite3.Connection, worker: str, *, limit: int, due_at: float, now: float
+    conn: sqlite3.Connection,
+    worker: str,
+    *,
+    limit: int,
+    due_at: float,
+    now: float,
+    codec: PayloadCodec,
 ) -> list[Job]:
     """Lease up to ``limit`` claimable jobs that are not duplicates (queue/base.py).
 
@@ -555,7 +607,21 @@ def _claim(
     leased = conn.execute(
         QUERIES["lease"], {"ids": json.dumps(handed), "worker": worker, "due_at": due_at}
     )
-    return sorted((Job(*row) for row in leased), key=lambda j: j.id)
+    return sorted(_decoded_records(conn, codec, [Job(*row) for row in leased]), key=lambda j: j.id)
+
+
+R = TypeVar("R", Job, DeadLetterRecord)
+
+
+def _decoded_records(conn: sqlite3.Connection, codec: PayloadCodec, records: list[R]) -> list[R]:
+    """``records`` with their payloads as appended (dictionaries another handle of the file
+    made since this one opened are loaded first)."""
+    missing = [i for i in dictionary_ids(r.payload for r in records) if not codec.knows(i)]
+    for dict_id in missing:
+        row = conn.execute(QUERIES["dictionary"], {"id": dict_id}).fetchone()
+        if row is not None:
+            codec.add(dict_id, row[0])
+    return [dataclasses.replace(r, payload=codec.decode(r.payload)) for r in records]
 
 
 def _insert_rows(

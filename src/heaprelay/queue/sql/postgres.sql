@@ -13,6 +13,15 @@ FROM unnest(%(sources)s::text[], %(destinations)s::text[], %(message_ids)s::text
      WITH ORDINALITY AS t(s, d, m, k, p, r, f, u, n)
 ORDER BY n;
 
+-- name: dictionaries
+SELECT id, dict FROM payload_dicts;
+
+-- name: dictionaries_by_id
+SELECT id, dict FROM payload_dicts WHERE id = ANY(%(ids)s::int[]);
+
+-- name: add_dictionary
+INSERT INTO payload_dicts (dict, created_at) VALUES (%(dict)s, %(now)s) RETURNING id;
+
 -- name: claim_candidates
 -- The oldest claimable jobs after %(after)s: unfinished, of keys with no leased (unexpired)
 -- or waiting-retry job. Takes no locks; their keys are then locked and looked at again.

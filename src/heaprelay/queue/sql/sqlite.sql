@@ -47,6 +47,13 @@ CREATE TABLE IF NOT EXISTS seen (
     PRIMARY KEY (source, destination, message_id)
 ) WITHOUT ROWID;
 
+-- Dictionaries payloads are compressed with (queue/_payload.py); never changed or deleted.
+CREATE TABLE IF NOT EXISTS payload_dicts (
+    id INTEGER PRIMARY KEY,
+    dict BLOB NOT NULL,
+    created_at REAL NOT NULL
+);
+
 -- name: counters
 -- Maintained counts (queue/base.py, QueueStats): kind 'now' = jobs per (destination, state,
 -- reason) now (reason '' but for skipped / dead / retry); kind 'total' = how many jobs were
@@ -134,6 +141,15 @@ ON CONFLICT DO UPDATE SET n = excluded.n;
 -- ":rows" is expanded to one "(?, ?, ?, ?, ?)" per row.
 INSERT INTO counts (kind, destination, state, reason, n) VALUES :rows
 ON CONFLICT DO UPDATE SET n = n + excluded.n;
+
+-- name: dictionaries
+SELECT id, dict FROM payload_dicts;
+
+-- name: dictionary
+SELECT dict FROM payload_dicts WHERE id = :id;
+
+-- name: add_dictionary
+INSERT INTO payload_dicts (dict, created_at) VALUES (:dict, :now) RETURNING id;
 
 -- name: add_leases
 -- For queue files made before lease tokens (open() runs it when the column is missing).
