@@ -414,12 +414,18 @@ class Router:
         limit = self._claim_limit()
         if limit <= 0:
             return 0
-        jobs = await self.queue.claim(
-            worker, limit=limit, lease_seconds=self.lease_seconds, now=self.clock.now()
-        )
-        if not jobs:
-            return 0
+        # Booked before claiming, so that loops claiming at the same time share the cap.
+        self._held += limit
+        try:
+            jobs = await self.queue.claim(
+                worker, limit=limit, lease_seconds=self.lease_seconds, now=self.clock.now()
+            )
+        finally:
+            self._held -= limit
         self._held += len(jobs)
+        if not jobs:
+            self._room.set()
+            return 0
         state = _Pass(
             {job.id: job for job in jobs},
             worker,
@@ -429,12 +435,14 @@ class Router:
         try:
             if len(jobs) < limit and self.settings.flush_interval > 0:
                 await self.clock.sleep(self.settings.flush_interval)
-                more = await self.queue.claim(
-                    worker,
-                    limit=max(0, min(limit - len(jobs), self._claim_limit())),
-                    lease_seconds=self.lease_seconds,
-                    now=self.clock.now(),
-                )
+                extra = max(0, min(limit - len(jobs), self._claim_limit()))
+                self._held += extra
+                try:
+                    more = await self.queue.claim(
+                        worker, limit=extra, lease_seconds=self.lease_seconds, now=self.clock.now()
+                    )
+                finally:
+                    self._held -= extra
                 self._held += len(more)
                 jobs += more
                 state.jobs.update((job.id, job) for job in more)

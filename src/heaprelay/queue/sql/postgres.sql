@@ -34,6 +34,9 @@ WHERE j.state IN ('pending', 'leased', 'retry')
         AND b.destination = j.destination
         AND b.order_key = j.order_key
         AND b.due_at > %(now)s
+      -- A fence: probe jobs_blocking once per candidate. As an anti-join, planned while few
+      -- jobs are leased, PostgreSQL compares each candidate with every blocking job.
+      OFFSET 0
   )
 ORDER BY j.id
 LIMIT %(limit)s;
@@ -76,6 +79,9 @@ WHERE j.state IN ('pending', 'leased', 'retry')
         AND b.destination = j.destination
         AND b.order_key = j.order_key
         AND b.due_at > %(now)s
+      -- A fence: probe jobs_blocking once per candidate. As an anti-join, planned while few
+      -- jobs are leased, PostgreSQL compares each candidate with every blocking job.
+      OFFSET 0
   )
 ORDER BY j.id
 LIMIT %(limit)s;
