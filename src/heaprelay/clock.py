@@ -52,3 +52,29 @@ class ManualClock:
     async def sleep(self, seconds: float) -> None:
         self.advance(max(0.0, seconds))
         await asyncio.sleep(0)
+
+
+class ScaledClock:
+    """System time running ``factor`` times faster, from the moment it is made: ``now()`` and
+    ``monotonic()`` advance ``factor`` seconds per real second, ``sleep(s)`` takes ``s /
+    factor`` real seconds. For tests and demos of things that take hours (a 30-minute Heap
+    outage, a 4-hour retry window) in seconds; Heap's rate limits have ``time_scale``."""
+
+    def __init__(self, factor: float) -> None:
+        if factor <= 0:
+            raise ValueError(f"factor must be > 0, got {factor!r}")
+        self.factor = factor
+        self._wall = time.time()
+        self._start = time.monotonic()
+
+    def _elapsed(self) -> float:
+        return (time.monotonic() - self._start) * self.factor
+
+    def now(self) -> float:
+        return self._wall + self._elapsed()
+
+    def monotonic(self) -> float:
+        return self._elapsed()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds) / self.factor)

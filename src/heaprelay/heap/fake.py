@@ -70,6 +70,8 @@ class FakeHeapSettings:
     #: Fraction of requests answered ``error_status`` (before validation).
     error_rate: float = 0.0
     error_status: int = 503
+    #: ``Retry-After`` seconds sent with injected errors (0: none), e.g. a storm of 429s.
+    error_retry_after: float = 0.0
     #: Fraction of valid requests that are recorded but answered 503 (a lost answer).
     accept_then_fail_rate: float = 0.0
     #: Seconds added before answering.
@@ -166,7 +168,8 @@ class FakeHeap:
         if now < st.outage_until or any(a <= elapsed < b for a, b in s.outages):
             return self._log(endpoint, 503, "Service Unavailable (outage)", items)
         if s.error_rate and self._rng.random() < s.error_rate:
-            return self._log(endpoint, s.error_status, "injected error", items)
+            headers = {"Retry-After": f"{s.error_retry_after:g}"} if s.error_retry_after else {}
+            return self._log(endpoint, s.error_status, "injected error", items, headers)
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
