@@ -262,6 +262,15 @@ class Relay:
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=60)
 
+    def __enter__(self) -> Relay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Never leave the process behind (a test that failed half-way)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
 
 def queue_counts(relay: Relay) -> tuple[Counter[str], int]:
     """Jobs by state and the most leases any job had, read from the relay's queue."""
@@ -333,7 +342,8 @@ class PrivateCluster:
         self.ctl("-l", str(self.data / "server.log"), "-w", "-t", "60", "-o", options, "start")
 
     def restart(self, mode: str = "fast") -> None:
-        self.ctl("-m", mode, "-w", "-t", "60", "restart")
+        # -l again: without it the new server would write to (and hold open) our pipe.
+        self.ctl("-l", str(self.data / "server.log"), "-m", mode, "-w", "-t", "60", "restart")
 
 
 @pytest.fixture(scope="session")

@@ -87,8 +87,8 @@ def test_kill_9_crash_loop_sqlite(
     tmp_path: Path, heap: tuple[FakeHeap, str], figures: Callable[[Figures], None]
 ) -> None:
     fake, url = heap
-    relay = Relay(tmp_path, url, **DELIVERY)
-    crash_loop(relay, fake, figures, "kill -9 loop, SDK clients, SQLite")
+    with Relay(tmp_path, url, **DELIVERY) as relay:
+        crash_loop(relay, fake, figures, "kill -9 loop, SDK clients, SQLite")
 
 
 @pytest.mark.postgres
@@ -99,5 +99,5 @@ def test_kill_9_crash_loop_postgresql(
     figures: Callable[[Figures], None],
 ) -> None:
     fake, url = heap
-    relay = Relay(tmp_path, url, queue_url=pg_database, **DELIVERY)
-    crash_loop(relay, fake, figures, "kill -9 loop, SDK clients, PostgreSQL")
+    with Relay(tmp_path, url, queue_url=pg_database, **DELIVERY) as relay:
+        crash_loop(relay, fake, figures, "kill -9 loop, SDK clients, PostgreSQL")

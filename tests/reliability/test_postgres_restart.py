@@ -1,0 +1,99 @@
+"""PostgreSQL restarted under a running relay (ingest and delivery, role all) while real SDK
+clients send: a fast restart, a crash-like immediate one, and another fast one, each while
+delivery passes claim and complete small batches. The cluster is the suite's own (its own
+port and data directory), so restarting it disturbs nobody else's tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from heaprelay.heap.fake import FakeHeap, FakeHeapSettings
+from heaprelay.testing.servers import serve_in_thread
+
+from .conftest import (
+    Figures,
+    PrivateCluster,
+    Relay,
+    Senders,
+    heap_figures,
+    queue_counts,
+    settled,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+
+@pytest.fixture
+def heap() -> Iterator[tuple[FakeHeap, str]]:
+    fake = FakeHeap(FakeHeapSettings(rate_limits=False, latency=0.02, seed=8))
+    with serve_in_thread(fake.app) as url:
+        yield fake, url
+
+
+def test_postgresql_restarts_mid_claim_lose_nothing(
+    tmp_path: Path,
+    heap: tuple[FakeHeap, str],
+    private_pg: PrivateCluster,
+    figures: Callable[[Figures], None],
+) -> None:
+    fake, heap_url = heap
+    name = f"restart_{int(time.time() * 1000)}"
+    with psycopg.connect(private_pg.url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    queue_url = private_pg.url.rsplit("/", 1)[0] + f"/{name}"
+    with Relay(
+        tmp_path,
+        heap_url,
+        queue_url=queue_url,
+        batch_size=50,  # many small claims: a restart meets one in flight
+        flush_interval=0.01,
+        rate_limits=False,
+        lease_seconds=3.0,
+        retry_base=0.1,
+        retry_cap=1.0,
+        concurrency=4,
+    ) as relay:
+        relay.start()
+        senders = Senders(relay.url, per_client=1_000_000).start()
+        restarts = 0
+        try:
+            for mode in ("fast", "immediate", "fast"):
+                seen = fake.report()["accepted_events"]
+                wait_until(
+                    lambda s=seen: fake.report()["accepted_events"] > s + 200, 60, "delivery"
+                )
+                private_pg.restart(mode)
+                restarts += 1
+            time.sleep(1.0)
+        finally:
+            senders.finish()
+        acked = senders.acknowledged
+        try:
+            wait_until(settled(relay, len(acked)), 120, "the queue to settle")
+            counts, _ = queue_counts(relay)
+        finally:
+            assert relay.stop() == 0
+    got = heap_figures(fake, acked)
+    figures(
+        Figures(
+            "PostgreSQL restarted mid-claim (fast, immediate)",
+            rounds=restarts,
+            sent=len(senders.enqueued),
+            acknowledged=len(acked),
+            delivered=got["delivered"],
+            duplicated=got["duplicated"],
+            lost=got["lost"],
+            note=f"SDK gave up on {len(senders.failed)}; Heap absorbed "
+            f"{fake.report()['duplicates']} re-sends by key; queue {dict(counts)}",
+        )
+    )
+    assert len(acked) > 1000
+    assert got["lost"] == 0
+    assert got["duplicated"] == 0
+    assert counts["dead"] == 0
