@@ -52,6 +52,7 @@ again later, in order; Heap absorbs a repeated track by its ``idempotency_key``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import random
@@ -227,6 +228,8 @@ class _Pass:
     renewed_at: float = 0.0
     #: The pass's jobs count towards the router's held jobs (passes of ``run_once``).
     counted: bool = False
+    #: Outcomes being recorded in the background (see Router._save_soon).
+    saving: asyncio.Future[None] | None = None
 
     def key(self, job_id: int) -> str:
         job = self.jobs[job_id]
@@ -452,6 +455,8 @@ class Router:
             await self._give_back(state)
             raise
         except BaseException:
+            if state.saving is not None:  # the leases bring back what it did not record
+                state.saving.cancel()
             self._release_held(state, len(state.held()) + len(state.unsaved))
             raise
         if self._last_hold and all(isinstance(o, Release) for o in outcomes):
@@ -513,7 +518,10 @@ class Router:
 
     async def _save(self, state: _Pass) -> None:
         """Record the outcomes decided so far (only while this claim still holds the jobs: a
-        lease taken over ignores them)."""
+        lease taken over ignores them), after those being recorded in the background."""
+        saving, state.saving = state.saving, None
+        if saving is not None:
+            await saving
         if not state.unsaved:
             return
         outcomes, state.unsaved = state.unsaved, []
@@ -524,9 +532,34 @@ class Router:
         )
         self._release_held(state, len(outcomes))
 
+    def _save_soon(self, state: _Pass) -> None:
+        """Record the outcomes decided so far in the background, in order: the next bulk
+        request need not wait for the queue's commit (an SQLite checkpoint, a slow database)
+        to go out on time. The pass waits for them all before it ends (:meth:`_save`)."""
+        if not state.unsaved:
+            return
+        outcomes, state.unsaved = state.unsaved, []
+        previous = state.saving
+
+        async def save() -> None:
+            if previous is not None:
+                await previous
+            await self.queue.complete(
+                with_leases(outcomes, list(state.jobs.values())),
+                now=self.clock.now(),
+                worker=state.worker,
+            )
+            self._release_held(state, len(outcomes))
+
+        state.saving = asyncio.ensure_future(save())
+
     async def _give_back(self, state: _Pass) -> None:
         """The pass was cancelled: record what it decided and release the rest now (see the
         module doc) instead of leaving them leased until the lease expires."""
+        saving, state.saving = state.saving, None
+        if saving is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(saving, 5.0)
         releases = [Release(job.id) for job in state.held()]
         outcomes = state.unsaved + releases
         state.unsaved = []
@@ -643,7 +676,7 @@ class Router:
         # The bulk requests of one (url, endpoint, app_id) go one after the other, in order.
         for b in batches:
             await self._send(state, b)
-            await self._save(state)
+            self._save_soon(state)
 
     def _sendable(self, state: _Pass, b: Batch) -> Batch:
         """``b`` without the items of jobs decided or lost; jobs of a blocked key are
@@ -697,7 +730,7 @@ class Router:
             # order). What is decided on the way is recorded as it comes.
             for part in b.split(split_parts(len(b.items), refusals.density())):
                 await self._send(state, part, resend=True)
-                await self._save(state)
+                self._save_soon(state)
             return
         if resend and kind != "retry":
             refusals.add(1 if kind == "reject" else 0, len(b.items))
