@@ -61,13 +61,13 @@ class Figures:
 
     def line(self) -> str:
         return (
-            f"{self.scenario:<44} {self.rounds:>6} {self.sent:>7} {self.acknowledged:>7} "
+            f"{self.scenario:<50} {self.rounds:>6} {self.sent:>7} {self.acknowledged:>7} "
             f"{self.delivered:>9} {self.duplicated:>10} {self.lost:>5}  {self.note}"
         )
 
 
 HEADER = (
-    f"{'scenario':<44} {'rounds':>6} {'sent':>7} {'acked':>7} {'delivered':>9} "
+    f"{'scenario':<50} {'rounds':>6} {'sent':>7} {'acked':>7} {'delivered':>9} "
     f"{'duplicated':>10} {'lost':>5}  note"
 )
 _TABLE: list[Figures] = []
@@ -298,6 +298,46 @@ def settled(relay: Relay, total: int) -> Callable[[], bool]:
         return False
 
     return check
+
+
+def settle_and_record(
+    relay: Relay,
+    fake: FakeHeap,
+    senders: Senders,
+    record: Callable[[Figures], None],
+    scenario: str,
+    *,
+    rounds: int,
+    note: str = "",
+) -> Counter[str]:
+    """After the faults: wait until the relay has settled every job, stop it cleanly, record
+    the figures and check that every acknowledged event is at Heap exactly once. Returns
+    the jobs by state."""
+    acked = senders.acknowledged
+    try:
+        wait_until(settled(relay, len(acked)), 120, "the queue to settle")
+        counts, _ = queue_counts(relay)
+    finally:
+        assert relay.stop() == 0
+    got = heap_figures(fake, acked)
+    record(
+        Figures(
+            scenario,
+            rounds=rounds,
+            sent=len(senders.enqueued),
+            acknowledged=len(acked),
+            delivered=got["delivered"],
+            duplicated=got["duplicated"],
+            lost=got["lost"],
+            note=f"{note}Heap absorbed {fake.report()['duplicates']} re-sends by key; "
+            f"queue {dict(counts)}",
+        )
+    )
+    assert len(acked) > 1000
+    assert got["lost"] == 0
+    assert got["duplicated"] == 0
+    assert counts["dead"] == 0
+    return counts
 
 
 # --- PostgreSQL ----------------------------------------------------------------------------------

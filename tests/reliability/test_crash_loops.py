@@ -14,7 +14,7 @@ import pytest
 from heaprelay.heap.fake import FakeHeap, FakeHeapSettings
 from heaprelay.testing.servers import serve_in_thread
 
-from .conftest import Figures, Relay, Senders, heap_figures, queue_counts, settled, wait_until
+from .conftest import Figures, Relay, Senders, settle_and_record, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -46,30 +46,7 @@ def crash_loop(
         time.sleep(1.0)
     finally:
         senders.finish()
-    acked = senders.acknowledged
-    try:
-        wait_until(settled(relay, len(acked)), 120, "the queue to settle")
-        counts, _ = queue_counts(relay)
-    finally:
-        assert relay.stop() == 0
-    got = heap_figures(fake, acked)
-    record(
-        Figures(
-            scenario,
-            rounds=kills,
-            sent=len(senders.enqueued),
-            acknowledged=len(acked),
-            delivered=got["delivered"],
-            duplicated=got["duplicated"],
-            lost=got["lost"],
-            note=f"Heap absorbed {fake.report()['duplicates']} re-sends by key; "
-            f"queue {dict(counts)}",
-        )
-    )
-    assert len(acked) > 1000
-    assert got["lost"] == 0
-    assert got["duplicated"] == 0
-    assert counts["dead"] == 0
+    settle_and_record(relay, fake, senders, record, scenario, rounds=kills)
     assert "Traceback" not in relay.log.read_text()
 
 
