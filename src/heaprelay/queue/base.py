@@ -17,6 +17,17 @@ oldest, and never while another job of the key is leased (unexpired) or waiting 
 So a later user-property update is never sent before an earlier one, across any number of
 workers. ``dead`` and ``skipped`` jobs do not block their key.
 
+Claim window: a claim looks only at unfinished jobs whose id is less than the oldest
+unfinished job's id plus :data:`CLAIM_WINDOW` (at most that many jobs, fewer where finished
+jobs left gaps), and hands out claimable ones among them, so that a claim's cost has a bound
+whatever the backlog: without one, a claim while every key is blocked (Heap down
+for a while, every key waiting for a retry) reads the whole backlog to find nothing — with
+ten million queued jobs, tens of seconds, again at every claim. The price: while that many
+jobs at the head of the queue all belong to blocked keys (say, one identity with a million
+events queued, paced by Heap's per-identity limit), later jobs wait until some of those keys
+clear (a lease ends, a retry comes due). A bound on keys rather than jobs would avoid both;
+it needs an index of each key's oldest unfinished job that the SQLite schema does not have.
+
 Lease ownership: an outcome is applied only while its job is still leased *by that claim*.
 Once a lease has expired and another claim has taken the job over, the old holder's late
 outcome is ignored: a late ``Release``/``RetryAt`` would otherwise hand the job out again
@@ -71,6 +82,9 @@ from typing import Final, Literal, NamedTuple, Protocol, runtime_checkable
 import orjson
 
 from heaprelay.messages.reasons import Reason
+
+#: How far past the oldest unfinished job (in ids) a claim looks (module doc, "Claim window").
+CLAIM_WINDOW: Final = 1_000_000
 
 State = Literal["pending", "leased", "retry", "delivered", "dead", "skipped"]
 STATES: tuple[State, ...] = ("pending", "leased", "retry", "delivered", "dead", "skipped")

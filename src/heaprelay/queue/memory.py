@@ -6,7 +6,8 @@ Decisions that the interface leaves to the backend and that this model pins (the
 suite checks them on every backend):
 
 - a claim hands out the ``limit`` lowest-id claimable jobs that are not duplicates (see
-  :meth:`MemoryQueue.claimable` and :meth:`MemoryQueue.claim`);
+  :meth:`MemoryQueue.claimable` and :meth:`MemoryQueue.claim`), among those with ids below
+  the oldest unfinished job's plus :data:`~heaprelay.queue.base.CLAIM_WINDOW`;
 - ``renew`` keeps a job only for the claim holding it (leased, to that worker, with that
   lease token), expired or not, as ``complete`` does;
 - ``complete`` ignores outcomes for jobs that are not leased any more (a worker whose lease
@@ -47,6 +48,7 @@ from dataclasses import dataclass
 
 from heaprelay.messages.reasons import Reason
 from heaprelay.queue.base import (
+    CLAIM_WINDOW,
     DUPLICATE_DETAIL,
     MAX_ERRORS,
     REASON_STATES,
@@ -155,7 +157,8 @@ class _Row:
 class MemoryQueue:
     """A :class:`~heaprelay.queue.base.Queue` held in a dict. Not durable (tests only)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, claim_window: int = CLAIM_WINDOW) -> None:
+        self.claim_window = claim_window
         #: (source, message_id, destination) -> (seen_at, expires_at) of its remembered job
         self._seen: dict[tuple[str, str, str], tuple[float, float]] = {}
         self._rows: dict[int, _Row] = {}
@@ -180,6 +183,8 @@ class MemoryQueue:
         A key is blocked while any of its unfinished jobs is leased (unexpired) or waiting
         for a retry time not yet reached; otherwise all its unfinished jobs are claimable.
         Taking any prefix of the id-ordered list gives each key a prefix of its own run.
+        Only jobs with ids below the oldest unfinished one's plus ``claim_window`` are looked
+        at (base.py, "Claim window").
         """
         blocked: set[tuple[str, str]] = set()
         for row in self._rows.values():
@@ -187,11 +192,9 @@ class MemoryQueue:
                 row.state == "leased" and row.lease_until is not None and row.lease_until > now
             ) or (row.state == "retry" and row.retry_at is not None and row.retry_at > now):
                 blocked.add(row.key)
-        return sorted(
-            row.id
-            for row in self._rows.values()
-            if row.state in UNFINISHED and row.key not in blocked
-        )
+        unfinished = sorted(row.id for row in self._rows.values() if row.state in UNFINISHED)
+        end = unfinished[0] + self.claim_window if unfinished else 0
+        return [i for i in unfinished if i < end and self._rows[i].key not in blocked]
 
     def state_of(self, job_id: int) -> State | None:
         row = self._rows.get(job_id)

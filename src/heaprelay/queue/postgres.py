@@ -49,6 +49,7 @@ from heaprelay.messages.reasons import Reason
 from heaprelay.queue._payload import PayloadCodec, dictionary_ids, train
 from heaprelay.queue._sql import package_queries
 from heaprelay.queue.base import (
+    CLAIM_WINDOW,
     DUPLICATE_DETAIL,
     MAX_ERRORS,
     AppendResult,
@@ -158,6 +159,8 @@ class PostgresQueue:
         #: Payload compression (queue/_payload.py); its dictionaries are in payload_dicts.
         self.codec = codec or PayloadCodec()
         self._training: asyncio.Task[None] | None = None
+        #: base.py, "Claim window" (tests make it small).
+        self.claim_window = CLAIM_WINDOW
         self.channel = f"heaprelay_work_{schema}"
         self._pool = pool
         self._waiters: set[asyncio.Event] = set()
@@ -260,7 +263,7 @@ class PostgresQueue:
             return []
 
         async def run(conn: psycopg.AsyncConnection[Any]) -> list[Job]:
-            jobs = await _Claim(conn, now, self._ensure_keys).run(
+            jobs = await _Claim(conn, now, self._ensure_keys, self.claim_window).run(
                 worker, limit, now + lease_seconds
             )
             payloads = await self._decode(conn, [bytes(j.payload) for j in jobs])
@@ -669,9 +672,11 @@ class _Claim:
         conn: psycopg.AsyncConnection[Any],
         now: float,
         ensure_keys: Callable[[Sequence[tuple[str, str]]], Awaitable[None]],
+        window: int = CLAIM_WINDOW,
     ) -> None:
         self.conn = conn
         self.now = now
+        self.window = window
         self.ensure_keys = ensure_keys
         self.owned: set[tuple[str, str]] = set()
         self.refused: set[tuple[str, str]] = set()
@@ -685,8 +690,12 @@ class _Claim:
         handed: list[int] = []
         duplicates: list[int] = []
         after = 0
+        # The claim window (base.py): ids below the oldest unfinished one's + window.
+        cur = await conn.execute(QUERIES["oldest_open"])
+        row = await cur.fetchone()
+        end = None if row is None or row[0] is None else row[0] + self.window
         while len(handed) < limit:
-            want = {"now": self.now, "after": after, "limit": limit - len(handed)}
+            want = {"now": self.now, "after": after, "limit": limit - len(handed), "end": end}
             cur = await conn.execute(QUERIES["claim_candidates"], want)
             candidates = await cur.fetchall()
             if candidates:

@@ -31,6 +31,7 @@ from heaprelay.messages.reasons import Reason
 from heaprelay.queue._payload import PayloadCodec, dictionary_ids, train
 from heaprelay.queue._sql import package_queries
 from heaprelay.queue.base import (
+    CLAIM_WINDOW,
     DUPLICATE_DETAIL,
     MAX_ERRORS,
     AppendResult,
@@ -108,6 +109,8 @@ class SQLiteQueue:
         #: Payload compression (queue/_payload.py); its dictionaries are in payload_dicts.
         self.codec = codec or PayloadCodec()
         self._training: threading.Thread | None = None
+        #: base.py, "Claim window" (tests make it small).
+        self.claim_window = CLAIM_WINDOW
         self._read_lock = threading.Lock()
         self._inbox: thread_queue.SimpleQueue[_Append | _Call | None] = thread_queue.SimpleQueue()
         self._closed = False
@@ -163,7 +166,13 @@ class SQLiteQueue:
     ) -> list[Job]:
         def run(conn: sqlite3.Connection) -> list[Job]:
             return _claim(
-                conn, worker, limit=limit, due_at=now + lease_seconds, now=now, codec=self.codec
+                conn,
+                worker,
+                limit=limit,
+                due_at=now + lease_seconds,
+                now=now,
+                codec=self.codec,
+                window=self.claim_window,
             )
 
         return await self._call(run)
@@ -560,6 +569,7 @@ def _claim(
     due_at: float,
     now: float,
     codec: PayloadCodec,
+    window: int = CLAIM_WINDOW,
 ) -> list[Job]:
     """Lease up to ``limit`` claimable jobs that are not duplicates (queue/base.py).
 
@@ -572,8 +582,11 @@ def _claim(
     # Entries this claim has set: they override what "seen" says.
     entries: dict[tuple[str, str, str], tuple[float, float]] = {}
     after = 0
+    # The claim window (base.py): ids below the oldest unfinished one's + window.
+    oldest = conn.execute(QUERIES["oldest_open"]).fetchone()[0]
+    end = None if oldest is None else oldest + window
     while len(handed) < limit:
-        params = {"now": now, "after": after, "limit": limit - len(handed)}
+        params = {"now": now, "after": after, "limit": limit - len(handed), "end": end}
         rows = conn.execute(QUERIES["claim_candidates"], params).fetchall()
         if not rows:
             break

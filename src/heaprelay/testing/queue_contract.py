@@ -414,6 +414,29 @@ class QueueContract:
 
         run(queue_factory, body)
 
+    def test_a_claim_looks_only_at_the_oldest_unfinished_jobs(
+        self, queue_factory: QueueFactory
+    ) -> None:
+        """The claim window (base.py): with a window of 3, a head of three jobs of a blocked
+        key hides the jobs behind it until the key clears."""
+
+        async def body(q: Queue) -> None:
+            if not hasattr(q, "claim_window"):
+                pytest.skip("this backend has no claim window")
+            q.claim_window = 3
+            await q.append([job(1), job(2), job(3), job(4, key="b"), job(5, key="c")], now=T0)
+            [one] = await claim(q, "w1", now=T0, limit=1)
+            assert n_of(one) == 1
+            assert await claim(q, "w2", now=T0) == []  # 1-3: key u1, blocked by job 1
+            await q.complete([Delivered(one.id, lease=one.lease)], now=T0, worker="w1")
+            taken = await claim(q, "w2", now=T0)
+            assert ns(taken) == [2, 3, 4]  # the window moved on
+            assert await claim(q, "w3", now=T0) == []  # leased jobs are in the window too
+            await q.complete([Delivered(j.id, lease=j.lease) for j in taken], now=T0)
+            assert ns(await claim(q, "w3", now=T0)) == [5]
+
+        run(queue_factory, body)
+
     def test_renew_keeps_the_jobs_of_a_long_pass(self, queue_factory: QueueFactory) -> None:
         """A pass that outlasts its lease renews it: nobody takes the jobs over meanwhile."""
 

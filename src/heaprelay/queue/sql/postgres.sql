@@ -28,6 +28,7 @@ INSERT INTO payload_dicts (dict, created_at) VALUES (%(dict)s, %(now)s) RETURNIN
 SELECT j.id, j.destination, j.order_key FROM jobs AS j
 WHERE j.state IN ('pending', 'leased', 'retry')
   AND j.id > %(after)s
+  AND (%(end)s::bigint IS NULL OR j.id < %(end)s::bigint)
   AND NOT EXISTS (
       SELECT 1 FROM jobs AS b
       WHERE b.state IN ('leased', 'retry')
@@ -40,6 +41,10 @@ WHERE j.state IN ('pending', 'leased', 'retry')
   )
 ORDER BY j.id
 LIMIT %(limit)s;
+
+-- name: oldest_open
+-- Where the claim window starts (queue/base.py).
+SELECT min(id) FROM jobs WHERE state IN ('pending', 'leased', 'retry');
 
 -- name: ensure_keys
 INSERT INTO order_keys (destination, order_key)
@@ -73,6 +78,7 @@ JOIN unnest(%(destinations)s::text[], %(keys)s::text[]) AS k(destination, order_
   USING (destination, order_key)
 WHERE j.state IN ('pending', 'leased', 'retry')
   AND j.id <> ALL(%(done)s::bigint[])
+  AND (%(end)s::bigint IS NULL OR j.id < %(end)s::bigint)
   AND NOT EXISTS (
       SELECT 1 FROM jobs AS b
       WHERE b.state IN ('leased', 'retry')

@@ -192,6 +192,7 @@ LEFT JOIN seen AS s
  AND s.message_id = j.message_id
 WHERE j.state IN ('pending', 'leased', 'retry')
   AND j.id > :after
+  AND (:end IS NULL OR j.id < :end)
   AND NOT EXISTS (
       SELECT 1 FROM jobs AS b
       WHERE b.state IN ('leased', 'retry')
@@ -201,6 +202,10 @@ WHERE j.state IN ('pending', 'leased', 'retry')
   )
 ORDER BY j.id
 LIMIT :limit;
+
+-- name: oldest_open
+-- Where the claim window starts (queue/base.py).
+SELECT min(id) FROM jobs WHERE state IN ('pending', 'leased', 'retry');
 
 -- name: remember_messages
 -- Entries set by a claim. ":rows" is expanded to one "(?, ?, ?, ?, ?)" per entry.
