@@ -156,7 +156,7 @@ class SQLiteBackend:
         with sqlite3.connect(self.tmp / tag / "heaprelay.db") as conn:
             rows = conn.execute(
                 "EXPLAIN QUERY PLAN " + QUERIES["claim_candidates"],
-                {"now": time.time(), "after": 0, "limit": 4000},
+                {"now": time.time(), "after": 0, "limit": 4000, "end": None},
             ).fetchall()
         return [row[-1] for row in rows]
 
@@ -203,7 +203,7 @@ class PostgresBackend:
         from heaprelay.queue.postgres import QUERIES
 
         self._query(tag, "ANALYZE jobs")
-        params = {"now": time.time(), "after": 0, "limit": 4000}
+        params = {"now": time.time(), "after": 0, "limit": 4000, "end": None}
         rows = self._query(tag, "EXPLAIN " + QUERIES["claim_candidates"], params)
         return [row[0] for row in rows]
 
