@@ -616,3 +616,18 @@ async def test_a_pass_splitting_refused_requests_past_its_lease_keeps_its_jobs(
     assert states == {"delivered": 90, "dead": 10}
     report = fake.report()
     assert (report["accepted_events"], report["duplicates"]) == (90, 0)
+
+
+@sync
+async def test_the_rate_limiter_forgets_identities_whose_budget_is_whole_again() -> None:
+    """Memory does not grow with every identity ever sent (a backlog of millions of users)."""
+    clock = ManualClock()
+    settings = DeliverySettings(flush_interval=0.0)
+    async with HeapClient() as client:
+        router = Router(MemoryQueue(), {}, client, clock, settings)
+        for n in range(1000):
+            router.limiter.reserve("app", {f"user{n}": 1}, clock.monotonic())
+        assert len(router.limiter._identities) == 1000
+        clock.advance(30.0)  # their buckets refill; the router prunes them at its next pass
+        assert await router.run_once() == 0
+    assert len(router.limiter._identities) == 0

@@ -267,6 +267,8 @@ class _Refusals:
 
 
 _REFUSALS_MEMORY = 20_000.0
+#: Seconds between two prunings of the rate limiter's identity buckets.
+_PRUNE_SECONDS: Final = 10.0
 
 
 def split_parts(items: int, density: float | None) -> int:
@@ -327,6 +329,7 @@ class Router:
         self._refusals: dict[tuple[str, str, str], _Refusals] = {}
         #: Jobs claimed by this router's passes and not recorded yet (see _claim_limit).
         self._held = 0
+        self._pruned_at = self.clock.monotonic()
         self._room = asyncio.Event()
 
     # --- the loop ---------------------------------------------------------------------------
@@ -407,6 +410,12 @@ class Router:
     async def run_once(self, *, worker: str | None = None) -> int:
         """Claim, deliver and complete one batch of jobs. Returns how many were claimed."""
         worker = worker or self.name
+        now = self.clock.monotonic()
+        if now - self._pruned_at >= _PRUNE_SECONDS:
+            # Identities come and go: forget the buckets of those with their budget whole again
+            # (memory would otherwise grow with every identity ever sent).
+            self._pruned_at = now
+            self.limiter.prune(now)
         if not await self._wait_for_room():
             return 0
         # Claim only while the rate budget is at most two requests in debt: further ahead, the
