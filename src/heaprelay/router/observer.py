@@ -33,7 +33,8 @@ class DeliveryObserver(Protocol):
         """Heap answered 429: nothing more is sent for ``app_id`` for ``seconds``."""
 
     def finished(self, jobs: Sequence[Job], outcomes: Sequence[Outcome], now: float) -> None:
-        """A claim's outcomes (one per job, in the jobs' order) were given to the queue."""
+        """Outcomes (one per job, in the jobs' order) were given to the queue: a claim's, bulk
+        request by bulk request as they are decided, in several calls."""
 
 
 class Observers:

@@ -56,6 +56,7 @@ import contextlib
 import hashlib
 import logging
 import random
+import time
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -80,6 +81,7 @@ from heaprelay.queue.base import (
 )
 from heaprelay.router.batcher import MAX_BULK_ITEMS, Batch, batch
 from heaprelay.router.filters import check
+from heaprelay.router.observer import DeliveryObserver, Observers
 from heaprelay.router.ratelimit import RateLimiter
 from heaprelay.router.retry import RetryPolicy, classify, decide, parse_retry_after
 from heaprelay.transform import Skip, transform
@@ -301,6 +303,7 @@ class Router:
         lease_seconds: float | None = None,
         claim_requests: int = 4,
         scoped_keys: Collection[str] = (),
+        observer: DeliveryObserver | None = None,
     ) -> None:
         """``scoped_keys``: ids of the destinations whose idempotency keys are scoped to the
         job's source (those whose app_id several sources share: see :func:`scoped_key`)."""
@@ -323,6 +326,8 @@ class Router:
             enabled=s.rate_limits,
         )
         self.stats = DeliveryStats()
+        #: Told of requests, answers, pauses and outcomes (metrics, logs, the debugger).
+        self.observer: DeliveryObserver = observer or Observers()
         self.claim_requests = max(1, claim_requests)
         self._last_hold = 0.0
         self._stopping: asyncio.Event | None = None
@@ -534,12 +539,16 @@ class Router:
         if not state.unsaved:
             return
         outcomes, state.unsaved = state.unsaved, []
+        await self._complete(state, outcomes)
+
+    async def _complete(self, state: _Pass, outcomes: list[Outcome]) -> None:
+        """Give ``outcomes`` to the queue and tell the observer."""
+        now = self.clock.now()
         await self.queue.complete(
-            with_leases(outcomes, list(state.jobs.values())),
-            now=self.clock.now(),
-            worker=state.worker,
+            with_leases(outcomes, list(state.jobs.values())), now=now, worker=state.worker
         )
         self._release_held(state, len(outcomes))
+        self.observer.finished([state.jobs[o.id] for o in outcomes], outcomes, now)
 
     def _save_soon(self, state: _Pass) -> None:
         """Record the outcomes decided so far in the background, in order: the next bulk
@@ -553,12 +562,7 @@ class Router:
         async def save() -> None:
             if previous is not None:
                 await previous
-            await self.queue.complete(
-                with_leases(outcomes, list(state.jobs.values())),
-                now=self.clock.now(),
-                worker=state.worker,
-            )
-            self._release_held(state, len(outcomes))
+            await self._complete(state, outcomes)
 
         state.saving = asyncio.ensure_future(save())
 
@@ -573,21 +577,13 @@ class Router:
         outcomes = state.unsaved + releases
         state.unsaved = []
         try:
-            await asyncio.wait_for(
-                self.queue.complete(
-                    with_leases(outcomes, list(state.jobs.values())),
-                    now=self.clock.now(),
-                    worker=state.worker,
-                ),
-                5.0,
-            )
+            await asyncio.wait_for(self._complete(state, outcomes), 5.0)
         except Exception:  # the lease brings them back anyway
             log.exception("could not release %d jobs of a cancelled pass", len(releases))
+            self._release_held(state, len(outcomes))
         else:
             self.stats.released_jobs += len(releases)
             log.info("released %d jobs of a cancelled delivery pass", len(releases))
-        finally:
-            self._release_held(state, len(outcomes))
 
     # --- one claim --------------------------------------------------------------------------
 
@@ -673,6 +669,7 @@ class Router:
                 request = with_idempotency_key(request, key if track_n == 0 else f"{key}:{track_n}")
                 track_n += 1
             requests.append(request)
+        self.observer.prepared(job, requests)
         return requests
 
     def _release(self, state: _Pass, job_id: int) -> None:
@@ -724,13 +721,16 @@ class Router:
             if not kept:
                 return
             b = b if len(kept) == len(b.items) else b.with_items(kept)
+        started = time.perf_counter()
         answer = await self.client.post(b.url, b.body(), headers=dict(b.headers))
+        self.observer.sent(b, answer, time.perf_counter() - started)
         self.stats.requests[answer.status] += 1
         if answer.status == 429:
             # Heap says the budget is spent: pause every sender of this app_id, not just the
             # jobs of this request (backpressure, not failure).
             pause = parse_retry_after(answer.retry_after, now=self.clock.now()) or 1.0
             self.limiter.pause(b.app_id, pause, self.clock.monotonic())
+            self.observer.paused(b.app_id, pause)
         kind = classify(answer)
         refusals = self._refusals.setdefault((b.url, b.endpoint, b.app_id), _Refusals())
         if kind == "reject" and len(b.items) > 1:
