@@ -245,6 +245,12 @@ class PostgresQueue:
         finally:
             self.codec.training_done()
 
+    async def _decoded_records(
+        self, conn: psycopg.AsyncConnection[Any], records: list[JobRecord]
+    ) -> list[JobRecord]:
+        payloads = await self._decode(conn, [bytes(r.payload) for r in records])
+        return [dataclasses.replace(r, payload=p) for r, p in zip(records, payloads, strict=True)]
+
     async def _decode(
         self, conn: psycopg.AsyncConnection[Any], payloads: Sequence[bytes]
     ) -> list[bytes]:
@@ -439,8 +445,12 @@ class PostgresQueue:
             if self._gaps:
                 cur = await conn.execute(QUERIES["gaps_to_index"], {"ids": sorted(self._gaps)})
                 late = list(await cur.fetchall())
+            rows = late + found
+            payloads = await self._decode(conn, [bytes(payload) for _, payload in rows])
             keys = [
-                (key, job_id) for job_id, payload in late + found for key in search_keys(payload)
+                (key, job_id)
+                for (job_id, _), payload in zip(rows, payloads, strict=True)
+                for key in search_keys(payload)
             ]
             if keys:
                 await conn.execute(
@@ -536,19 +546,19 @@ class PostgresQueue:
         async with self._pool.connection() as conn:
             cur = await conn.execute(QUERIES["job"], {"id": job_id})
             row = await cur.fetchone()
-            return JobRecord(*row) if row else None
+            return (await self._decoded_records(conn, [JobRecord(*row)]))[0] if row else None
 
     async def jobs(self, *, limit: int = 50, before: int | None = None) -> list[JobRecord]:
         params = {"limit": limit, "before": before if before is not None else 1 << 62}
         async with self._pool.connection() as conn:
             cur = await conn.execute(QUERIES["jobs"], params)
-            return [JobRecord(*row) for row in await cur.fetchall()]
+            return await self._decoded_records(conn, [JobRecord(*r) for r in await cur.fetchall()])
 
     async def search(self, field: SearchField, value: str, *, limit: int = 50) -> list[JobRecord]:
         params = {"key": search_key(field, value), "limit": limit}
         async with self._pool.connection() as conn:
             cur = await conn.execute(QUERIES["search"], params)
-            return [JobRecord(*row) for row in await cur.fetchall()]
+            return await self._decoded_records(conn, [JobRecord(*r) for r in await cur.fetchall()])
 
     async def dead_letters(
         self, *, limit: int = 100, offset: int = 0, destination: str | None = None

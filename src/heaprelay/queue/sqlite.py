@@ -262,7 +262,12 @@ class SQLiteQueue:
                 row = self._read.execute(QUERIES["search_next"]).fetchone()
                 params = {"next": row[0] if row else 1, "limit": limit}
                 jobs = self._read.execute(QUERIES["to_index"], params).fetchall()
-            keys = [(key, job_id) for job_id, payload in jobs for key in search_keys(payload)]
+                payloads = _decoded(self._read, self.codec, [payload for _, payload in jobs])
+            keys = [
+                (key, job_id)
+                for (job_id, _), payload in zip(jobs, payloads, strict=True)
+                for key in search_keys(payload)
+            ]
             return [job_id for job_id, _ in jobs], keys
 
         # Read and parse in another thread, on the reading connection: the writer (which
@@ -326,21 +331,23 @@ class SQLiteQueue:
     async def job(self, job_id: int) -> JobRecord | None:
         def run(conn: sqlite3.Connection) -> JobRecord | None:
             row = conn.execute(QUERIES["job"], {"id": job_id}).fetchone()
-            return JobRecord(*row) if row else None
+            return _decoded_records(conn, self.codec, [JobRecord(*row)])[0] if row else None
 
         return await self._read_call(run)
 
     async def jobs(self, *, limit: int = 50, before: int | None = None) -> list[JobRecord]:
         def run(conn: sqlite3.Connection) -> list[JobRecord]:
             params = {"limit": limit, "before": before if before is not None else 1 << 62}
-            return [JobRecord(*row) for row in conn.execute(QUERIES["jobs"], params)]
+            rows = [JobRecord(*row) for row in conn.execute(QUERIES["jobs"], params)]
+            return _decoded_records(conn, self.codec, rows)
 
         return await self._read_call(run)
 
     async def search(self, field: SearchField, value: str, *, limit: int = 50) -> list[JobRecord]:
         def run(conn: sqlite3.Connection) -> list[JobRecord]:
             params = {"key": search_key(field, value), "limit": limit}
-            return [JobRecord(*row) for row in conn.execute(QUERIES["search"], params)]
+            rows = [JobRecord(*row) for row in conn.execute(QUERIES["search"], params)]
+            return _decoded_records(conn, self.codec, rows)
 
         return await self._read_call(run)
 
@@ -625,18 +632,23 @@ def _claim(
     return sorted(_decoded_records(conn, codec, [Job(*row) for row in leased]), key=lambda j: j.id)
 
 
-R = TypeVar("R", Job, DeadLetterRecord)
+R = TypeVar("R", Job, DeadLetterRecord, JobRecord)
 
 
 def _decoded_records(conn: sqlite3.Connection, codec: PayloadCodec, records: list[R]) -> list[R]:
-    """``records`` with their payloads as appended (dictionaries another handle of the file
-    made since this one opened are loaded first)."""
-    missing = [i for i in dictionary_ids(r.payload for r in records) if not codec.knows(i)]
-    for dict_id in missing:
+    """``records`` with their payloads as appended (see :func:`_decoded`)."""
+    payloads = _decoded(conn, codec, [r.payload for r in records])
+    return [dataclasses.replace(r, payload=p) for r, p in zip(records, payloads, strict=True)]
+
+
+def _decoded(conn: sqlite3.Connection, codec: PayloadCodec, stored: list[bytes]) -> list[bytes]:
+    """Stored payloads as appended (dictionaries another handle of the file made since this
+    one opened are loaded first)."""
+    for dict_id in [i for i in dictionary_ids(stored) if not codec.knows(i)]:
         row = conn.execute(QUERIES["dictionary"], {"id": dict_id}).fetchone()
         if row is not None:
             codec.add(dict_id, row[0])
-    return [dataclasses.replace(r, payload=codec.decode(r.payload)) for r in records]
+    return [codec.decode(p) for p in stored]
 
 
 def _insert_rows(

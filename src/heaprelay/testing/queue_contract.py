@@ -532,12 +532,24 @@ class QueueContract:
                 await other.complete(
                     [DeadLetter(j.id, Reason.HEAP_REJECTED, "x") for j in last[3:]], now=T0
                 )
+                while await q.index(limit=5000):
+                    pass
                 for handle in (q, other):
                     letters = await handle.dead_letters(limit=10)
                     assert [r.payload for r in letters] == [payload(n_of(j)) for j in last]
                     one = await handle.dead_letter(last[0].id)
                     assert one is not None
                     assert one.payload == payload(n_of(last[0]))
+                    record = await handle.job(last[0].id)
+                    assert record is not None
+                    assert record.payload == payload(n_of(last[0]))
+                    newest = await handle.jobs(limit=5)
+                    assert [r.payload for r in newest] == [
+                        payload(n) for n in range(total - 1, total - 6, -1)
+                    ]
+                    # The search index was built from the payloads as appended.
+                    found = await handle.search("userId", f"user-{(total - 1) * 7919 % 5000}")
+                    assert payload(total - 1) in [r.payload for r in found]
             finally:
                 if other is not q:
                     await other.close()
