@@ -548,6 +548,7 @@ SETTING_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "single_requests_per_30s": ("an integer from 1", _integer(1)),
     "error_rate": ("a number from 0 to 1", _number(0, 1)),
     "error_status": ("an HTTP status from 400 to 599", _integer(400, 599)),
+    "error_retry_after": ("a number of seconds from 0", _number(0)),
     "accept_then_fail_rate": ("a number from 0 to 1", _number(0, 1)),
     "latency": ("a number of seconds from 0", _number(0)),
     "outage_seconds": ("a number of seconds from 0", _number(0)),
