@@ -315,7 +315,10 @@ def settle_and_record(
     the jobs by state."""
     acked = senders.acknowledged
     try:
-        wait_until(settled(relay, len(acked)), 120, "the queue to settle")
+        try:
+            wait_until(settled(relay, len(acked)), 120, "the queue to settle")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: jobs by state, max leases {queue_counts(relay)}") from exc
         counts, _ = queue_counts(relay)
     finally:
         assert relay.stop() == 0

@@ -45,6 +45,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool
 
+from heaprelay.logs import FailureLog
 from heaprelay.messages.reasons import Reason
 from heaprelay.queue._payload import PayloadCodec, dictionary_ids, train
 from heaprelay.queue._sql import package_queries
@@ -166,6 +167,8 @@ class PostgresQueue:
         self._waiters: set[asyncio.Event] = set()
         self._listener: asyncio.Task[None] | None = None
         self._listen_conn: psycopg.AsyncConnection[Any] | None = None
+        self._listen_lock = asyncio.Lock()
+        self._listen_failures = FailureLog(log)
         #: Inserts order_keys rows for claims, outside their transactions (_ensure_keys).
         self._keys_conn: psycopg.AsyncConnection[Any] | None = None
         self._keys_lock = asyncio.Lock()
@@ -501,12 +504,18 @@ class PostgresQueue:
     # --- reads ----------------------------------------------------------------------------
 
     async def wait_for_work(self, timeout: float) -> None:
-        await self._ensure_listener()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         event = asyncio.Event()
         self._waiters.add(event)
         try:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), timeout)
+                async with asyncio.timeout_at(deadline):
+                    if not await self._ensure_listener():
+                        # No listener (the server does not answer): wait out the timeout,
+                        # as a poll would; the next wait tries to listen again.
+                        await asyncio.sleep(timeout)
+                    await event.wait()
         finally:
             self._waiters.discard(event)
 
@@ -641,16 +650,26 @@ class PostgresQueue:
         for event in list(self._waiters):
             event.set()
 
-    async def _ensure_listener(self) -> None:
-        if self._listener is not None and not self._listener.done():
-            return
-        if self._listen_conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                await self._listen_conn.close()
-        conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
-        await conn.execute(f'LISTEN "{self.channel}"')
-        self._listen_conn = conn
-        self._listener = asyncio.ensure_future(self._listen(conn))
+    async def _ensure_listener(self) -> bool:
+        """Start the wake-up listener unless it runs: one LISTEN connection per handle, however
+        many loops wait at once (they share the lock). False when it cannot connect now."""
+        async with self._listen_lock:
+            if self._listener is not None and not self._listener.done():
+                return True
+            if self._listen_conn is not None:
+                with contextlib.suppress(psycopg.Error):
+                    await self._listen_conn.close()
+                self._listen_conn = None
+            try:
+                conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+                await conn.execute(f'LISTEN "{self.channel}"')
+            except psycopg.OperationalError as exc:
+                self._listen_failures.failure("listen", f"cannot listen for new work: {exc}")
+                return False
+            self._listen_failures.recovered("listen")
+            self._listen_conn = conn
+            self._listener = asyncio.ensure_future(self._listen(conn))
+            return True
 
     async def _listen(self, conn: psycopg.AsyncConnection[Any]) -> None:
         # Ends when the connection breaks; the next wait_for_work reconnects (and until then
