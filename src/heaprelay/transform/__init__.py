@@ -25,15 +25,19 @@ from heaprelay.transform._base import (
     transform,
     validate_settings,
 )
+from heaprelay.transform._engage import EngageUpdate, audience_membership, engage_update
 
 __all__ = [
     "PROFILE_NAMES",
     "DestinationSettings",
+    "EngageUpdate",
     "Profile",
     "SettingsError",
     "Skip",
     "TransformResult",
+    "audience_membership",
     "check_options",
+    "engage_update",
     "get_profile",
     "settings_warnings",
     "transform",

@@ -35,6 +35,14 @@ Rules:
   (``Email``, ``EMAIL``) is sent as ``email``, the key Heap maps to its built-in Email
   property, unless ``email`` itself is there. An identify with nothing left to send:
   ``no_properties``.
+- Engage events (``heaprelay.transform._engage``: ``context.personas`` with an audience,
+  journey step or computed trait): an identify is an identify (the membership ``true`` /
+  ``false`` becomes ``"true"`` / ``"false"`` by the rule above, a computed trait its value).
+  A track (``Audience Entered`` / ``Audience Exited`` / ``Trait Computed``) is sent as the
+  user-property update ``add_user_properties`` ``{key: value}`` for its identity, cleaned as
+  traits are, and nothing else; with option ``audience_events=track`` the Heap event follows
+  (an ordinary track, after the update). A computed trait whose value cleans to nothing
+  (``null``): ``no_properties``, unless the event is sent. Identity: the rule above.
 - ``timestamp`` (track): ``timestamp``, else ``originalTimestamp``, as ISO-8601 UTC with
   milliseconds; absent → omitted (Heap uses the time it receives the event); present but not
   a date → ``invalid_timestamp``.
@@ -53,6 +61,7 @@ from typing import Any, Final
 from heaprelay.heap.models import HeapRequest
 from heaprelay.messages.reasons import Reason
 from heaprelay.transform._base import DestinationSettings, SettingsError, Skip, TransformResult
+from heaprelay.transform._engage import EngageUpdate, engage_update
 from heaprelay.transform._js import number_to_string, stringify
 from heaprelay.transform._properties import (
     MAX_EVENT_CHARS,
@@ -70,6 +79,9 @@ JUNK_IDENTITIES: Final = frozenset(
 )
 _EVENT_NAMES: Final = {"page": "Page viewed", "screen": "Screen viewed"}
 _MAX_KEY_CHARS: Final = 255
+#: Option ``audience_events``: an Engage track event is sent as the user-property update only
+#: (``user_properties``, the default) or as the update and the Heap event (``track``).
+AUDIENCE_EVENT_MODES: Final = ("user_properties", "track")
 
 
 def usable_identity(value: Any) -> str | None:
@@ -112,6 +124,7 @@ class HeapProfile:
     options: Mapping[str, tuple[str, ...] | None] = {
         "anonymous_identity": ("deny", "allow"),
         "page_screen": ("skip", "track"),
+        "audience_events": AUDIENCE_EVENT_MODES,
     }
 
     def check_settings(self, settings: DestinationSettings) -> None:
@@ -151,6 +164,10 @@ class HeapProfile:
             return identity
         if kind == "identify":
             return _identify(message, settings, identity)
+        if kind == "track":
+            update = engage_update(message)
+            if update is not None:
+                return _engage_track(message, settings, identity, update)
         return _track(message, settings, identity, kind)
 
 
@@ -215,6 +232,34 @@ def _identify(
         return Skip(Reason.NO_PROPERTIES, "an identify without traits: nothing to update")
     body = {"app_id": settings.app_id, "identity": identity, "properties": properties}
     return [HeapRequest(settings.heap_base_url, "add_user_properties", body, "POST", HEADERS)]
+
+
+def _engage_track(
+    message: Mapping[str, Any], settings: DestinationSettings, identity: str, update: EngageUpdate
+) -> TransformResult:
+    """An Engage track event (``Audience Entered`` / ``Audience Exited`` / ``Trait Computed``):
+    the user property ``key`` = its value, cleaned as identify traits are; with option
+    ``audience_events=track`` followed by the event itself, as an ordinary track."""
+    properties = user_properties({"traits": {update.key: update.value}})
+    with_event = settings.options.get("audience_events") == "track"
+    requests: list[HeapRequest] = []
+    if properties:
+        body = {"app_id": settings.app_id, "identity": identity, "properties": properties}
+        requests.append(
+            HeapRequest(settings.heap_base_url, "add_user_properties", body, "POST", HEADERS)
+        )
+    elif not with_event:
+        return Skip(
+            Reason.NO_PROPERTIES,
+            f"{update.computation} {update.key!r} has no value to send "
+            "(option audience_events=track sends the event)",
+        )
+    if with_event:
+        event = _track(message, settings, identity, "track")
+        if isinstance(event, Skip):
+            return event
+        requests += event
+    return requests
 
 
 def _track(
