@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -191,3 +193,23 @@ def test_heap_keeps_heap_rules_for_the_key() -> None:
     out = transform(m, settings_for({"profile": "heap", "settings": {"app_id": "12345"}}))
     assert not isinstance(out, Skip)
     assert out[0].body["properties"] == {"favourite.colour": "green", "favourite.size": 3}
+
+
+def test_readme_example() -> None:
+    """README's "Engage events" command prints the line README shows."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("#### Engage events", 1)[1].split("\n### ", 1)[0]
+    command = "heaprelay transform --app-id 12345 tests/data/engage/examples.ndjson"
+    assert f"```sh\n{command}\n```" in section
+    shown = section.split("prints, for the audience entered", 1)[1].split("```\n", 2)[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "heaprelay", *command.split()[1:]],
+        cwd=Path(__file__).parents[2],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert shown.strip() in proc.stdout.splitlines()
+    assert [json.loads(line)["reason"] for line in proc.stderr.splitlines()] == ["missing_identity"]
