@@ -1,6 +1,7 @@
 """End to end: Engage's example events (``tests/data/engage/examples.ndjson``), sent by the real
-segment-analytics-python client with their ``context.personas``, through a running relay
-(ingest + SQLite queue + router) to the fake Heap, reach Heap as user properties.
+segment-analytics-python client with their ``context.personas``, through a real
+``heaprelay serve`` process (ingest + SQLite queue + router) to the fake Heap, reach Heap as
+user properties (``GET /_fake/users``).
 
 The examples hold, in order: an audience entered then exited by ``u123`` (identify form), an
 audience entered then exited by ``u456`` (track form), a journey step entered by ``u789``
@@ -11,8 +12,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,8 @@ import httpx
 import pytest
 from segment.analytics.client import Client
 
-from heaprelay.config import Config, DeliverySettings, Destination, Source
 from heaprelay.heap.fake import FakeHeap, FakeHeapSettings
-from heaprelay.server import build_app
-from heaprelay.testing.servers import serve_in_thread
-from heaprelay.transform import DestinationSettings
+from heaprelay.testing.servers import free_port, run_process, serve_in_thread, wait_until
 
 KEY = "engage-write-key"
 APP = "424242"
@@ -43,14 +41,6 @@ USERS: dict[str, dict[str, Any]] = {
     "u456": {"first_time_shopper": "false"},
     "u789": {"j_o_welcome_series__step_1": "true"},
 }
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -101,15 +91,14 @@ def test_engage_examples_reach_heap_as_user_properties(
     tmp_path: Path, fake: tuple[FakeHeap, str], audience_events: str
 ) -> None:
     heap, heap_url = fake
-    settings = DestinationSettings(
-        app_id=APP, profile="heap", base_url=heap_url, options={"audience_events": audience_events}
-    )
-    delivery = DeliverySettings(flush_interval=0.05, retry_base=0.1, retry_cap=1.0)
-    source = Source("engage", KEY, (Destination("heap", settings),))
-    config = Config(sources=(source,), data_dir=tmp_path, delivery=delivery)
+    port = free_port()
+    command = [sys.executable, "-m", "heaprelay", "serve", "--port", str(port)]
+    command += ["--app-id", APP, "--write-key", KEY, "--base-url", heap_url]
+    command += ["--data-dir", str(tmp_path), "--option", f"audience_events={audience_events}"]
+    relay = f"http://127.0.0.1:{port}"
     db = tmp_path / "heaprelay.db"
-    with serve_in_thread(build_app(config)) as url:
-        examples = send_examples(url)
+    with run_process(command, tmp_path / "serve.log", ready=f"{relay}/readyz", timeout=60):
+        examples = send_examples(relay)
 
         def finished() -> bool:
             states = job_states(db) if db.exists() else {}
@@ -117,7 +106,7 @@ def test_engage_examples_reach_heap_as_user_properties(
                 s in ("delivered", "dead", "skipped") for s, _ in states.values()
             )
 
-        wait_until(finished, what="every example delivered or skipped")
+        wait_until(finished, "every example delivered or skipped")
     users = httpx.get(f"{heap_url}/_fake/users", params={"app_id": APP}).json()
     assert users == USERS
     states = job_states(db)
