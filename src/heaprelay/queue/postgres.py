@@ -78,6 +78,8 @@ from heaprelay.queue.base import (
 T = TypeVar("T")
 
 log = logging.getLogger("heaprelay.queue")
+#: Seconds the wake-up listener's connect may take (a waiter waits that long at most extra).
+LISTEN_CONNECT_TIMEOUT: Final = 10
 
 DEFAULT_SCHEMA: Final = "heaprelay"
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -509,9 +511,12 @@ class PostgresQueue:
         event = asyncio.Event()
         self._waiters.add(event)
         try:
+            # Not under the timeout: a connect cancelled half-way would leave its connection
+            # open (and unclosed); the connect has a timeout of its own.
+            listening = await self._ensure_listener()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(deadline):
-                    if not await self._ensure_listener():
+                    if not listening:
                         # No listener (the server does not answer): wait out the timeout,
                         # as a poll would; the next wait tries to listen again.
                         await asyncio.sleep(timeout)
@@ -661,9 +666,17 @@ class PostgresQueue:
                     await self._listen_conn.close()
                 self._listen_conn = None
             try:
-                conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+                conn = await psycopg.AsyncConnection.connect(
+                    self.url, autocommit=True, connect_timeout=LISTEN_CONNECT_TIMEOUT
+                )
+            except psycopg.OperationalError as exc:
+                self._listen_failures.failure("listen", f"cannot listen for new work: {exc}")
+                return False
+            try:
                 await conn.execute(f'LISTEN "{self.channel}"')
             except psycopg.OperationalError as exc:
+                with contextlib.suppress(psycopg.Error):
+                    await conn.close()
                 self._listen_failures.failure("listen", f"cannot listen for new work: {exc}")
                 return False
             self._listen_failures.recovered("listen")
