@@ -68,7 +68,7 @@ def _check_id(name: str, line: int, value: Any) -> str:
 
 
 def _read_csv(name: str, text: str) -> dict[str, dict[str, Any]]:
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = next(reader)
     except StopIteration:
