@@ -78,6 +78,7 @@ def assert_one_line(p: subprocess.CompletedProcess[str], code: int, *needles: st
 def work(tmp_path: Path) -> Path:
     (tmp_path / "events.ndjson").write_text(TRACK)
     (tmp_path / "a-file").write_text("not a directory")
+    (tmp_path / "members.csv").write_text("user_id\nu1\n")
     (tmp_path / "bad.toml").write_text(
         '[server]\nport = "eighty"\n[[sources]]\nname = "web"\nwrite_key = "k"\n'
         '[[sources.destinations]]\napp_id = "1"\n'
@@ -159,6 +160,21 @@ CASES: list[tuple[tuple[str, ...], int, tuple[str, ...]]] = [
     (("db", "migrate", "--queue", "mysql://x"), 2, ("unsupported queue URL",)),
     (("db", "migrate", "--data-dir", "a-file/sub"), 2, ("cannot open",)),
     # the group itself
+    # audiences (events.ndjson has no user_id; queue/ holds a queue without audiences)
+    (("audiences", "sync", "A", "events.ndjson", "--data-dir", "queue"), 1, ("events.ndjson:1",)),
+    (("audiences", "sync", "A", "missing.csv", "--data-dir", "queue"), 2, ("missing.csv",)),
+    (
+        ("audiences", "sync", "!!", "bad.toml", "--format", "csv", "--data-dir", "queue"),
+        1,
+        ("no user_id column",),
+    ),
+    (("audiences", "sync", "A", "events.ndjson", "--data-dir", "nowhere"), 1, ("events.ndjson:1",)),
+    (("audiences", "sync", "A", "events.ndjson", "--source", "x"), 2, ("no source 'x'",)),
+    (("audiences", "sync", "!!", "members.csv", "--data-dir", "queue"), 2, ("give --key",)),
+    (("audiences", "sync", "A", "members.csv", "--data-dir", "nowhere"), 2, ("no queue at",)),
+    (("audiences", "list", "--data-dir", "nowhere"), 2, ("no queue at",)),
+    (("audiences", "list", "--queue", DOWN_PG), 2, ("cannot open queue", "***")),
+    (("audiences", "show", "Nope", "--data-dir", "queue"), 2, ("no audience 'Nope'",)),
     (("no-such-command",), 2, ("No such command",)),
 ]
 

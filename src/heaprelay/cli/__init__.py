@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "status": "status",
     "config": "config",
     "db": "db",
+    "audiences": "audiences",
 }
 
 

@@ -489,3 +489,138 @@ class WorkerRegistry(Protocol):
     async def leave(self, worker: str) -> None:
         """Forget ``worker`` (a clean stop), so the others take its share at once."""
         ...
+
+
+# --- audiences: membership snapshots kept beside the jobs --------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AudienceRecord:
+    """One audience the relay syncs to Heap (:mod:`heaprelay.audiences`), as stored."""
+
+    name: str
+    #: The Heap user property (fixed at the first sync).
+    key: str
+    #: The source whose Heap destinations get the updates (fixed at the first sync).
+    source: str
+    created_at: float
+    last_sync_at: float
+    #: Syncs committed so far (1 after the first).
+    syncs: int
+    #: Members after the last sync.
+    members: int
+    #: Users who entered / left in the last sync (the first sync: every member entered).
+    last_entered: int
+    last_left: int
+    #: Jobs the last sync enqueued (updates x enabled destinations).
+    last_jobs: int
+    #: The last sync's jobs have ids in ``[first_job, last_job]`` and messageIds starting
+    #: with ``message_prefix`` (others' jobs may be in the range on PostgreSQL).
+    first_job: int | None
+    last_job: int | None
+    message_prefix: str
+
+
+@dataclass(frozen=True, slots=True)
+class AudienceSync:
+    """A sync to commit: the new snapshot is the old one plus ``entered`` minus ``left``."""
+
+    name: str
+    key: str
+    source: str
+    #: The number of this sync: the stored ``syncs`` plus one (else :class:`AudienceConflict`).
+    sync: int
+    entered: Sequence[str]
+    left: Sequence[str]
+    #: The messageId prefix of this sync's updates (see :attr:`AudienceRecord.message_prefix`).
+    message_prefix: str
+
+
+class AudienceConflict(Exception):
+    """A sync that does not fit what is stored: another sync committed meanwhile, or the key
+    or source differ from the audience's (or the key is another audience's)."""
+
+
+@runtime_checkable
+class AudienceStore(Protocol):
+    """Audience snapshots in the queue's own store (SQLite file, PostgreSQL schema, memory):
+    so that a sync's updates and its new snapshot commit in one transaction — a crash leaves
+    either both or neither, and an update is never enqueued twice nor lost."""
+
+    async def audience(self, name: str) -> AudienceRecord | None:
+        """The audience called ``name`` (``None`` before its first sync)."""
+        ...
+
+    async def audiences(self) -> list[AudienceRecord]:
+        """Every audience, by name."""
+        ...
+
+    async def audience_members(self, name: str) -> set[str]:
+        """The user ids of the audience's snapshot (empty before its first sync)."""
+        ...
+
+    async def commit_audience_sync(
+        self, sync: AudienceSync, jobs: Sequence[NewJob], *, now: float
+    ) -> AudienceRecord:
+        """Append ``jobs`` (as :meth:`Queue.append`) and apply ``sync`` to the snapshot, in
+        one transaction; the audience is created by its first sync (``sync.sync == 1``).
+        Raises :class:`AudienceConflict` (nothing written) when ``sync.sync`` is not the
+        stored count plus one, the key or source is not the audience's, or a new audience's
+        key is already another's on the same source."""
+        ...
+
+    async def audience_job_states(self, name: str) -> dict[str, dict[str, int]]:
+        """Per destination, ``{state: jobs}`` of the last sync's jobs still in the queue
+        (delivered and skipped jobs older than the retention are gone)."""
+        ...
+
+
+def check_audience_sync(sync: AudienceSync, stored: AudienceRecord | None) -> None:
+    """Raise :class:`AudienceConflict` when ``sync`` does not follow ``stored``."""
+    if stored is None:
+        if sync.sync != 1:
+            raise AudienceConflict(f"audience {sync.name!r} is gone: sync {sync.sync} has no base")
+        return
+    if stored.key != sync.key:
+        raise AudienceConflict(
+            f"audience {sync.name!r} has key {stored.key!r} (fixed at its first sync), "
+            f"not {sync.key!r}"
+        )
+    if stored.source != sync.source:
+        raise AudienceConflict(
+            f"audience {sync.name!r} goes to source {stored.source!r} (fixed at its first "
+            f"sync), not {sync.source!r}"
+        )
+    if stored.syncs != sync.sync - 1:
+        raise AudienceConflict(
+            f"audience {sync.name!r} was synced meanwhile (sync {stored.syncs} is stored, "
+            f"this was sync {sync.sync}): run it again"
+        )
+
+
+def synced_record(
+    sync: AudienceSync,
+    stored: AudienceRecord | None,
+    *,
+    now: float,
+    members: int,
+    jobs: int,
+    first_job: int | None,
+    last_job: int | None,
+) -> AudienceRecord:
+    """The record after ``sync`` was applied to ``stored``."""
+    return AudienceRecord(
+        name=sync.name,
+        key=sync.key,
+        source=sync.source,
+        created_at=stored.created_at if stored is not None else now,
+        last_sync_at=now,
+        syncs=sync.sync,
+        members=members,
+        last_entered=len(sync.entered),
+        last_left=len(sync.left),
+        last_jobs=jobs,
+        first_job=first_job,
+        last_job=last_job,
+        message_prefix=sync.message_prefix,
+    )

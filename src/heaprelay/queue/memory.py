@@ -53,6 +53,9 @@ from heaprelay.queue.base import (
     MAX_ERRORS,
     REASON_STATES,
     AppendResult,
+    AudienceConflict,
+    AudienceRecord,
+    AudienceSync,
     DeadLetter,
     DeadLetterRecord,
     Delivered,
@@ -67,12 +70,14 @@ from heaprelay.queue.base import (
     SearchField,
     Skipped,
     State,
+    check_audience_sync,
     error_groups,
     is_duplicate,
     remembered,
     search_key,
     search_keys,
     stats_from_counts,
+    synced_record,
 )
 
 UNFINISHED: frozenset[State] = frozenset({"pending", "leased", "retry"})
@@ -173,6 +178,9 @@ class MemoryQueue:
         #: are indexed
         self._search: dict[str, list[int]] = {}
         self._indexed_to = 1
+        #: AudienceStore: name -> record, name -> members
+        self._audiences: dict[str, AudienceRecord] = {}
+        self._members: dict[str, set[str]] = {}
 
     # --- the reference decisions ----------------------------------------------------------
 
@@ -448,6 +456,61 @@ class MemoryQueue:
 
     async def leave(self, worker: str) -> None:
         self._workers.pop(worker, None)
+
+    # --- audiences (queue/base.py, AudienceStore) -------------------------------------------
+
+    async def audience(self, name: str) -> AudienceRecord | None:
+        return self._audiences.get(name)
+
+    async def audiences(self) -> list[AudienceRecord]:
+        return [self._audiences[name] for name in sorted(self._audiences)]
+
+    async def audience_members(self, name: str) -> set[str]:
+        return set(self._members.get(name, ()))
+
+    async def commit_audience_sync(
+        self, sync: AudienceSync, jobs: Sequence[NewJob], *, now: float
+    ) -> AudienceRecord:
+        stored = self._audiences.get(sync.name)
+        check_audience_sync(sync, stored)
+        if stored is None:
+            for other in self._audiences.values():
+                if other.source == sync.source and other.key == sync.key:
+                    raise AudienceConflict(
+                        f"key {sync.key!r} is already audience {other.name!r}'s on source "
+                        f"{sync.source!r}"
+                    )
+        first = self._next_id if jobs else None
+        await self.append(jobs, now=now)
+        members = self._members.setdefault(sync.name, set())
+        members.update(sync.entered)
+        members.difference_update(sync.left)
+        record = synced_record(
+            sync,
+            stored,
+            now=now,
+            members=len(members),
+            jobs=len(jobs),
+            first_job=first,
+            last_job=self._next_id - 1 if jobs else None,
+        )
+        self._audiences[sync.name] = record
+        return record
+
+    async def audience_job_states(self, name: str) -> dict[str, dict[str, int]]:
+        record = self._audiences.get(name)
+        if record is None or record.first_job is None or record.last_job is None:
+            return {}
+        found: dict[str, dict[str, int]] = {}
+        for i in range(record.first_job, record.last_job + 1):
+            row = self._rows.get(i)
+            if row is None or row.new.source != record.source:
+                continue
+            if not row.new.message_id.startswith(record.message_prefix):
+                continue
+            per = found.setdefault(row.new.destination, {})
+            per[row.state] = per.get(row.state, 0) + 1
+        return found
 
     async def close(self) -> None:
         return None

@@ -54,6 +54,9 @@ from heaprelay.queue.base import (
     DUPLICATE_DETAIL,
     MAX_ERRORS,
     AppendResult,
+    AudienceConflict,
+    AudienceRecord,
+    AudienceSync,
     DeadLetter,
     DeadLetterRecord,
     Delivered,
@@ -67,12 +70,14 @@ from heaprelay.queue.base import (
     RetryAt,
     SearchField,
     Skipped,
+    check_audience_sync,
     error_groups,
     is_duplicate,
     remembered,
     search_key,
     search_keys,
     stats_from_counts,
+    synced_record,
 )
 
 T = TypeVar("T")
@@ -485,6 +490,114 @@ class PostgresQueue:
             return cur.rowcount
 
         return await self._transaction(run)
+
+    # --- audiences (queue/base.py, AudienceStore) -------------------------------------------
+
+    async def audience(self, name: str) -> AudienceRecord | None:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(QUERIES["audience"], {"name": name})
+            row = await cur.fetchone()
+        return AudienceRecord(*row) if row else None
+
+    async def audiences(self) -> list[AudienceRecord]:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(QUERIES["audiences"])
+            return [AudienceRecord(*row) for row in await cur.fetchall()]
+
+    async def audience_members(self, name: str) -> set[str]:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(QUERIES["audience_members"], {"name": name})
+            return {row[0] for row in await cur.fetchall()}
+
+    async def commit_audience_sync(
+        self, sync: AudienceSync, jobs: Sequence[NewJob], *, now: float
+    ) -> AudienceRecord:
+        windows = [j.dedupe_window for j in jobs]
+        encode = self.codec.encode
+        payloads = [encode(j.payload) for j in jobs]
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> AudienceRecord:
+            cur = await conn.execute(QUERIES["lock_audience"], {"name": sync.name})
+            row = await cur.fetchone()
+            stored = AudienceRecord(*row) if row else None
+            check_audience_sync(sync, stored)
+            if stored is None:
+                cur = await conn.execute(
+                    QUERIES["audience_with_key"],
+                    {"source": sync.source, "key": sync.key, "name": sync.name},
+                )
+                other = await cur.fetchone()
+                if other:
+                    raise AudienceConflict(
+                        f"key {sync.key!r} is already audience {other[0]!r}'s on source "
+                        f"{sync.source!r}"
+                    )
+            first = last = None
+            if jobs:
+                cur = await conn.execute(
+                    QUERIES["insert_jobs_range"],
+                    {
+                        "sources": [j.source for j in jobs],
+                        "destinations": [j.destination for j in jobs],
+                        "message_ids": [j.message_id for j in jobs],
+                        "keys": [j.order_key for j in jobs],
+                        "payloads": payloads,
+                        "received": [j.received_at for j in jobs],
+                        "froms": [now if w > 0 else None for w in windows],
+                        "untils": [now + w if w > 0 else None for w in windows],
+                    },
+                )
+                ids = await cur.fetchone()
+                first, last = (ids[0], ids[1]) if ids else (None, None)
+                await self._send_notify(conn)
+            users = {"name": sync.name}
+            if sync.entered:
+                await conn.execute(
+                    QUERIES["add_audience_members"], {**users, "users": list(sync.entered)}
+                )
+            if sync.left:
+                await conn.execute(
+                    QUERIES["remove_audience_members"], {**users, "users": list(sync.left)}
+                )
+            members = (stored.members if stored else 0) + len(sync.entered) - len(sync.left)
+            record = synced_record(
+                sync,
+                stored,
+                now=now,
+                members=members,
+                jobs=len(jobs),
+                first_job=first,
+                last_job=last,
+            )
+            await conn.execute(QUERIES["save_audience"], dataclasses.asdict(record))
+            return record
+
+        try:
+            record = await self._transaction(run)
+        except pg_errors.UniqueViolation as exc:  # a first sync of the same name or key meanwhile
+            raise AudienceConflict(
+                f"audience {sync.name!r} (key {sync.key!r}) was created meanwhile: run it again"
+            ) from exc
+        if jobs:
+            self._wake_local()
+        return record
+
+    async def audience_job_states(self, name: str) -> dict[str, dict[str, int]]:
+        record = await self.audience(name)
+        if record is None or record.first_job is None:
+            return {}
+        params = {
+            "first": record.first_job,
+            "last": record.last_job,
+            "source": record.source,
+            "prefix": record.message_prefix,
+        }
+        found: dict[str, dict[str, int]] = {}
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(QUERIES["audience_job_states"], params)
+            for destination, state, n in await cur.fetchall():
+                found.setdefault(destination, {})[state] = n
+        return found
 
     # --- WorkerRegistry -------------------------------------------------------------------
 

@@ -35,6 +35,9 @@ from heaprelay.queue.base import (
     DUPLICATE_DETAIL,
     MAX_ERRORS,
     AppendResult,
+    AudienceConflict,
+    AudienceRecord,
+    AudienceSync,
     DeadLetter,
     DeadLetterRecord,
     Delivered,
@@ -48,12 +51,14 @@ from heaprelay.queue.base import (
     RetryAt,
     SearchField,
     Skipped,
+    check_audience_sync,
     error_groups,
     is_duplicate,
     remembered,
     search_key,
     search_keys,
     stats_from_counts,
+    synced_record,
 )
 
 T = TypeVar("T")
@@ -367,6 +372,95 @@ class SQLiteQueue:
         def run(conn: sqlite3.Connection) -> DeadLetterRecord | None:
             row = conn.execute(QUERIES["dead_letter"], {"id": job_id}).fetchone()
             return _decoded_records(conn, self.codec, [DeadLetterRecord(*row)])[0] if row else None
+
+        return await self._read_call(run)
+
+    # --- audiences (queue/base.py, AudienceStore) -------------------------------------------
+
+    async def audience(self, name: str) -> AudienceRecord | None:
+        def run(conn: sqlite3.Connection) -> AudienceRecord | None:
+            row = conn.execute(QUERIES["audience"], {"name": name}).fetchone()
+            return AudienceRecord(*row) if row else None
+
+        return await self._read_call(run)
+
+    async def audiences(self) -> list[AudienceRecord]:
+        def run(conn: sqlite3.Connection) -> list[AudienceRecord]:
+            return [AudienceRecord(*row) for row in conn.execute(QUERIES["audiences"])]
+
+        return await self._read_call(run)
+
+    async def audience_members(self, name: str) -> set[str]:
+        def run(conn: sqlite3.Connection) -> set[str]:
+            return {row[0] for row in conn.execute(QUERIES["audience_members"], {"name": name})}
+
+        return await self._read_call(run)
+
+    async def commit_audience_sync(
+        self, sync: AudienceSync, jobs: Sequence[NewJob], *, now: float
+    ) -> AudienceRecord:
+        def run(conn: sqlite3.Connection) -> AudienceRecord:
+            row = conn.execute(QUERIES["audience"], {"name": sync.name}).fetchone()
+            stored = AudienceRecord(*row) if row else None
+            check_audience_sync(sync, stored)
+            if stored is None:
+                other = conn.execute(
+                    QUERIES["audience_with_key"],
+                    {"source": sync.source, "key": sync.key, "name": sync.name},
+                ).fetchone()
+                if other:
+                    raise AudienceConflict(
+                        f"key {sync.key!r} is already audience {other[0]!r}'s on source "
+                        f"{sync.source!r}"
+                    )
+            first = last = None
+            if jobs:
+                _insert_group(conn, [(jobs, now)], self.codec)
+                # One writer, one transaction: the ids of this insert are contiguous.
+                last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+                first = last - len(jobs) + 1
+            conn.executemany(
+                QUERIES["add_audience_members"],
+                [{"name": sync.name, "user_id": u} for u in sync.entered],
+            )
+            conn.executemany(
+                QUERIES["remove_audience_members"],
+                [{"name": sync.name, "user_id": u} for u in sync.left],
+            )
+            members = (stored.members if stored else 0) + len(sync.entered) - len(sync.left)
+            record = synced_record(
+                sync,
+                stored,
+                now=now,
+                members=members,
+                jobs=len(jobs),
+                first_job=first,
+                last_job=last,
+            )
+            conn.execute(QUERIES["save_audience"], dataclasses.asdict(record))
+            return record
+
+        record = await self._call(run)
+        if jobs:
+            self._notify()
+        return record
+
+    async def audience_job_states(self, name: str) -> dict[str, dict[str, int]]:
+        record = await self.audience(name)
+        if record is None or record.first_job is None:
+            return {}
+
+        def run(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+            params = {
+                "first": record.first_job,
+                "last": record.last_job,
+                "source": record.source,
+                "prefix": record.message_prefix,
+            }
+            found: dict[str, dict[str, int]] = {}
+            for destination, state, n in conn.execute(QUERIES["audience_job_states"], params):
+                found.setdefault(destination, {})[state] = n
+            return found
 
         return await self._read_call(run)
 

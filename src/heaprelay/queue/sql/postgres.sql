@@ -344,3 +344,66 @@ SELECT count(*) FROM workers WHERE seen_at >= %(since)s;
 
 -- name: leave
 DELETE FROM workers WHERE name = %(name)s;
+
+-- name: insert_jobs_range
+-- insert_jobs, answering the smallest and largest id it gave (AudienceRecord).
+WITH added AS (
+    INSERT INTO jobs (source, destination, message_id, order_key, payload, received_at,
+                      dedupe_from, dedupe_until)
+    SELECT s, d, m, k, p, r, f, u
+    FROM unnest(%(sources)s::text[], %(destinations)s::text[], %(message_ids)s::text[],
+                %(keys)s::text[], %(payloads)s::bytea[], %(received)s::float8[],
+                %(froms)s::float8[], %(untils)s::float8[])
+         WITH ORDINALITY AS t(s, d, m, k, p, r, f, u, n)
+    ORDER BY n
+    RETURNING id
+)
+SELECT min(id), max(id) FROM added;
+
+-- name: audience
+SELECT name, key, source, created_at, last_sync_at, syncs, members, last_entered, last_left,
+       last_jobs, first_job, last_job, message_prefix
+FROM audiences WHERE name = %(name)s;
+
+-- name: lock_audience
+SELECT name, key, source, created_at, last_sync_at, syncs, members, last_entered, last_left,
+       last_jobs, first_job, last_job, message_prefix
+FROM audiences WHERE name = %(name)s FOR UPDATE;
+
+-- name: audiences
+SELECT name, key, source, created_at, last_sync_at, syncs, members, last_entered, last_left,
+       last_jobs, first_job, last_job, message_prefix
+FROM audiences ORDER BY name;
+
+-- name: audience_with_key
+SELECT name FROM audiences WHERE source = %(source)s AND key = %(key)s AND name <> %(name)s;
+
+-- name: audience_members
+SELECT user_id FROM audience_members WHERE audience = %(name)s;
+
+-- name: add_audience_members
+INSERT INTO audience_members (audience, user_id)
+SELECT %(name)s, u FROM unnest(%(users)s::text[]) AS t(u);
+
+-- name: remove_audience_members
+DELETE FROM audience_members
+WHERE audience = %(name)s AND user_id = ANY(%(users)s::text[]);
+
+-- name: save_audience
+INSERT INTO audiences (name, key, source, created_at, last_sync_at, syncs, members,
+                       last_entered, last_left, last_jobs, first_job, last_job, message_prefix)
+VALUES (%(name)s, %(key)s, %(source)s, %(created_at)s, %(last_sync_at)s, %(syncs)s,
+        %(members)s, %(last_entered)s, %(last_left)s, %(last_jobs)s, %(first_job)s,
+        %(last_job)s, %(message_prefix)s)
+ON CONFLICT (name) DO UPDATE SET
+    last_sync_at = excluded.last_sync_at, syncs = excluded.syncs, members = excluded.members,
+    last_entered = excluded.last_entered, last_left = excluded.last_left,
+    last_jobs = excluded.last_jobs, first_job = excluded.first_job,
+    last_job = excluded.last_job, message_prefix = excluded.message_prefix;
+
+-- name: audience_job_states
+-- The last sync's jobs: in its id range, of its source, with its messageId prefix.
+SELECT destination, state, count(*) FROM jobs
+WHERE id BETWEEN %(first)s AND %(last)s AND source = %(source)s
+  AND starts_with(message_id, %(prefix)s)
+GROUP BY destination, state;

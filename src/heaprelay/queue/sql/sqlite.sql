@@ -54,6 +54,31 @@ CREATE TABLE IF NOT EXISTS payload_dicts (
     created_at REAL NOT NULL
 );
 
+-- Audiences synced as Heap user properties (heaprelay.audiences): one row each, and the
+-- members of its last snapshot. last_jobs / first_job / last_job / message_prefix find the
+-- last sync's jobs (queue/base.py, AudienceRecord).
+CREATE TABLE IF NOT EXISTS audiences (
+    name TEXT PRIMARY KEY,
+    key TEXT NOT NULL,
+    source TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    last_sync_at REAL NOT NULL,
+    syncs INTEGER NOT NULL,
+    members INTEGER NOT NULL,
+    last_entered INTEGER NOT NULL,
+    last_left INTEGER NOT NULL,
+    last_jobs INTEGER NOT NULL,
+    first_job INTEGER,
+    last_job INTEGER,
+    message_prefix TEXT NOT NULL,
+    UNIQUE (source, key)
+);
+CREATE TABLE IF NOT EXISTS audience_members (
+    audience TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    PRIMARY KEY (audience, user_id)
+) WITHOUT ROWID;
+
 -- name: counters
 -- Maintained counts (queue/base.py, QueueStats): kind 'now' = jobs per (destination, state,
 -- reason) now (reason '' but for skipped / dead / retry); kind 'total' = how many jobs were
@@ -372,3 +397,43 @@ DELETE FROM jobs WHERE state IN ('delivered', 'skipped') AND finished_at < :befo
 
 -- name: prune_seen
 DELETE FROM seen WHERE expires_at < :before;
+
+-- name: audience
+SELECT name, key, source, created_at, last_sync_at, syncs, members, last_entered, last_left,
+       last_jobs, first_job, last_job, message_prefix
+FROM audiences WHERE name = :name;
+
+-- name: audiences
+SELECT name, key, source, created_at, last_sync_at, syncs, members, last_entered, last_left,
+       last_jobs, first_job, last_job, message_prefix
+FROM audiences ORDER BY name;
+
+-- name: audience_with_key
+SELECT name FROM audiences WHERE source = :source AND key = :key AND name <> :name;
+
+-- name: audience_members
+SELECT user_id FROM audience_members WHERE audience = :name;
+
+-- name: add_audience_members
+INSERT INTO audience_members (audience, user_id) VALUES (:name, :user_id);
+
+-- name: remove_audience_members
+DELETE FROM audience_members WHERE audience = :name AND user_id = :user_id;
+
+-- name: save_audience
+INSERT INTO audiences (name, key, source, created_at, last_sync_at, syncs, members,
+                       last_entered, last_left, last_jobs, first_job, last_job, message_prefix)
+VALUES (:name, :key, :source, :created_at, :last_sync_at, :syncs, :members, :last_entered,
+        :last_left, :last_jobs, :first_job, :last_job, :message_prefix)
+ON CONFLICT (name) DO UPDATE SET
+    last_sync_at = excluded.last_sync_at, syncs = excluded.syncs, members = excluded.members,
+    last_entered = excluded.last_entered, last_left = excluded.last_left,
+    last_jobs = excluded.last_jobs, first_job = excluded.first_job,
+    last_job = excluded.last_job, message_prefix = excluded.message_prefix;
+
+-- name: audience_job_states
+-- The last sync's jobs: in its id range, of its source, with its messageId prefix.
+SELECT destination, state, count(*) FROM jobs
+WHERE id BETWEEN :first AND :last AND source = :source
+  AND substr(message_id, 1, length(:prefix)) = :prefix
+GROUP BY destination, state;
