@@ -277,16 +277,25 @@ async def _read_body(request: Request, headers: dict[str, str], limit: int) -> b
     data = b"".join(chunks)
     if not compressed:
         return data
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        inflated = inflater.decompress(data, limit + 1)
-    except zlib.error as exc:
-        return Rejection("invalid_gzip", f"the gzip body does not inflate: {exc}")
-    if len(inflated) > limit:
-        return _request_too_large(limit, inflated=True)
-    if not inflater.eof:
-        return Rejection("invalid_gzip", "the gzip body is truncated")
-    return inflated
+    # A gzip body may hold several members, one after the other (RFC 1952 §2.2; pigz and
+    # streaming writers make them): the body is all of them, never just the first.
+    members: list[bytes] = []
+    inflated_size = 0
+    while True:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            member = inflater.decompress(data, limit + 1 - inflated_size)
+        except zlib.error as exc:
+            return Rejection("invalid_gzip", f"the gzip body does not inflate: {exc}")
+        inflated_size += len(member)
+        if inflated_size > limit:
+            return _request_too_large(limit, inflated=True)
+        if not inflater.eof:
+            return Rejection("invalid_gzip", "the gzip body is truncated")
+        members.append(member)
+        data = inflater.unused_data
+        if not data:
+            return members[0] if len(members) == 1 else b"".join(members)
 
 
 def _request_too_large(limit: int, *, inflated: bool = False) -> Rejection:
