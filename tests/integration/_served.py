@@ -42,6 +42,15 @@ cors_origins = ["https://shop.example", "https://*.shop.example"]
   app_id = "222"
 
 [[sources]]
+name = "rudder"
+write_key = "rudder-key"
+
+  [[sources.destinations]]
+  id = "rudder-heap"
+  app_id = "444"
+  profile = "rudderstack"
+
+[[sources]]
 name = "small"
 write_key = "small-key"
 limits = {{ max_request_bytes = 4000, max_message_bytes = 1000 }}

@@ -72,3 +72,22 @@ def test_the_deepest_stored_message_is_delivered_or_dead_with_a_reason(
     rows = wait_until(lambda: served_relay.finished(message_id), "the deep message's job")
     for state, reason, _ in rows:
         assert state == "delivered" or reason, rows
+
+
+def test_a_deep_value_a_profile_moves_up_is_dead_lettered_not_a_stuck_job(
+    served_relay: ServedRelay,
+):
+    """rudderstack moves ``properties.idempotencyKey`` as it is to the top-level
+    ``idempotency_key``: from a message of MAX_DEPTH levels, a bulk request orjson cannot
+    write. The router raised (the job stayed leased, a traceback a pass); now it is a dead
+    letter with the reason."""
+    message_id = "deep-idempotency-key"
+    body = (
+        f'{{"userId":"u1","event":"Deep","messageId":"{message_id}",'
+        '"properties":{"idempotencyKey":' + nested(MAX_DEPTH - 2) + "}}"
+    ).encode()
+    answer = served_relay.post("/v1/track", body, key="rudder-key")
+    assert answer.status_code == 200, answer.text
+    rows = wait_until(lambda: served_relay.finished(message_id), "the job to finish", 30)
+    assert [(state, reason) for state, reason, _ in rows] == [("dead", "invalid_field")]
+    assert "cannot be written as JSON" in rows[0][2]
