@@ -8,8 +8,10 @@ holds the shapes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from heaprelay.transform import DestinationSettings
 
@@ -101,15 +103,87 @@ class Source:
     write_key: str
     destinations: tuple[Destination, ...]
     limits: Limits = field(default_factory=Limits)
+    #: Browser origins allowed to send with this source's write key: ``scheme://host[:port]``
+    #: (exact, default ports implied), ``scheme://*.example.com`` (any subdomain), ``"*"``
+    #: (any origin but ``null``), ``"null"`` (sandboxed frames, ``file:``; only when listed).
     cors_origins: tuple[str, ...] = ("*",)
+    #: Send ``Access-Control-Allow-Credentials: true`` (only for pages that send with
+    #: ``credentials: 'include'``; the browser SDKs' defaults send no credentials).
+    cors_credentials: bool = False
     dedupe_window: float = DEFAULT_DEDUPE_WINDOW
     #: False: a batch with one invalid message is refused whole (400). True: the valid
     #: messages are stored and the answer lists the refused ones.
     partial_batches: bool = False
 
     def allows_origin(self, origin: str) -> bool:
-        """Whether a browser page on ``origin`` may call the relay for this source (CORS)."""
-        return "*" in self.cors_origins or origin in self.cors_origins
+        """Whether a browser page on ``origin`` (its ``Origin`` header) may call the relay for
+        this source: the one place origins are matched (ingest and device-mode routes)."""
+        if origin == "null":
+            return "null" in self.cors_origins
+        parsed = parse_origin(origin)
+        if parsed is None or "*" in parsed[1]:
+            return False
+        scheme, host, port = parsed
+        for pattern in _origin_patterns(self.cors_origins):
+            if pattern == "*":
+                return True
+            p_scheme, p_host, p_port = pattern
+            if p_scheme != scheme or p_port != port:
+                continue
+            if host == p_host or (p_host.startswith("*.") and host.endswith(p_host[1:])):
+                return True
+        return False
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def parse_origin(text: str) -> tuple[str, str, int | None] | None:
+    """``(scheme, host, port)`` of an origin (``scheme://host[:port]``, lower-cased, the
+    scheme's default port as ``None``); ``None`` if ``text`` is not one (a path, user info,
+    a query or no host)."""
+    try:
+        parts = urlsplit(text.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    host = parts.hostname
+    if not parts.scheme or not host or parts.path or parts.query or parts.fragment:
+        return None
+    if parts.username is not None or parts.password is not None:
+        return None
+    scheme = parts.scheme.lower()
+    if port == _DEFAULT_PORTS.get(scheme):
+        port = None
+    return scheme, host.lower(), port
+
+
+def origin_problem(pattern: str) -> str | None:
+    """What is wrong with one ``cors_origins`` entry (for ``config check``), or ``None``."""
+    if pattern in ("*", "null"):
+        return None
+    parsed = parse_origin(pattern)
+    if parsed is None:
+        return (
+            f"{pattern!r} is not an origin: write scheme://host[:port] (no path), "
+            '"https://*.example.com", "*" or "null"'
+        )
+    if "*" in parsed[1] and not (parsed[1].startswith("*.") and "*" not in parsed[1][2:]):
+        return f"{pattern!r}: a wildcard is only allowed as the first label (https://*.example.com)"
+    return None
+
+
+@lru_cache(maxsize=256)
+def _origin_patterns(
+    origins: tuple[str, ...],
+) -> tuple[tuple[str, str, int | None] | Literal["*"], ...]:
+    patterns: list[tuple[str, str, int | None] | Literal["*"]] = []
+    for text in origins:
+        if text == "*":
+            patterns.append("*")
+        elif text != "null" and (parsed := parse_origin(text)) is not None:
+            patterns.append(parsed)
+    return tuple(patterns)
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,7 @@ from heaprelay.config import (
     Role,
     Source,
     default_data_dir,
+    origin_problem,
 )
 from heaprelay.transform import DestinationSettings, SettingsError, check_options, get_profile
 from heaprelay.transform.browser import DEVICE_PROFILES
@@ -378,6 +379,7 @@ _SOURCE = (
     "write_key",
     "write_key_env",
     "cors_origins",
+    "cors_credentials",
     "dedupe_window",
     "partial_batches",
     "limits",
@@ -604,6 +606,9 @@ def _source(r: _Reader, value: Any, path: str) -> Source | None:
             r.problem(lpath, "max_message_bytes is larger than max_request_bytes")
 
     cors = r.string_list(table, "cors_origins", path) if "cors_origins" in table else ("*",)
+    for i, origin in enumerate(cors):
+        if (problem := origin_problem(origin)) is not None:
+            r.problem(f"{_join(path, 'cors_origins')}[{i}]", problem)
     source_defaults = Source(name="", write_key="", destinations=())
     destinations_value = table.get("destinations")
     if destinations_value is None:
@@ -626,6 +631,7 @@ def _source(r: _Reader, value: Any, path: str) -> Source | None:
         destinations=tuple(destinations),
         limits=limits,
         cors_origins=cors,
+        cors_credentials=r.typed(table, "cors_credentials", path, _boolean, False),
         dedupe_window=r.typed(
             table, "dedupe_window", path, _duration, source_defaults.dedupe_window
         ),

@@ -200,7 +200,7 @@ def test_browser_calls_are_recorded_and_listed_by_app(http: httpx.Client) -> Non
         "identify",
         "addUserProperties",
     ]
-    http.post("/_fake/reset")
+    http.post("/_fake/reset", json={})
     assert http.get("/_fake/browser").json() == {"loads": [], "calls": []}
 
 

@@ -408,13 +408,44 @@ def test_cors_preflight_and_headers_on_answers(fresh: Relay):
 
 
 def test_cors_only_for_the_sources_origins(fresh: Relay):
-    # "small" allows any origin (the default), "web" only its shop.
+    # "small" allows any origin (the default), "web" only its shop: a page elsewhere with
+    # web's key is refused and nothing is stored (issue 12 item 4: it used to be stored).
     other = "https://evil.example"
-    answer = fresh.post("/v1/t", TRACK, headers={"origin": other})
-    assert answer.status_code == 200  # stored; the browser just cannot read the answer
-    assert "access-control-allow-origin" not in answer.headers
+    for where in ("header", "body"):
+        if where == "header":
+            answer = fresh.post("/v1/t", TRACK, headers={"origin": other})
+        else:
+            answer = fresh.post(
+                "/v1/t", {**TRACK, "writeKey": "web-key"}, key=None, headers={"origin": other}
+            )
+        assert answer.status_code == 403, answer.text
+        assert answer.json()["code"] == "origin_not_allowed"
+        assert other in answer.json()["message"]
+        assert "access-control-allow-origin" not in answer.headers
+        assert fresh.rows() == []
     allowed = fresh.post("/v1/t", TRACK, key="small-key", headers={"origin": other})
+    assert allowed.status_code == 200
     assert allowed.headers["access-control-allow-origin"] == other
+    # No credentials unless a source asks for them; never the origin "null" by default.
+    assert "access-control-allow-credentials" not in allowed.headers
+    null = fresh.post("/v1/t", TRACK, key="small-key", headers={"origin": "null"})
+    assert null.status_code == 403
+    assert "access-control-allow-origin" not in null.headers
+    assert len(fresh.rows()) == 1
+
+
+def test_a_preflight_answers_only_for_origins_some_source_allows(fresh: Relay):
+    def preflight(origin: str) -> httpx.Response:
+        return fresh.http.options(
+            "/v1/t", headers={"origin": origin, "access-control-request-method": "POST"}
+        )
+
+    # "small" and "lenient" allow any origin (the default "*"), "null" excepted.
+    assert preflight("https://evil.example").status_code == 204
+    refused = preflight("null")
+    assert refused.status_code == 403
+    assert refused.json()["code"] == "origin_not_allowed"
+    assert "access-control-allow-origin" not in refused.headers
 
 
 def test_metrics_route_needs_no_credentials(fresh: Relay):

@@ -66,7 +66,8 @@ def command(
 
     Point a destination's base URL at http://HOST:PORT (EU paths also under /eu). What it
     accepted: GET /_fake/report, /_fake/events, /_fake/users. Change failure injection at
-    run time: POST /_fake/settings '{"outage_seconds": 10}'.
+    run time: POST /_fake/settings '{"outage_seconds": 10}' (Content-Type: application/json).
+    /_fake/* answers only clients on this machine, never another site's pages.
 
     Device mode: a recording heap.js at /js/heap-APP_ID.js (heap_script_url =
     "http://HOST:PORT/js/heap-{app_id}.js"); every call pages made on it: GET /_fake/browser.

@@ -293,6 +293,10 @@ def command(
                 f"http://{host}:{port} load the fake Heap's heap.js; what they sent to Heap: "
                 f"http://{host}:{port}/fake-heap/_fake/browser (--no-device-mode: off)"
             )
+    banner += (
+        "\nsandbox: /fake-heap/_fake/* (every event Heap got, and the fake's controls) "
+        "answers only clients on this machine (127.0.0.0/8, ::1), never another site's pages"
+    )
     _start(
         config,
         log_level=log_level,

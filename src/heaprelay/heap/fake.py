@@ -34,10 +34,11 @@ calls, in the order each page made them.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import random
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
@@ -50,7 +51,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 
 from heaprelay.clock import Clock, SystemClock
-from heaprelay.config import Config
+from heaprelay.config import Config, parse_origin
 from heaprelay.heap import _fake_rules as rules
 
 __all__ = ["SANDBOX_PATH", "FakeHeap", "FakeHeapSettings", "sandbox"]
@@ -488,17 +489,29 @@ class FakeHeap:
         async def browser(request: Request) -> Response:
             return json(self.browser(request.query_params.get("app_id")))
 
+        def control(
+            endpoint: Callable[[Request], Awaitable[Response]],
+        ) -> Callable[[Request], Awaitable[Response]]:
+            async def guarded(request: Request) -> Response:
+                refusal = control_refusal(request)
+                if refusal is not None:
+                    status, code, message = refusal
+                    return json({"code": code, "message": message}, status)
+                return await endpoint(request)
+
+            return guarded
+
         routes = [
             Route("/js/heap-{app_id}.js", heap_js(1), methods=["GET"]),
             Route("/config/{app_id}/heap_config.js", heap_js(2), methods=["GET"]),
             Route("/js/record", record, methods=["POST", "OPTIONS"]),
-            Route("/_fake/browser", browser, methods=["GET"]),
-            Route("/_fake/report", report, methods=["GET"]),
-            Route("/_fake/events", events, methods=["GET"]),
-            Route("/_fake/users", users, methods=["GET"]),
-            Route("/_fake/requests", requests, methods=["GET"]),
-            Route("/_fake/reset", reset, methods=["POST"]),
-            Route("/_fake/settings", settings, methods=["POST"]),
+            Route("/_fake/browser", control(browser), methods=["GET"]),
+            Route("/_fake/report", control(report), methods=["GET"]),
+            Route("/_fake/events", control(events), methods=["GET"]),
+            Route("/_fake/users", control(users), methods=["GET"]),
+            Route("/_fake/requests", control(requests), methods=["GET"]),
+            Route("/_fake/reset", control(reset), methods=["POST"]),
+            Route("/_fake/settings", control(settings), methods=["POST"]),
         ]
         for endpoint in _CHECKS:
             for prefix, region in (("", "us"), ("/us", "us"), ("/eu", "eu")):
@@ -510,6 +523,46 @@ class FakeHeap:
                     )
                 )
         return Starlette(routes=routes)
+
+
+def control_refusal(request: Request) -> tuple[int, str, str] | None:
+    """Why a ``/_fake/*`` request (what Heap received, and the fake's controls) is refused, as
+    (status, code, message); ``None`` to answer it. They answer loopback clients only, never
+    a page of another site (``Sec-Fetch-Site: cross-site``, an ``Origin`` other than the
+    fake's own, a ``Host`` that is not a loopback name: a DNS-rebound page), and their POSTs
+    need ``Content-Type: application/json`` (which an HTML form cannot send)."""
+    client = request.client.host if request.client else ""
+    if not _loopback(client):
+        return (
+            403,
+            "loopback_only",
+            f"/_fake/* answers only clients on this machine (127.0.0.0/8, ::1), not {client}",
+        )
+    host = request.headers.get("host", "")
+    own = parse_origin(f"{request.url.scheme}://{host}")
+    if own is None or not (_loopback(own[1]) or own[1] == "localhost"):
+        return (403, "cross_site", f"/_fake/* answers only a loopback Host, not {host!r}")
+    origin = request.headers.get("origin")
+    if request.headers.get("sec-fetch-site") == "cross-site" or (
+        origin is not None and parse_origin(origin) != own
+    ):
+        return (403, "cross_site", "/_fake/* does not answer pages of other sites")
+    if request.method == "POST":
+        media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if media != "application/json":
+            return (
+                415,
+                "json_required",
+                f"POST /_fake/* takes Content-Type: application/json, not {media or 'none'!r}",
+            )
+    return None
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @cache

@@ -54,9 +54,11 @@ class IngestState:
         self.by_key = {s.write_key: s for s in self.sources}
         self.max_request_bytes = max((s.limits.max_request_bytes for s in self.sources), default=0)
 
-    def origin_allowed(self, origin: str, source: Source | None) -> bool:
+    def allowing(self, origin: str, source: Source | None) -> list[Source]:
+        """The sources that allow ``origin`` (:meth:`Source.allows_origin`): ``source`` alone
+        when the write key is known, else every source (preflights and /v1/m carry no key)."""
         candidates = (source,) if source is not None else self.sources
-        return any("*" in s.cors_origins or origin in s.cors_origins for s in candidates)
+        return [s for s in candidates if s.allows_origin(origin)]
 
 
 def ingest_routes(state: IngestState) -> list[BaseRoute]:
@@ -107,6 +109,8 @@ def _ingest(state: IngestState, route_type: str | None) -> Callable[[Request], A
             source = state.by_key.get(key)
             if source is None:
                 return _error(state, origin, None, _unknown_key())
+            if origin is not None and not source.allows_origin(origin):
+                return _origin_refused(state, origin)
         limit = source.limits.max_request_bytes if source else state.max_request_bytes
         raw = await _read_body(request, headers, limit)
         if isinstance(raw, Rejection):
@@ -131,6 +135,8 @@ def _ingest(state: IngestState, route_type: str | None) -> Callable[[Request], A
             source = state.by_key.get(body_key)
             if source is None:
                 return _error(state, origin, None, _unknown_key())
+            if origin is not None and not source.allows_origin(origin):
+                return _origin_refused(state, origin)
             if len(raw) > source.limits.max_request_bytes:
                 return _error(
                     state, origin, source, _request_too_large(source.limits.max_request_bytes)
@@ -188,11 +194,8 @@ def _metrics(state: IngestState) -> Callable[[Request], Awaitable[Response]]:
 def _preflight(state: IngestState) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         origin = request.headers.get("origin")
-        if origin is not None and not state.origin_allowed(origin, None):
-            body = orjson.dumps(
-                {"code": "origin_not_allowed", "message": f"origin {origin!r} is not allowed"}
-            )
-            return _json(403, body, {})
+        if origin is not None and not state.allowing(origin, None):
+            return _origin_refused(state, origin, keyed=False)
         headers = _cors(state, origin, None)
         requested = request.headers.get("access-control-request-headers")
         headers["access-control-allow-headers"] = (
@@ -274,16 +277,25 @@ async def _read_body(request: Request, headers: dict[str, str], limit: int) -> b
     data = b"".join(chunks)
     if not compressed:
         return data
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        inflated = inflater.decompress(data, limit + 1)
-    except zlib.error as exc:
-        return Rejection("invalid_gzip", f"the gzip body does not inflate: {exc}")
-    if len(inflated) > limit:
-        return _request_too_large(limit, inflated=True)
-    if not inflater.eof:
-        return Rejection("invalid_gzip", "the gzip body is truncated")
-    return inflated
+    # A gzip body may hold several members, one after the other (RFC 1952 §2.2; pigz and
+    # streaming writers make them): the body is all of them, never just the first.
+    members: list[bytes] = []
+    inflated_size = 0
+    while True:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            member = inflater.decompress(data, limit + 1 - inflated_size)
+        except zlib.error as exc:
+            return Rejection("invalid_gzip", f"the gzip body does not inflate: {exc}")
+        inflated_size += len(member)
+        if inflated_size > limit:
+            return _request_too_large(limit, inflated=True)
+        if not inflater.eof:
+            return Rejection("invalid_gzip", "the gzip body is truncated")
+        members.append(member)
+        data = inflater.unused_data
+        if not data:
+            return members[0] if len(members) == 1 else b"".join(members)
 
 
 def _request_too_large(limit: int, *, inflated: bool = False) -> Rejection:
@@ -300,14 +312,31 @@ def _unknown_key() -> Rejection:
 
 
 def _cors(state: IngestState, origin: str | None, source: Source | None) -> dict[str, str]:
-    if origin is None or not state.origin_allowed(origin, source):
+    if origin is None:
         return {}
-    return {
+    allowing = state.allowing(origin, source)
+    if not allowing:
+        return {}
+    headers = {
         "access-control-allow-origin": origin,
-        "access-control-allow-credentials": "true",
         "access-control-expose-headers": "Retry-After",
         "vary": "Origin",
     }
+    if any(s.cors_credentials for s in allowing):
+        headers["access-control-allow-credentials"] = "true"
+    return headers
+
+
+def _origin_refused(state: IngestState, origin: str, keyed: bool = True) -> Response:
+    """403 for a page whose origin the source does not allow (no CORS headers: that page
+    is not to read the answer). Nothing is stored."""
+    rejection = Rejection(
+        "origin_not_allowed",
+        f"origin {origin!r} is not in "
+        + ("this source's cors_origins" if keyed else "the cors_origins of any source"),
+        403,
+    )
+    return _error(state, None, None, rejection)
 
 
 def _error(

@@ -56,6 +56,12 @@ SHORT_TYPES: Final[Mapping[str, str]] = {
 }
 #: Segment: "messageId … fewer than 100 characters".
 MAX_MESSAGE_ID_CHARS: Final = 99
+#: How deep a message may nest objects and arrays, the message itself being level 1 (so its
+#: ``properties`` may nest 253 levels). The most ``orjson`` writes back: a deeper message
+#: could not be stored as it came, so it is refused (400 ``nesting_too_deep``).
+MAX_DEPTH: Final = 254
+#: How deep a request body may nest at all (what ``orjson`` reads).
+MAX_BODY_DEPTH: Final = 1024
 _OBJECT_FIELDS: Final = ("context", "integrations", "properties", "traits")
 _TIME_FIELDS: Final = ("timestamp", "originalTimestamp", "sentAt")
 
@@ -100,6 +106,12 @@ def parse_json(body: bytes) -> dict[str, Any] | Rejection:
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if str(exc).startswith("depth limit exceeded"):
+            return Rejection(
+                "nesting_too_deep",
+                f"the request body nests objects and arrays more than {MAX_BODY_DEPTH} levels "
+                f"deep; a message may nest at most {MAX_DEPTH} levels",
+            )
         return Rejection("invalid_json", f"the request body is not valid JSON: {exc}")
     if not isinstance(value, dict):
         return Rejection(
@@ -161,7 +173,7 @@ def prepare(
         result: Prepared | Rejection
         if not isinstance(item, dict):
             result = Rejection("invalid_message", f"must be a JSON object, not {_kind(item)}")
-        elif measure and (size := len(orjson.dumps(item))) > max_message_bytes:
+        elif measure and (size := _size(item)) > max_message_bytes:
             result = _too_large(size, max_message_bytes, index)
         else:
             result = _prepare_one(
@@ -325,13 +337,41 @@ def _prepare_one(
         if original is None:
             message["originalTimestamp"] = message["timestamp"]
         message["timestamp"] = _rfc3339_milli(message["timestamp"])
-        return Prepared(message_id, order_key(message), orjson.dumps(message))
+        return _prepared(message_id, message)
     if original is None and timestamp is not None:
         message["originalTimestamp"] = message["timestamp"]
         original = timestamp
     corrected = corrected_timestamp(received_at, sent, original)
     message["timestamp"] = received if corrected == received_at else _iso(corrected)
-    return Prepared(message_id, order_key(message), orjson.dumps(message))
+    return _prepared(message_id, message)
+
+
+def _prepared(message_id: str, message: dict[str, Any]) -> Prepared | Rejection:
+    payload = _dumps(message)
+    if isinstance(payload, Rejection):
+        return payload
+    return Prepared(message_id, order_key(message), payload)
+
+
+def _size(message: Any) -> int:
+    """Bytes of the message's JSON (0 if it cannot be written: :func:`_prepared` says why)."""
+    encoded = _dumps(message)
+    return 0 if isinstance(encoded, Rejection) else len(encoded)
+
+
+def _dumps(message: Any) -> bytes | Rejection:
+    """The message's JSON bytes; a Rejection for one ``orjson`` cannot write (nested deeper
+    than :data:`MAX_DEPTH`: what it reads, it writes otherwise)."""
+    try:
+        return orjson.dumps(message)
+    except orjson.JSONEncodeError as exc:
+        if "recursion" in str(exc).lower():
+            return Rejection(
+                "nesting_too_deep",
+                f"the message nests objects and arrays more than {MAX_DEPTH} levels deep "
+                f"(the message itself is level 1); the limit is {MAX_DEPTH}",
+            )
+        return Rejection("invalid_message", f"the message cannot be stored as JSON: {exc}")
 
 
 def _merge(base: Mapping[str, Any], own: Mapping[str, Any]) -> dict[str, Any]:

@@ -101,6 +101,18 @@ log = logging.getLogger("heaprelay.router")
 _TRACK_ENDPOINTS = ("track", "integrations/track")
 
 
+def unwritable(request: HeapRequest) -> str | None:
+    """Why ``request`` cannot be sent (its body cannot be written as JSON in a bulk request),
+    or ``None``. A stored message nests at most 254 levels, what ``orjson`` writes; a profile
+    that moves a nested value up keeps that depth, and the bulk form adds two levels (as here:
+    ``[[body]]`` puts the body where ``{"events": [body]}`` does)."""
+    try:
+        orjson.dumps([[request.body]])
+    except TypeError as exc:  # orjson.JSONEncodeError is one
+        return f"the Heap request cannot be written as JSON ({exc}): a value nested too deep"
+    return None
+
+
 def with_idempotency_key(request: HeapRequest, key: str) -> HeapRequest:
     """``request`` with ``key`` as the ``idempotency_key`` of each track event that has none.
 
@@ -668,6 +680,9 @@ class Router:
                     request = with_scoped_keys(request, job.source)
                 request = with_idempotency_key(request, key if track_n == 0 else f"{key}:{track_n}")
                 track_n += 1
+            problem = unwritable(request)
+            if problem is not None:
+                return DeadLetter(job.id, Reason.INVALID_FIELD, problem)
             requests.append(request)
         self.observer.prepared(job, requests)
         return requests
