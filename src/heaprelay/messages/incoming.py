@@ -346,6 +346,12 @@ def _merge(base: Mapping[str, Any], own: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def parse_time(value: Any) -> float | None:
+    """Seconds since the epoch of an ISO-8601 date-time string (as the relay reads
+    ``timestamp``); ``None`` if it is not one."""
+    return _parse_time(value)
+
+
 def _parse_time(value: Any) -> float | None:
     """Seconds since the epoch for an ISO-8601 date-time string (any precision, ``Z`` or an
     offset; no offset means UTC); ``None`` if it is not one."""

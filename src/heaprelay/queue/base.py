@@ -81,6 +81,7 @@ from typing import Final, Literal, NamedTuple, Protocol, runtime_checkable
 
 import orjson
 
+from heaprelay.messages.incoming import parse_time
 from heaprelay.messages.reasons import Reason
 
 #: How far past the oldest unfinished job (in ids) a claim looks (module doc, "Claim window").
@@ -384,10 +385,127 @@ class DeadLetterRecord:
     dead_at: float
 
 
+# --- the event history that audiences are evaluated over --------------------------------
+
+
+class HistoryEvent(NamedTuple):
+    """One accepted message as audiences see it (:class:`AudienceHistory`): a track event
+    (``event`` its name, ``traits`` None) or an identify (``event`` "", ``traits`` its traits
+    as a JSON object). ``ts``: the message's ``timestamp`` as the relay computed it."""
+
+    source: str
+    user_id: str
+    event: str
+    ts: float
+    traits: bytes | None = None
+
+
+#: Longer user ids and event names are not recorded (no audience could name them usefully).
+MAX_HISTORY_TEXT: Final = 255
+
+
+def history_of(source: str, payload: bytes) -> HistoryEvent | None:
+    """What a stored message adds to its source's history: tracks and identifies with a
+    ``userId`` (the identity Heap's user properties are set for); ``None`` for the rest. Pure."""
+    try:
+        message = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(message, dict):
+        return None
+    user = message.get("userId")
+    if isinstance(user, bool) or not isinstance(user, str | int | float):
+        return None
+    user_id = str(user).strip()
+    if not user_id or len(user_id) > MAX_HISTORY_TEXT:
+        return None
+    ts = parse_time(message.get("timestamp"))
+    if ts is None:
+        return None
+    kind = message.get("type")
+    if kind == "track":
+        event = message.get("event")
+        if not isinstance(event, str) or not event or len(event) > MAX_HISTORY_TEXT:
+            return None
+        return HistoryEvent(source, user_id, event, ts)
+    if kind == "identify":
+        traits = message.get("traits")
+        if not isinstance(traits, dict):
+            return None
+        # Rules compare scalar values; null removes a trait (merged_traits).
+        flat = {k: v for k, v in traits.items() if v is None or isinstance(v, _SCALARS)}
+        return HistoryEvent(source, user_id, "", ts, orjson.dumps(flat)) if flat else None
+    return None
+
+
+def merged_traits(events: Iterable[HistoryEvent]) -> dict[tuple[str, str], dict[str, object]]:
+    """Per (source, user): the traits of ``events``' identifies merged in order (a later
+    value of a key replaces an earlier one; a ``None`` is kept: it removes the key from the
+    stored traits): what one append changes in the latest traits."""
+    merged: dict[tuple[str, str], dict[str, object]] = {}
+    for e in events:
+        if e.traits is not None:
+            merged.setdefault((e.source, e.user_id), {}).update(orjson.loads(e.traits))
+    return merged
+
+
+TraitValue = str | int | float | bool
+_SCALARS: Final = (str, int, float, bool)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberQuery:
+    """Who is in an audience: users of ``source`` with at least ``at_least`` track events
+    named ``event`` whose time is in ``[start, end]``, and whose latest traits have every
+    ``traits`` key equal to its value (JSON equality: a string is never equal to a number,
+    ``2`` equals ``2.0``)."""
+
+    source: str
+    event: str
+    at_least: int
+    start: float
+    end: float
+    traits: tuple[tuple[str, TraitValue], ...] = ()
+
+
+def trait_matches(have: object, want: TraitValue) -> bool:
+    """JSON equality of a stored trait value and a wanted one (:class:`MemberQuery`)."""
+    if isinstance(want, bool) or isinstance(have, bool):
+        return isinstance(have, bool) and isinstance(want, bool) and have == want
+    if isinstance(want, int | float):
+        return isinstance(have, int | float) and have == want
+    return have == want
+
+
+@runtime_checkable
+class AudienceHistory(Protocol):
+    """The accepted events audiences are evaluated over (appended by :meth:`Queue.append`'s
+    ``history``), in the queue's store. Implemented by every backend."""
+
+    async def audience_members(self, query: MemberQuery) -> set[str]:
+        """The user ids in the audience (:class:`MemberQuery`)."""
+        ...
+
+    async def prune_history(self, windows: Mapping[str, float], *, now: float) -> int:
+        """Delete each source's events older than ``now - windows[source]`` (a source not in
+        ``windows``: all of them); return how many. Latest traits are kept."""
+        ...
+
+    async def claim_audience_run(self, key: str, *, now: float, every: float) -> bool:
+        """Whether this process should evaluate audience ``key`` now: true at most once per
+        ``every`` seconds across every process sharing the store (a compare-and-set of the
+        audience's last run)."""
+        ...
+
+
 class Queue(Protocol):
-    async def append(self, jobs: Sequence[NewJob], *, now: float) -> AppendResult:
+    async def append(
+        self, jobs: Sequence[NewJob], *, now: float, history: Sequence[HistoryEvent] = ()
+    ) -> AppendResult:
         """Store jobs durably (all or nothing), all ``pending``; return only after the commit.
-        No dedupe work here: that is done by the first claim of each job (module doc)."""
+        No dedupe work here: that is done by the first claim of each job (module doc).
+        ``history``: what audiences evaluate later (:class:`AudienceHistory`), stored in the
+        same transaction as the jobs (an acknowledged event is in the history)."""
         ...
 
     async def claim(
