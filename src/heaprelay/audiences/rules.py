@@ -1,0 +1,96 @@
+"""Audiences over stored events (``[[audiences]]`` in the configuration).
+
+An audience's rule is evaluated over its source's history (:class:`~heaprelay.queue.base.
+AudienceHistory`, kept by the queue's store: the track events accepted and each user's latest
+traits): the users with at least ``at_least`` events named ``event`` whose time is in
+``[now - within, now]`` and whose latest traits have the rule's values. That member set goes
+to :func:`heaprelay.audiences.sync.sync_members`, which diffs it against the audience's last
+snapshot and enqueues ``key = true`` for those who entered and ``key = false`` for those who
+left, to the source's Heap destinations.
+
+Evaluated on demand (``heaprelay audiences run``) and on a schedule inside ``serve``
+(:func:`audience_service`): each audience every ``every`` seconds, by one relay of those
+sharing a store (:meth:`~heaprelay.queue.base.AudienceHistory.claim_audience_run`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any, Final
+
+from heaprelay.config import Audience, Config
+from heaprelay.queue.base import AudienceHistory, MemberQuery, Queue
+
+if TYPE_CHECKING:
+    from heaprelay.runtime import Runtime
+
+__all__ = ["audience_service", "evaluate", "member_query", "run_audience"]
+
+log = logging.getLogger("heaprelay.audiences")
+
+#: Longest wait between two looks at which audiences are due.
+MAX_TICK: Final = 10.0
+
+
+def member_query(audience: Audience, *, now: float) -> MemberQuery:
+    """The history query of ``audience``'s rule evaluated at ``now``. Pure."""
+    rule = audience.rule
+    return MemberQuery(
+        source=audience.source,
+        event=rule.event,
+        at_least=rule.at_least,
+        start=now - rule.within,
+        end=now,
+        traits=rule.traits,
+    )
+
+
+async def evaluate(queue: Queue, audience: Audience, *, now: float) -> set[str]:
+    """The user ids in ``audience`` at ``now``."""
+    if not isinstance(queue, AudienceHistory):
+        raise TypeError(f"{type(queue).__name__} keeps no history for audiences")
+    return await queue.audience_members(member_query(audience, now=now))
+
+
+async def run_audience(
+    queue: Queue, config: Config, audience: Audience, *, now: float, dry_run: bool = False
+) -> Any:
+    """Evaluate ``audience`` and sync its members (the diff is enqueued unless ``dry_run``);
+    returns :func:`~heaprelay.audiences.sync.sync_members`' result."""
+    from heaprelay.audiences.sync import sync_members
+
+    members = await evaluate(queue, audience, now=now)
+    return await sync_members(
+        queue,
+        queue,
+        config,
+        name=audience.name,
+        source=audience.source,
+        key=audience.key,
+        members=members,
+        now=now,
+        dry_run=dry_run,
+    )
+
+
+async def audience_service(runtime: Runtime) -> None:
+    """Evaluate each configured audience every ``every`` seconds until the server stops.
+    With several relays on one store, one of them evaluates a given audience a period."""
+    assert runtime.queue is not None, "the server opens the queue before starting services"
+    queue, config = runtime.queue, runtime.config
+    if not config.audiences or not isinstance(queue, AudienceHistory):
+        return
+    tick = min(MAX_TICK, *(a.every for a in config.audiences))
+    while not runtime.stopping.is_set():
+        for audience in config.audiences:
+            now = runtime.clock.now()
+            try:
+                if await queue.claim_audience_run(audience.key, now=now, every=audience.every):
+                    result = await run_audience(queue, config, audience, now=now)
+                    log.info("audience %r evaluated: %s", audience.name, result)
+            except Exception:  # a failed evaluation must not stop the server; next period
+                log.exception("audience %r: evaluation failed", audience.name)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(runtime.stopping.wait(), tick)
