@@ -74,7 +74,9 @@ def serve(port: int, data_dir: Path, history: bool = False) -> None:
     class DiscardingQueue:
         """Takes the jobs and keeps nothing: the whole ingest path minus the storage."""
 
-        async def append(self, jobs: list[NewJob], *, now: float) -> AppendResult:
+        async def append(
+            self, jobs: list[NewJob], *, now: float, history: object = ()
+        ) -> AppendResult:
             return AppendResult(stored=len(jobs))
 
     config = config_from_flags(
