@@ -94,11 +94,29 @@ QUERIES = {
         "web", "Order Completed", 2, NOW - 30 * DAY, NOW, (("plan", "pro"),)
     ),
     "without traits": MemberQuery("web", "Order Completed", 2, NOW - 30 * DAY, NOW),
+    "Product Viewed >= 3 in 60 days (40% of the history)": MemberQuery(
+        "web", "Product Viewed", 3, NOW - 60 * DAY, NOW
+    ),
+}
+#: The same count as "without traits" reading the whole table instead of the index.
+FULL_SCAN = {
+    "sqlite": "SELECT user_id FROM audience_events NOT INDEXED WHERE source = ? AND event = ?"
+    " AND ts >= ? AND ts <= ? GROUP BY user_id HAVING count(*) >= ?",
+    "postgresql": "SELECT user_id FROM audience_events WHERE source = %s AND event = %s"
+    " AND ts >= %s AND ts <= %s GROUP BY user_id HAVING count(*) >= %s",
 }
 
 
-def report(name: str, loaded: float, per_event: float, results: dict[str, object]) -> None:
+def full_scan_params() -> tuple[object, ...]:
+    q = QUERIES["without traits"]
+    return (q.source, q.event, q.start, q.end, q.at_least)
+
+
+def report(
+    name: str, loaded: float, per_event: float, results: dict[str, object], scan: float
+) -> None:
     print(f"\n{name}: history written in {loaded:.1f} s; {per_event:.0f} bytes a stored event")
+    print(f"  baseline: rule without traits by a full scan of the table (no index): {scan:.2f} s")
     for label, (seconds, members, baseline, expected) in results.items():  # type: ignore[attr-defined]
         same = "same members" if members == expected else "MEMBERS DIFFER"
         print(
@@ -125,7 +143,13 @@ async def run_sqlite(events: list[HistoryEvent], baselines: dict[str, object]) -
             results[label] = (seconds, members, *baselines[label])  # type: ignore[misc]
         await queue.close()
         per_event = (_checkpointed_size(path) - empty) / sum(e.traits is None for e in events)
-        report("SQLite", loaded, per_event, results)
+        conn = sqlite3.connect(path)
+        started = time.perf_counter()
+        scanned = {row[0] for row in conn.execute(FULL_SCAN["sqlite"], full_scan_params())}
+        scan = time.perf_counter() - started
+        conn.close()
+        assert scanned == results["without traits"][1]  # type: ignore[index]
+        report("SQLite", loaded, per_event, results, scan)
 
 
 def _checkpointed_size(path: Path) -> int:
@@ -160,7 +184,16 @@ async def run_postgres(url: str, events: list[HistoryEvent], baselines: dict[str
             seconds, members = await timed(queue, query)
             results[label] = (seconds, members, *baselines[label])  # type: ignore[misc]
         per_event = size / sum(e.traits is None for e in events)
-        report("PostgreSQL", loaded, per_event, results)
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            await conn.execute(f'SET search_path TO "{schema}"')
+            for setting in ("enable_indexscan", "enable_indexonlyscan", "enable_bitmapscan"):
+                await conn.execute(f"SET {setting} = off")
+            started = time.perf_counter()
+            cur = await conn.execute(FULL_SCAN["postgresql"], full_scan_params())
+            scanned = {row[0] for row in await cur.fetchall()}
+            scan = time.perf_counter() - started
+        assert scanned == results["without traits"][1]  # type: ignore[index]
+        report("PostgreSQL", loaded, per_event, results, scan)
     finally:
         await queue.close()
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
