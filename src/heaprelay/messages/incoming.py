@@ -346,12 +346,6 @@ def _merge(base: Mapping[str, Any], own: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def parse_time(value: Any) -> float | None:
-    """Seconds since the epoch of an ISO-8601 date-time string (as the relay reads
-    ``timestamp``); ``None`` if it is not one."""
-    return _parse_time(value)
-
-
 def _parse_time(value: Any) -> float | None:
     """Seconds since the epoch for an ISO-8601 date-time string (any precision, ``Z`` or an
     offset; no offset means UTC); ``None`` if it is not one."""
@@ -378,6 +372,10 @@ def _remember_prefix(prefix: str) -> None:
             _PREFIX_SECONDS.clear()
         _PREFIX_SECONDS[prefix] = int(seconds)
 
+
+#: Seconds since the epoch of an ISO-8601 date-time string, as the relay reads ``timestamp``
+#: (``None`` if it is not one): for those who read stored messages (the audiences' history).
+parse_time: Final = _parse_time
 
 #: "YYYY-MM-DDTHH:MM:SS" -> seconds since the epoch (events of one batch share their seconds).
 _PREFIX_SECONDS: dict[str, int] = {}

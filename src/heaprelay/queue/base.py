@@ -413,24 +413,27 @@ def history_of(source: str, payload: bytes) -> HistoryEvent | None:
         return None
     if not isinstance(message, dict):
         return None
-    user = message.get("userId")
-    if isinstance(user, bool) or not isinstance(user, str | int | float):
+    get = message.get
+    user = get("userId")
+    if type(user) is str:
+        user_id = user.strip()
+    elif isinstance(user, int | float) and not isinstance(user, bool):
+        user_id = str(user)
+    else:
         return None
-    user_id = str(user).strip()
     if not user_id or len(user_id) > MAX_HISTORY_TEXT:
         return None
-    ts = parse_time(message.get("timestamp"))
-    if ts is None:
-        return None
-    kind = message.get("type")
+    kind = get("type")
     if kind == "track":
-        event = message.get("event")
-        if not isinstance(event, str) or not event or len(event) > MAX_HISTORY_TEXT:
+        event = get("event")
+        ts = parse_time(get("timestamp"))
+        if type(event) is not str or not event or len(event) > MAX_HISTORY_TEXT or ts is None:
             return None
         return HistoryEvent(source, user_id, event, ts)
     if kind == "identify":
-        traits = message.get("traits")
-        if not isinstance(traits, dict):
+        traits = get("traits")
+        ts = parse_time(get("timestamp"))
+        if not isinstance(traits, dict) or ts is None:
             return None
         # Rules compare scalar values; null removes a trait (merged_traits).
         flat = {k: v for k, v in traits.items() if v is None or isinstance(v, _SCALARS)}
