@@ -8,7 +8,7 @@ Per backend: ``--events`` track events of ``--users`` users (and one identify wi
 user) are written straight into a fresh store through ``Queue.append(history=...)`` (not
 through HTTP), in appends of 10,000; then the rule "Order Completed at least 2 times within
 30 days, plan = pro" (and the same without the trait) is evaluated three times with the
-store's SQL (``audience_members``). Printed next to it, the baseline: the same member set
+store's SQL (``history_members``). Printed next to it, the baseline: the same member set
 computed by brute force in Python over the events held in memory (what an evaluation that
 read every event would at least cost), and checked equal. Also the store's bytes per stored
 event (SQLite: the growth of the file after a checkpoint, traits included; PostgreSQL:
@@ -84,7 +84,7 @@ async def timed(queue: Queue, query: MemberQuery) -> tuple[list[float], set[str]
     seconds, members = [], set()
     for _ in range(3):
         started = time.perf_counter()
-        members = await queue.audience_members(query)
+        members = await queue.history_members(query)
         seconds.append(time.perf_counter() - started)
     return seconds, members
 

@@ -85,21 +85,21 @@ def test_acknowledged_events_are_in_the_history(tmp_path: Path, queue_url: str) 
             query = MemberQuery(
                 "web", "Order Completed", 2, NOW - DAY, NOW + DAY, (("plan", "pro"),)
             )
-            assert await queue.audience_members(query) == {"u1"}
+            assert await queue.history_members(query) == {"u1"}
             # backend has no audience: nothing of it was recorded.
             other = MemberQuery("backend", "Order Completed", 1, 0.0, NOW * 2)
-            assert await queue.audience_members(other) == set()
+            assert await queue.history_members(other) == set()
             # Retention keeps 30 days of web's history: 31 days later, nothing is left.
             clock = ManualClock(NOW + 31 * DAY)
             runtime = Runtime(config=cfg, clock=clock, queue=queue)
             task = asyncio.create_task(retention_service(runtime, interval=3600))
             for _ in range(600):  # the service prunes as it starts
-                if not await queue.audience_members(query):
+                if not await queue.history_members(query):
                     break
                 await asyncio.sleep(0.05)
             runtime.stopping.set()
             await task
-            assert await queue.audience_members(query) == set()
+            assert await queue.history_members(query) == set()
         finally:
             await queue.close()
 

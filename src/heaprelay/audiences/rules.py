@@ -51,7 +51,7 @@ async def evaluate(queue: Queue, audience: Audience, *, now: float) -> set[str]:
     """The user ids in ``audience`` at ``now``."""
     if not isinstance(queue, AudienceHistory):
         raise TypeError(f"{type(queue).__name__} keeps no history for audiences")
-    return await queue.audience_members(member_query(audience, now=now))
+    return await queue.history_members(member_query(audience, now=now))
 
 
 async def run_audience(

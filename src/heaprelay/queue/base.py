@@ -485,7 +485,7 @@ class AudienceHistory(Protocol):
     """The accepted events audiences are evaluated over (appended by :meth:`Queue.append`'s
     ``history``), in the queue's store. Implemented by every backend."""
 
-    async def audience_members(self, query: MemberQuery) -> set[str]:
+    async def history_members(self, query: MemberQuery) -> set[str]:
         """The user ids in the audience (:class:`MemberQuery`)."""
         ...
 

@@ -468,7 +468,7 @@ class MemoryQueue:
         self._seen = {t: e for t, e in self._seen.items() if e[1] >= delivered_before}
         return len(doomed)
 
-    async def audience_members(self, query: MemberQuery) -> set[str]:
+    async def history_members(self, query: MemberQuery) -> set[str]:
         counts: Counter[str] = Counter(
             user
             for source, event, ts, user in self._history

@@ -607,7 +607,7 @@ class PostgresQueue:
 
     # --- AudienceHistory ------------------------------------------------------------------
 
-    async def audience_members(self, query: MemberQuery) -> set[str]:
+    async def history_members(self, query: MemberQuery) -> set[str]:
         params: dict[str, Any] = {
             "source": query.source,
             "event": query.event,
@@ -615,7 +615,7 @@ class PostgresQueue:
             "end": query.end,
             "at_least": query.at_least,
         }
-        name = "audience_members"
+        name = "history_members"
         if query.traits:
             name = "audience_members_with_traits"
             params["want"] = orjson.dumps(dict(query.traits)).decode()

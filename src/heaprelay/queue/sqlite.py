@@ -314,7 +314,7 @@ class SQLiteQueue:
 
     # --- AudienceHistory ------------------------------------------------------------------
 
-    async def audience_members(self, query: MemberQuery) -> set[str]:
+    async def history_members(self, query: MemberQuery) -> set[str]:
         params: dict[str, Any] = {
             "source": query.source,
             "event": query.event,
@@ -322,7 +322,7 @@ class SQLiteQueue:
             "end": query.end,
             "at_least": query.at_least,
         }
-        name = "audience_members"
+        name = "history_members"
         if query.traits:
             name = "audience_members_with_traits"
             params |= {

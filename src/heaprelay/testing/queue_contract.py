@@ -1156,9 +1156,9 @@ class QueueContract:
             history = [HistoryEvent("s1", "u1", "Order", T0), HistoryEvent("s1", "u1", "Order", T0)]
             await q.append([job(1)], now=T0, history=history)
             query = MemberQuery("s1", "Order", 2, T0 - DAY, T0)
-            assert await q.audience_members(query) == {"u1"}
-            assert await q.audience_members(dataclasses.replace(query, at_least=3)) == set()
-            assert await q.audience_members(dataclasses.replace(query, source="s2")) == set()
+            assert await q.history_members(query) == {"u1"}
+            assert await q.history_members(dataclasses.replace(query, at_least=3)) == set()
+            assert await q.history_members(dataclasses.replace(query, source="s2")) == set()
             assert ns(await claim(q, now=T0)) == [1]
 
         run(queue_factory, body)
@@ -1215,7 +1215,7 @@ class QueueContract:
             for want in wanted:
                 for at_least in (1, 2, 3):
                     query = MemberQuery("s1", "Order", at_least, T0 - DAY, T0, tuple(want.items()))
-                    members = await q.audience_members(query)
+                    members = await q.history_members(query)
                     assert members == expected(query), (want, at_least)
                     checked += bool(members)
             assert checked >= 6  # the history is not so thin that every answer is empty
@@ -1236,14 +1236,14 @@ class QueueContract:
             pruned = await q.prune_history({"s1": DAY, "s2": 3 * DAY}, now=T0)
             assert pruned == 2 + 6  # s1: the events before T0 - DAY; "gone": all of them
             wide = MemberQuery("s1", "A", 1, 0.0, T0 * 2)
-            assert await q.audience_members(dataclasses.replace(wide, at_least=2)) == {"u1"}
-            assert await q.audience_members(dataclasses.replace(wide, at_least=3)) == set()
+            assert await q.history_members(dataclasses.replace(wide, at_least=2)) == {"u1"}
+            assert await q.history_members(dataclasses.replace(wide, at_least=3)) == set()
             s2 = dataclasses.replace(wide, source="s2", at_least=3)
-            assert await q.audience_members(s2) == {"u1"}
-            assert await q.audience_members(dataclasses.replace(wide, source="gone")) == set()
+            assert await q.history_members(s2) == {"u1"}
+            assert await q.history_members(dataclasses.replace(wide, source="gone")) == set()
             # Latest traits are kept: they are not history but each user's state.
             pro = dataclasses.replace(wide, traits=(("plan", "pro"),))
-            assert await q.audience_members(pro) == {"u1"}
+            assert await q.history_members(pro) == {"u1"}
 
         run(queue_factory, body)
 

@@ -428,7 +428,7 @@ SET traits = jsonb_strip_nulls(a.traits || v.p), updated_at = %(now)s
 FROM unnest(%(sources)s::text[], %(users)s::text[], %(patches)s::jsonb[]) AS v(s, u, p)
 WHERE a.source = v.s AND a.user_id = v.u;
 
--- name: audience_members
+-- name: history_members
 SELECT user_id FROM audience_events
 WHERE source = %(source)s AND event = %(event)s AND ts >= %(start)s AND ts <= %(end)s
 GROUP BY user_id HAVING count(*) >= %(at_least)s;

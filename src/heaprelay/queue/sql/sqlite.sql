@@ -472,7 +472,7 @@ SET traits = json_patch(audience_traits.traits, v.column3), updated_at = v.colum
 FROM (VALUES :rows) AS v
 WHERE audience_traits.source = v.column1 AND audience_traits.user_id = v.column2;
 
--- name: audience_members
+-- name: history_members
 SELECT user_id FROM audience_events
 WHERE source = :source AND event = :event AND ts >= :start AND ts <= :end
 GROUP BY user_id HAVING count(*) >= :at_least;
