@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar, cast, get_args, get_type_hints
 
+from heaprelay.audiences._key import AudienceKeyError, audience_key, check_key
 from heaprelay.config import (
     DEFAULT_AUDIENCE_EVERY,
     DEFAULT_HEAP_SCRIPT_URL,
@@ -840,15 +841,6 @@ def _unique(r: _Reader, sources: list[Source]) -> None:
 
 _AUDIENCE = ("name", "key", "source", "every", "rule")
 _RULE = ("event", "at_least", "within", "traits")
-_KEY_TEXT = re.compile(r"[^a-z0-9]+")
-#: Heap's limit on a property name.
-MAX_KEY_CHARS = 255
-
-
-def audience_key(name: str) -> str:
-    """The key of an audience called ``name``: lower-case; each run of characters other than
-    ``[a-z0-9]`` becomes one ``_``; ``_`` trimmed at both ends (reference/audiences.md §3)."""
-    return _KEY_TEXT.sub("_", name.lower()).strip("_")
 
 
 def _audiences(
@@ -892,17 +884,16 @@ def _audience(r: _Reader, value: Any, path: str, sources: set[str]) -> Audience 
         r.problem(path if name is None else _join(path, "name"), "name is required (non-empty)")
         name = ""
     key = r.string(table, "key", path)
-    if key is None:
-        key = audience_key(name)
-        if name and not key:
-            r.problem(
-                _join(path, "name"),
-                f'{name!r} gives an empty key (no letters or digits): set key = "…"',
-            )
-    elif not key.strip() or len(key) > MAX_KEY_CHARS:
-        r.problem(_join(path, "key"), f"must be 1 to {MAX_KEY_CHARS} characters")
-    if len(key) > MAX_KEY_CHARS and "key" not in table:
-        r.problem(_join(path, "name"), f"the key would be over {MAX_KEY_CHARS} characters")
+    try:
+        if key is not None:
+            key = check_key(key)
+        elif name:
+            key = audience_key(name)
+    except AudienceKeyError as exc:
+        where = "key" if "key" in table else "name"
+        hint = "" if where == "key" else ' (set key = "…")'
+        r.problem(_join(path, where), f"{exc}{hint}")
+    key = key or ""
     source = r.string(table, "source", path)
     if source is None:
         if "source" not in table:

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from heaprelay.audiences import audience_key
 from heaprelay.audiences.rules import member_query
 from heaprelay.cli import main
 from heaprelay.config import AudienceRule
-from heaprelay.config_file import audience_key, check_config, load_config
+from heaprelay.config_file import check_config, load_config
 
 SOURCES = """
 [[sources]]
@@ -117,7 +118,13 @@ BAD = [
         "also the key of audiences[0]",
     ),
     ('name = "Viewers"\n', 'name = "Repeat Buyers"\n', 27, "audiences[1].name", "is also"),
-    ('name = "Viewers"\nkey = "seen_it"\n', 'name = "!!!"\n', 27, "audiences[1].name", "empty key"),
+    (
+        'name = "Viewers"\nkey = "seen_it"\n',
+        'name = "!!!"\n',
+        27,
+        "audiences[1].name",
+        "no letters or digits",
+    ),
     (
         '  within = "45d"\n',
         '  within = "45d"\n  count = 3\n',

@@ -18,15 +18,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
+from heaprelay.audiences.sync import SyncResult, sync_members
 from heaprelay.config import Audience, Config
-from heaprelay.queue.base import AudienceHistory, MemberQuery, Queue
+from heaprelay.queue.base import AudienceHistory, AudienceStore, MemberQuery, Queue
 
 if TYPE_CHECKING:
     from heaprelay.runtime import Runtime
 
-__all__ = ["audience_service", "evaluate", "member_query", "run_audience"]
+__all__ = ["audience_service", "evaluate", "member_query", "run_audience", "summary"]
 
 log = logging.getLogger("heaprelay.audiences")
 
@@ -56,11 +57,10 @@ async def evaluate(queue: Queue, audience: Audience, *, now: float) -> set[str]:
 
 async def run_audience(
     queue: Queue, config: Config, audience: Audience, *, now: float, dry_run: bool = False
-) -> Any:
-    """Evaluate ``audience`` and sync its members (the diff is enqueued unless ``dry_run``);
-    returns :func:`~heaprelay.audiences.sync.sync_members`' result."""
-    from heaprelay.audiences.sync import sync_members
-
+) -> SyncResult:
+    """Evaluate ``audience`` and sync its members (the diff is enqueued unless ``dry_run``)."""
+    if not isinstance(queue, AudienceStore):
+        raise TypeError(f"{type(queue).__name__} keeps no audience snapshots")
     members = await evaluate(queue, audience, now=now)
     return await sync_members(
         queue,
@@ -69,9 +69,21 @@ async def run_audience(
         name=audience.name,
         source=audience.source,
         key=audience.key,
-        members=members,
+        members={user: {} for user in members},
         now=now,
         dry_run=dry_run,
+    )
+
+
+def summary(result: SyncResult) -> str:
+    """One line: what an evaluation's sync did (or would do, ``dry_run``)."""
+    verb = "would send" if result.dry_run else "enqueued"
+    first = "first sync, " if result.first else ""
+    return (
+        f"{result.members} members ({first}{len(result.entered)} entered, "
+        f"{len(result.left)} left, {result.unchanged} unchanged); {verb} "
+        f"{len(result.entered) + len(result.left)} updates"
+        + ("" if result.dry_run else f" ({result.jobs} jobs)")
     )
 
 
@@ -89,7 +101,7 @@ async def audience_service(runtime: Runtime) -> None:
             try:
                 if await queue.claim_audience_run(audience.key, now=now, every=audience.every):
                     result = await run_audience(queue, config, audience, now=now)
-                    log.info("audience %r evaluated: %s", audience.name, result)
+                    log.info("audience %r: %s", audience.name, summary(result))
             except Exception:  # a failed evaluation must not stop the server; next period
                 log.exception("audience %r: evaluation failed", audience.name)
         with contextlib.suppress(TimeoutError):

@@ -466,7 +466,7 @@ class SQLiteQueue:
                     )
             first = last = None
             if jobs:
-                _insert_group(conn, [(jobs, now)], self.codec)
+                _insert_group(conn, [(jobs, now, ())], self.codec)
                 # One writer, one transaction: the ids of this insert are contiguous.
                 last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
                 first = last - len(jobs) + 1

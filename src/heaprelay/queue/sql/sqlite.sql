@@ -77,6 +77,8 @@ CREATE TABLE IF NOT EXISTS audience_members (
     audience TEXT NOT NULL,
     user_id TEXT NOT NULL,
     PRIMARY KEY (audience, user_id)
+) WITHOUT ROWID;
+
 -- The history audiences are evaluated over (queue/base.py, AudienceHistory): the track events
 -- of the sources that have audiences, appended with their jobs, pruned by retention.
 -- Evaluation reads one range of the index: (source, event, ts), user_id included.
