@@ -35,6 +35,16 @@ def test_an_identify_keeps_its_scalar_traits() -> None:
     assert orjson.loads(got.traits) == {"plan": "pro", "seats": 3, "vip": True, "gone": None}
 
 
+def test_an_identify_of_a_rudderstack_sdk_has_its_traits_in_the_context() -> None:
+    message = {"type": "identify", "userId": "u1", "timestamp": TS}
+    got = of(message | {"traits": {}, "context": {"traits": {"plan": "pro"}}})
+    assert got is not None
+    assert got.traits == b'{"plan":"pro"}'
+    own = of(message | {"traits": {"plan": "free"}, "context": {"traits": {"plan": "pro"}}})
+    assert own is not None
+    assert own.traits == b'{"plan":"free"}'
+
+
 @pytest.mark.parametrize(
     "message",
     [

@@ -406,7 +406,8 @@ MAX_HISTORY_TEXT: Final = 255
 
 def history_of(source: str, payload: bytes) -> HistoryEvent | None:
     """What a stored message adds to its source's history: tracks and identifies with a
-    ``userId`` (the identity Heap's user properties are set for); ``None`` for the rest. Pure."""
+    ``userId`` (the identity Heap's user properties are set for), an identify's traits from
+    ``traits``, else ``context.traits`` (RudderStack's SDKs); ``None`` for the rest. Pure."""
     try:
         message = orjson.loads(payload)
     except orjson.JSONDecodeError:
@@ -431,7 +432,12 @@ def history_of(source: str, payload: bytes) -> HistoryEvent | None:
             return None
         return HistoryEvent(source, user_id, event, ts)
     if kind == "identify":
+        # RudderStack's SDKs put identify traits in context.traits only (its Heap
+        # destination reads traits ?? context.traits).
         traits = get("traits")
+        if not traits:
+            context = get("context")
+            traits = context.get("traits") if isinstance(context, dict) else None
         ts = parse_time(get("timestamp"))
         if not isinstance(traits, dict) or ts is None:
             return None
