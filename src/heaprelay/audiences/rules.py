@@ -87,14 +87,17 @@ def summary(result: SyncResult) -> str:
     )
 
 
-async def audience_service(runtime: Runtime) -> None:
+async def audience_service(runtime: Runtime, *, tick: float | None = None) -> None:
     """Evaluate each configured audience every ``every`` seconds until the server stops.
-    With several relays on one store, one of them evaluates a given audience a period."""
+    With several relays on one store, one of them evaluates a given audience a period.
+    ``tick``: seconds between two looks at which audiences are due (default: the shortest
+    ``every``, at most :data:`MAX_TICK`)."""
     assert runtime.queue is not None, "the server opens the queue before starting services"
     queue, config = runtime.queue, runtime.config
     if not config.audiences or not isinstance(queue, AudienceHistory):
         return
-    tick = min(MAX_TICK, *(a.every for a in config.audiences))
+    if tick is None:
+        tick = min(MAX_TICK, *(a.every for a in config.audiences))
     while not runtime.stopping.is_set():
         for audience in config.audiences:
             now = runtime.clock.now()
