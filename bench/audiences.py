@@ -50,7 +50,9 @@ def history(events: int, users: int, seed: int = 15) -> list[HistoryEvent]:
     ]
     for _ in range(events):
         user = f"user-{rng.randrange(users):06d}"
-        out.append(HistoryEvent("web", user, rng.choice(EVENTS), NOW - rng.random() * 60 * DAY))
+        ts = NOW - rng.random() * 60 * DAY
+        message_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))  # as the SDKs make them
+        out.append(HistoryEvent("web", user, rng.choice(EVENTS), ts, None, message_id))
     return out
 
 
@@ -61,7 +63,7 @@ def brute_force(events: list[HistoryEvent], query: MemberQuery) -> set[str]:
         if e.traits is not None:
             traits.setdefault(e.user_id, {}).update(orjson.loads(e.traits))
         elif e.event == query.event and query.start <= e.ts <= query.end:
-            counts[e.user_id] = counts.get(e.user_id, 0) + 1
+            counts[e.user_id] = counts.get(e.user_id, 0) + 1  # messageIds are unique here
     return {
         u
         for u, n in counts.items()
@@ -101,9 +103,9 @@ QUERIES = {
 #: The same count as "without traits" reading the whole table instead of the index.
 FULL_SCAN = {
     "sqlite": "SELECT user_id FROM audience_events NOT INDEXED WHERE source = ? AND event = ?"
-    " AND ts >= ? AND ts <= ? GROUP BY user_id HAVING count(*) >= ?",
+    " AND ts >= ? AND ts <= ? GROUP BY user_id HAVING count(DISTINCT message_id) >= ?",
     "postgresql": "SELECT user_id FROM audience_events WHERE source = %s AND event = %s"
-    " AND ts >= %s AND ts <= %s GROUP BY user_id HAVING count(*) >= %s",
+    " AND ts >= %s AND ts <= %s GROUP BY user_id HAVING count(DISTINCT message_id) >= %s",
 }
 
 

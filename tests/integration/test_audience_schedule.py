@@ -86,7 +86,10 @@ def test_two_relays_evaluate_an_audience_once_a_period(tmp_path: Path, queue_url
         handles = [Counting(await open_queue(queue_url)) for _ in range(2)]
         store = handles[0].queue
         assert isinstance(store, AudienceStore)
-        orders = [HistoryEvent("web", u, "Order Completed", T0 - DAY) for u in ("u1", "u2")]
+        orders = [
+            HistoryEvent("web", u, "Order Completed", T0 - DAY, None, f"m-{u}")
+            for u in ("u1", "u2")
+        ]
         await store.append([], now=T0, history=orders)
         runtimes = [Runtime(config=cfg, clock=clock, queue=h) for h in handles]  # type: ignore[arg-type]
         tasks = [asyncio.create_task(audience_service(r, tick=0.02)) for r in runtimes]
@@ -106,7 +109,8 @@ def test_two_relays_evaluate_an_audience_once_a_period(tmp_path: Path, queue_url
             assert first is not None
             assert (first.syncs, first.members) == (1, 2)  # once, whichever relay it was
             # Within the period nothing more; one more event is not sent before the next one.
-            await store.append([], now=T0, history=[orders[0]._replace(user_id="u3")])
+            u3 = orders[0]._replace(user_id="u3", message_id="m-u3")
+            await store.append([], now=T0, history=[u3])
             clock.advance(EVERY - 1)
             await looks_by_both(3)
             assert (await store.audience("Buyers")).syncs == 1  # type: ignore[union-attr]

@@ -19,10 +19,11 @@ def of(message: dict[str, Any]) -> HistoryEvent | None:
 
 
 def test_a_track_with_a_user_id_is_recorded_at_its_timestamp() -> None:
-    got = of({"type": "track", "userId": " u1 ", "event": "Order Completed", "timestamp": TS})
-    assert got == HistoryEvent("web", "u1", "Order Completed", SECONDS)
-    assert of({"type": "track", "userId": 42, "event": "E", "timestamp": TS}) == HistoryEvent(
-        "web", "42", "E", SECONDS
+    track = {"type": "track", "event": "Order Completed", "timestamp": TS, "messageId": "m1"}
+    got = of(track | {"userId": " u1 "})
+    assert got == HistoryEvent("web", "u1", "Order Completed", SECONDS, None, "m1")
+    assert of(track | {"userId": 42}) == HistoryEvent(
+        "web", "42", "Order Completed", SECONDS, None, "m1"
     )
 
 

@@ -391,13 +391,16 @@ class DeadLetterRecord:
 class HistoryEvent(NamedTuple):
     """One accepted message as audiences see it (:class:`AudienceHistory`): a track event
     (``event`` its name, ``traits`` None) or an identify (``event`` "", ``traits`` its traits
-    as a JSON object). ``ts``: the message's ``timestamp`` as the relay computed it."""
+    as a JSON object). ``ts``: the message's ``timestamp`` as the relay computed it.
+    ``message_id``: events are counted once per messageId (an SDK's retry of a request the
+    relay had stored is the same event)."""
 
     source: str
     user_id: str
     event: str
     ts: float
     traits: bytes | None = None
+    message_id: str = ""
 
 
 #: Longer user ids and event names are not recorded (no audience could name them usefully).
@@ -430,7 +433,7 @@ def history_of(source: str, payload: bytes) -> HistoryEvent | None:
         ts = parse_time(get("timestamp"))
         if type(event) is not str or not event or len(event) > MAX_HISTORY_TEXT or ts is None:
             return None
-        return HistoryEvent(source, user_id, event, ts)
+        return HistoryEvent(source, user_id, event, ts, None, str(get("messageId") or ""))
     if kind == "identify":
         # RudderStack's SDKs put identify traits in context.traits only (its Heap
         # destination reads traits ?? context.traits).
@@ -465,7 +468,8 @@ _SCALARS: Final = (str, int, float, bool)
 @dataclass(frozen=True, slots=True)
 class MemberQuery:
     """Who is in an audience: users of ``source`` with at least ``at_least`` track events
-    named ``event`` whose time is in ``[start, end]``, and whose latest traits have every
+    (distinct messageIds) named ``event`` whose time is in ``[start, end]``, and whose latest
+    traits have every
     ``traits`` key equal to its value (JSON equality: a string is never equal to a number,
     ``2`` equals ``2.0``)."""
 

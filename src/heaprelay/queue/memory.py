@@ -37,7 +37,8 @@ suite checks them on every backend):
 - ``prune`` deletes ``delivered``/``skipped`` jobs that finished strictly before the time, and
   remembered messageIds that expired before it;
 - the audiences' history (``AudienceHistory``): track events in a list, each user's latest
-  traits merged in append order (a later value replaces, ``null`` removes the key);
+  traits merged in append order (a later value replaces, ``null`` removes the key); events
+  counted once per messageId;
   ``prune_history`` deletes events strictly older than the cut-off.
 """
 
@@ -190,7 +191,7 @@ class MemoryQueue:
         self._members: dict[str, set[str]] = {}
         #: AudienceHistory: (source, event, ts, user_id) of track events; latest traits per
         #: (source, user_id); audience key -> last scheduled run
-        self._history: list[tuple[str, str, float, str]] = []
+        self._history: list[tuple[str, str, float, str, str]] = []
         self._traits: dict[tuple[str, str], dict[str, object]] = {}
         self._runs: dict[str, float] = {}
 
@@ -240,7 +241,9 @@ class MemoryQueue:
     async def append(
         self, jobs: Sequence[NewJob], *, now: float, history: Sequence[HistoryEvent] = ()
     ) -> AppendResult:
-        self._history += [(e.source, e.event, e.ts, e.user_id) for e in history if e.traits is None]
+        self._history += [
+            (e.source, e.event, e.ts, e.user_id, e.message_id) for e in history if e.traits is None
+        ]
         for who, traits in merged_traits(history).items():
             merged = {**self._traits.get(who, {}), **traits}
             self._traits[who] = {k: v for k, v in merged.items() if v is not None}
@@ -469,11 +472,12 @@ class MemoryQueue:
         return len(doomed)
 
     async def history_members(self, query: MemberQuery) -> set[str]:
-        counts: Counter[str] = Counter(
-            user
-            for source, event, ts, user in self._history
-            if source == query.source and event == query.event and query.start <= ts <= query.end
-        )
+        events = {
+            (user, message)
+            for source, event, ts, user, message in self._history
+            if (source, event) == (query.source, query.event) and query.start <= ts <= query.end
+        }
+        counts: Counter[str] = Counter(user for user, _ in events)
         return {
             user
             for user, n in counts.items()

@@ -1023,6 +1023,7 @@ async def _insert_history(
                 "events": [e.event for e in tracks],
                 "ts": [e.ts for e in tracks],
                 "users": [e.user_id for e in tracks],
+                "message_ids": [e.message_id for e in tracks],
             },
         )
     traits = sorted(merged_traits(history).items())

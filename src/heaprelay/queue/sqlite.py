@@ -719,8 +719,10 @@ def _insert_group(
 
 def _insert_history(conn: sqlite3.Connection, events: Sequence[tuple[HistoryEvent, float]]) -> None:
     """The audiences' history of one group commit: track events, then the latest traits."""
-    tracks = [(e.source, e.event, e.ts, e.user_id) for e, _ in events if e.traits is None]
-    _insert_rows(conn, "insert_history", tracks, "(?, ?, ?, ?)")
+    tracks = [
+        (e.source, e.event, e.ts, e.user_id, e.message_id) for e, _ in events if e.traits is None
+    ]
+    _insert_rows(conn, "insert_history", tracks, "(?, ?, ?, ?, ?)")
     now = max(at for _, at in events)
     traits = merged_traits(e for e, _ in events)
     rows = sorted((s, u, orjson.dumps(t).decode(), now) for (s, u), t in traits.items())

@@ -1153,7 +1153,12 @@ class QueueContract:
     def test_history_is_appended_with_the_jobs(self, queue_factory: QueueFactory) -> None:
         async def body(q: Queue) -> None:
             assert isinstance(q, AudienceHistory)
-            history = [HistoryEvent("s1", "u1", "Order", T0), HistoryEvent("s1", "u1", "Order", T0)]
+            history = [
+                HistoryEvent("s1", "u1", "Order", T0, None, "m1"),
+                HistoryEvent("s1", "u1", "Order", T0, None, "m2"),
+                # A retry of m2 (same messageId, the time the relay computed again): once.
+                HistoryEvent("s1", "u1", "Order", T0 - 0.003, None, "m2"),
+            ]
             await q.append([job(1)], now=T0, history=history)
             query = MemberQuery("s1", "Order", 2, T0 - DAY, T0)
             assert await q.history_members(query) == {"u1"}
@@ -1170,6 +1175,7 @@ class QueueContract:
         users = [f"u{i}" for i in range(40)]
         plans: list[Any] = ["pro", "free", 2, 2.0, True, 1, None, "2"]
         appends: list[list[HistoryEvent]] = []
+        sent: list[HistoryEvent] = []
         for _ in range(12):
             batch = []
             for _ in range(rng.randrange(1, 40)):
@@ -1178,16 +1184,21 @@ class QueueContract:
                     plan = rng.choice(plans)
                     traits = {"plan": plan, "n": rng.randrange(3)}
                     batch.append(HistoryEvent("s1", user, "", T0, json.dumps(traits).encode()))
+                elif rng.random() < 0.15 and sent:  # an SDK's retry: an event again
+                    again = rng.choice(sent)
+                    batch.append(again._replace(ts=again.ts + rng.choice([0.0, 0.002])))
                 else:
                     event = rng.choice(["Order", "View"])
                     ts = T0 + rng.choice([-DAY - 1, -DAY, -DAY + 0.5, -3600.0, 0.0, 1.0])
-                    batch.append(HistoryEvent(rng.choice(["s1", "s1", "s2"]), user, event, ts))
+                    source = rng.choice(["s1", "s1", "s2"])
+                    sent.append(HistoryEvent(source, user, event, ts, None, f"m{len(sent)}"))
+                    batch.append(sent[-1])
             appends.append(batch)
         wanted: list[dict[str, Any]] = [{}, {"plan": "pro"}, {"plan": 2}, {"plan": True}]
         wanted += [{"plan": "2"}, {"plan": "pro", "n": 1}]
 
         def expected(query: MemberQuery) -> set[str]:
-            counts: dict[str, int] = {}
+            counts: dict[str, set[str]] = {}
             traits: dict[str, dict[str, Any]] = {}
             for e in (e for batch in appends for e in batch):
                 if e.traits is not None and e.source == query.source:
@@ -1196,11 +1207,11 @@ class QueueContract:
                 elif (e.source, e.event) == (query.source, query.event) and (
                     query.start <= e.ts <= query.end
                 ):
-                    counts[e.user_id] = counts.get(e.user_id, 0) + 1
+                    counts.setdefault(e.user_id, set()).add(e.message_id)
             return {
                 u
-                for u, n in counts.items()
-                if n >= query.at_least
+                for u, ids in counts.items()
+                if len(ids) >= query.at_least
                 and all(
                     k in traits.get(u, {}) and trait_matches(traits[u][k], v)
                     for k, v in query.traits
@@ -1226,7 +1237,7 @@ class QueueContract:
         async def body(q: Queue) -> None:
             assert isinstance(q, AudienceHistory)
             history = [
-                HistoryEvent(source, "u1", event, T0 + offset)
+                HistoryEvent(source, "u1", event, T0 + offset, None, f"m{offset}")
                 for source in ("s1", "s2", "gone")
                 for event in ("A", "B")
                 for offset in (-2 * DAY, -DAY, 0.0)

@@ -5,9 +5,11 @@ CREATE TABLE audience_events (
     source text NOT NULL,
     event text NOT NULL,
     ts double precision NOT NULL,
-    user_id text NOT NULL
+    user_id text NOT NULL,
+    -- an event is counted once per messageId (an SDK's retry is the same event)
+    message_id text NOT NULL
 );
-CREATE INDEX audience_events_rule ON audience_events (source, event, ts, user_id);
+CREATE INDEX audience_events_rule ON audience_events (source, event, ts, user_id, message_id);
 
 -- Each user's latest traits (from identify; a flat JSON object of scalar values).
 CREATE TABLE audience_traits (
