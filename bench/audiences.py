@@ -103,9 +103,9 @@ QUERIES = {
 #: The same count as "without traits" reading the whole table instead of the index.
 FULL_SCAN = {
     "sqlite": "SELECT user_id FROM audience_events NOT INDEXED WHERE source = ? AND event = ?"
-    " AND ts >= ? AND ts <= ? GROUP BY user_id HAVING count(DISTINCT message_id) >= ?",
+    " AND ts >= ? AND ts <= ? GROUP BY user_id HAVING count(DISTINCT message_key) >= ?",
     "postgresql": "SELECT user_id FROM audience_events WHERE source = %s AND event = %s"
-    " AND ts >= %s AND ts <= %s GROUP BY user_id HAVING count(DISTINCT message_id) >= %s",
+    " AND ts >= %s AND ts <= %s GROUP BY user_id HAVING count(DISTINCT message_key) >= %s",
 }
 
 

@@ -77,6 +77,7 @@ from heaprelay.queue.base import (
     error_groups,
     is_duplicate,
     merged_traits,
+    message_key,
     remembered,
     search_key,
     search_keys,
@@ -1023,7 +1024,7 @@ async def _insert_history(
                 "events": [e.event for e in tracks],
                 "ts": [e.ts for e in tracks],
                 "users": [e.user_id for e in tracks],
-                "message_ids": [e.message_id for e in tracks],
+                "message_keys": [message_key(e.message_id) for e in tracks],
             },
         )
     traits = sorted(merged_traits(history).items())

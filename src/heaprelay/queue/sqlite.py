@@ -59,6 +59,7 @@ from heaprelay.queue.base import (
     error_groups,
     is_duplicate,
     merged_traits,
+    message_key,
     remembered,
     search_key,
     search_keys,
@@ -720,7 +721,9 @@ def _insert_group(
 def _insert_history(conn: sqlite3.Connection, events: Sequence[tuple[HistoryEvent, float]]) -> None:
     """The audiences' history of one group commit: track events, then the latest traits."""
     tracks = [
-        (e.source, e.event, e.ts, e.user_id, e.message_id) for e, _ in events if e.traits is None
+        (e.source, e.event, e.ts, e.user_id, message_key(e.message_id))
+        for e, _ in events
+        if e.traits is None
     ]
     _insert_rows(conn, "insert_history", tracks, "(?, ?, ?, ?, ?)")
     now = max(at for _, at in events)

@@ -408,9 +408,9 @@ WHERE id BETWEEN %(first)s AND %(last)s AND source = %(source)s
   AND starts_with(message_id, %(prefix)s)
 GROUP BY destination, state;
 -- name: insert_history
-INSERT INTO audience_events (source, event, ts, user_id, message_id)
+INSERT INTO audience_events (source, event, ts, user_id, message_key)
 SELECT * FROM unnest(%(sources)s::text[], %(events)s::text[], %(ts)s::float8[],
-                     %(users)s::text[], %(message_ids)s::text[]);
+                     %(users)s::text[], %(message_keys)s::int8[]);
 
 -- name: ensure_traits
 -- Rows in key order (as merge_traits updates them): concurrent appends never deadlock.
@@ -431,14 +431,14 @@ WHERE a.source = v.s AND a.user_id = v.u;
 -- name: history_members
 SELECT user_id FROM audience_events
 WHERE source = %(source)s AND event = %(event)s AND ts >= %(start)s AND ts <= %(end)s
-GROUP BY user_id HAVING count(DISTINCT message_id) >= %(at_least)s;
+GROUP BY user_id HAVING count(DISTINCT message_key) >= %(at_least)s;
 
 -- name: audience_members_with_traits
 -- jsonb containment: every wanted key with an equal value (numbers by value).
 SELECT m.user_id
 FROM (SELECT user_id FROM audience_events
       WHERE source = %(source)s AND event = %(event)s AND ts >= %(start)s AND ts <= %(end)s
-      GROUP BY user_id HAVING count(DISTINCT message_id) >= %(at_least)s) AS m
+      GROUP BY user_id HAVING count(DISTINCT message_key) >= %(at_least)s) AS m
 JOIN audience_traits AS t ON t.source = %(source)s AND t.user_id = m.user_id
 WHERE t.traits @> %(want)s::jsonb;
 

@@ -81,17 +81,18 @@ CREATE TABLE IF NOT EXISTS audience_members (
 
 -- The history audiences are evaluated over (queue/base.py, AudienceHistory): the track events
 -- of the sources that have audiences, appended with their jobs, pruned by retention.
--- Evaluation reads one range of the index: (source, event, ts), user_id and message_id
+-- Evaluation reads one range of the index: (source, event, ts), user_id and message_key
 -- included (an event is counted once per messageId: an SDK's retry is the same event).
 CREATE TABLE IF NOT EXISTS audience_events (
     source TEXT NOT NULL,
     event TEXT NOT NULL,
     ts REAL NOT NULL,
     user_id TEXT NOT NULL,
-    message_id TEXT NOT NULL
+    -- queue/base.py, message_key: a 64-bit hash of the messageId
+    message_key INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audience_events_rule
-    ON audience_events (source, event, ts, user_id, message_id);
+    ON audience_events (source, event, ts, user_id, message_key);
 -- Each user's latest traits (from identify; a flat JSON object of scalar values).
 CREATE TABLE IF NOT EXISTS audience_traits (
     source TEXT NOT NULL,
@@ -465,7 +466,7 @@ WHERE id BETWEEN :first AND :last AND source = :source
   AND substr(message_id, 1, length(:prefix)) = :prefix
 GROUP BY destination, state;
 -- name: insert_history
-INSERT INTO audience_events (source, event, ts, user_id, message_id) VALUES :rows;
+INSERT INTO audience_events (source, event, ts, user_id, message_key) VALUES :rows;
 
 -- name: ensure_traits
 INSERT OR IGNORE INTO audience_traits (source, user_id, traits, updated_at) VALUES :rows;
@@ -480,7 +481,7 @@ WHERE audience_traits.source = v.column1 AND audience_traits.user_id = v.column2
 -- name: history_members
 SELECT user_id FROM audience_events
 WHERE source = :source AND event = :event AND ts >= :start AND ts <= :end
-GROUP BY user_id HAVING count(DISTINCT message_id) >= :at_least;
+GROUP BY user_id HAVING count(DISTINCT message_key) >= :at_least;
 
 -- name: audience_members_with_traits
 -- :want is a JSON object of the wanted traits, :wanted how many keys it has; numbers are
@@ -488,7 +489,7 @@ GROUP BY user_id HAVING count(DISTINCT message_id) >= :at_least;
 SELECT m.user_id
 FROM (SELECT user_id FROM audience_events
       WHERE source = :source AND event = :event AND ts >= :start AND ts <= :end
-      GROUP BY user_id HAVING count(DISTINCT message_id) >= :at_least) AS m
+      GROUP BY user_id HAVING count(DISTINCT message_key) >= :at_least) AS m
 JOIN audience_traits AS t ON t.source = :source AND t.user_id = m.user_id
 WHERE (SELECT count(*) FROM json_each(:want) AS w JOIN json_each(t.traits) AS h
        ON h.key = w.key AND h.atom = w.atom

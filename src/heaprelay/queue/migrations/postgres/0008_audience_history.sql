@@ -6,10 +6,11 @@ CREATE TABLE audience_events (
     event text NOT NULL,
     ts double precision NOT NULL,
     user_id text NOT NULL,
-    -- an event is counted once per messageId (an SDK's retry is the same event)
-    message_id text NOT NULL
+    -- an event is counted once per messageId (an SDK's retry is the same event): a 64-bit
+    -- hash of it (queue/base.py, message_key)
+    message_key bigint NOT NULL
 );
-CREATE INDEX audience_events_rule ON audience_events (source, event, ts, user_id, message_id);
+CREATE INDEX audience_events_rule ON audience_events (source, event, ts, user_id, message_key);
 
 -- Each user's latest traits (from identify; a flat JSON object of scalar values).
 CREATE TABLE audience_traits (
