@@ -950,7 +950,17 @@ def _with_history(
     """The sources, each with how long its events are kept: ``history_window`` when set (at
     least its audiences' longest window), else that longest window (0: none recorded)."""
     out: list[Source] = []
-    for i, source in enumerate(sources):
+    tables = sources_value if isinstance(sources_value, list) else []
+    for source in sources:
+        # Its index in the file (a source with problems is not in ``sources``).
+        i = next(
+            (
+                n
+                for n, t in enumerate(tables)
+                if isinstance(t, dict) and t.get("name") == source.name
+            ),
+            0,
+        )
         longest = max((a.rule.within for a in audiences if a.source == source.name), default=0.0)
         if source.history_window and source.history_window < longest:
             r.problem(
