@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from heaprelay.cli import main
+from heaprelay.queue import open_queue
 
 CONFIG = """
 [server]
@@ -67,3 +69,21 @@ def test_audiences_run_on_a_bad_config_prints_its_problems(tmp_path: Path) -> No
     result = CliRunner().invoke(main, ["audiences", "run", "--config", str(path)])
     assert result.exit_code == 1
     assert f"{path}:17: audiences[0].rule.within" in result.output
+
+
+def test_audiences_run_refuses_a_key_other_than_the_first_syncs(tmp_path: Path) -> None:
+    path = config(tmp_path)
+    members = tmp_path / "members.csv"
+    members.write_text("user_id\nu1\n")
+
+    async def create() -> None:  # the relay's queue, as serve leaves it
+        await (await open_queue(f"sqlite:///{tmp_path / 'heaprelay.db'}")).close()
+
+    asyncio.run(create())
+    first = ["audiences", "sync", "Repeat Buyers", str(members), "--key", "vip"]
+    synced = CliRunner().invoke(main, [*first, "--config", str(path)])
+    assert synced.exit_code == 0, synced.output
+    result = CliRunner().invoke(main, ["audiences", "run", "--config", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "has key 'vip' since its first sync" in result.output
+    assert len(result.output.strip().splitlines()) == 1

@@ -355,10 +355,15 @@ def run(
     url = resolve_queue_url(queue_url, data_dir, config_file, must_exist=False)
 
     async def evaluate(queue: Queue) -> list[Any]:
-        return [
-            await run_audience(queue, config, audience, now=now, dry_run=dry_run)
-            for audience in chosen
-        ]
+        from heaprelay.audiences import AudienceError
+
+        try:
+            return [
+                await run_audience(queue, config, audience, now=now, dry_run=dry_run)
+                for audience in chosen
+            ]
+        except AudienceError as exc:  # e.g. the audience was first synced with another key
+            raise AudienceCommandError(str(exc)) from None
 
     for audience, result in zip(chosen, with_queue(url, evaluate), strict=True):
         click.echo(f"{audience.name} ({audience.key}): {summary(result)}")
