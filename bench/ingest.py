@@ -18,6 +18,10 @@ is noisy; server CPU a request is the steadier figure). Events are what the SDKs
 uuid4 ``messageId``s (``--ids sequential`` for clustered ids) and per-event millisecond
 timestamps. At the end every acknowledged event is looked up in the queue file.
 
+``--history``: the source keeps the audiences' history (``Source.history_window``, as with an
+``[[audiences]]`` table): each stored track event is also written to it, in the same
+transaction. Run once with and once without to see what it costs.
+
 The driver is a minimal HTTP/1.1 client on asyncio streams so that the client's own cost
 stays far below the server's (httpx would need more CPU than the server on this machine).
 """
@@ -50,7 +54,9 @@ BATCH_SIZE = 100
 # --- the server process ---------------------------------------------------------------------
 
 
-def serve(port: int, data_dir: Path) -> None:
+def serve(port: int, data_dir: Path, history: bool = False) -> None:
+    import dataclasses
+
     from starlette.requests import Request
     from starlette.responses import Response
     from starlette.routing import Mount, Route
@@ -68,7 +74,9 @@ def serve(port: int, data_dir: Path) -> None:
     class DiscardingQueue:
         """Takes the jobs and keeps nothing: the whole ingest path minus the storage."""
 
-        async def append(self, jobs: list[NewJob], *, now: float) -> AppendResult:
+        async def append(
+            self, jobs: list[NewJob], *, now: float, history: object = ()
+        ) -> AppendResult:
             return AppendResult(stored=len(jobs))
 
     config = config_from_flags(
@@ -82,6 +90,9 @@ def serve(port: int, data_dir: Path) -> None:
         base_url=None,
         queue_url=None,
     )
+    if history:
+        sources = tuple(dataclasses.replace(s, history_window=30 * 86400.0) for s in config.sources)
+        config = dataclasses.replace(config, sources=sources)
     no_store = IngestState(sources=config.sources, clock=SystemClock())
     no_store.queue = DiscardingQueue()  # type: ignore[assignment]
     extra = [
@@ -297,6 +308,9 @@ def main() -> None:
     parser.add_argument("--ids", choices=("uuid", "sequential"), default="uuid")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument(
+        "--history", action="store_true", help="the source keeps the audiences' history"
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--drive", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--path", default="/v1/batch", help=argparse.SUPPRESS)
@@ -304,7 +318,7 @@ def main() -> None:
     parser.add_argument("--server-pid", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.port, args.data_dir)
+        serve(args.port, args.data_dir, args.history)
         return
     if args.drive:
         result = asyncio.run(
@@ -329,7 +343,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="heaprelay-bench-") as tmp:
         data_dir = args.data_dir or Path(tmp)
         server = subprocess.Popen(
-            [sys.executable, __file__, "--serve", "--port", str(port), "--data-dir", str(data_dir)]
+            [
+                sys.executable,
+                __file__,
+                "--serve",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data_dir),
+                *(["--history"] if args.history else []),
+            ]
         )
         try:
             wait_ready(url, server)
@@ -349,12 +372,17 @@ def main() -> None:
             server.wait(timeout=60)
         conn = sqlite3.connect(data_dir / "heaprelay.db")
         stored = conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        recorded = 0
+        if "audience_events" in tables:
+            recorded = conn.execute("SELECT count(*) FROM audience_events").fetchone()[0]
         conn.close()
 
     print(
         f"\nheaprelay ingest, {args.connections} connections, {args.rounds} interleaved rounds x "
         f"{args.seconds:g} s a scenario (ranges over the rounds), {args.ids} messageIds, "
-        f"SQLite synchronous=FULL (WAL), {os.cpu_count()} CPUs\n"
+        f"SQLite synchronous=FULL (WAL), {os.cpu_count()} CPUs, audiences' history "
+        f"{'on' if args.history else 'off'} ({recorded:,} events in it)\n"
     )
     print(
         f"{'scenario':<27}{'events/s':>17}{'p50 ms':>13}{'p99 ms':>13}{'errors':>7}"

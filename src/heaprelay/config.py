@@ -114,6 +114,9 @@ class Source:
     #: False: a batch with one invalid message is refused whole (400). True: the valid
     #: messages are stored and the answer lists the refused ones.
     partial_batches: bool = False
+    #: How long the events this source accepted are kept for its audiences
+    #: (:class:`Audience`); 0: none are recorded (a source without audiences).
+    history_window: float = 0.0
 
     def allows_origin(self, origin: str) -> bool:
         """Whether a browser page on ``origin`` (its ``Origin`` header) may call the relay for
@@ -186,6 +189,37 @@ def _origin_patterns(
     return tuple(patterns)
 
 
+#: A trait value an audience rule compares (TOML's scalars).
+TraitValue = str | int | float | bool
+
+
+@dataclass(frozen=True, slots=True)
+class AudienceRule:
+    """Users who performed ``event`` at least ``at_least`` times in the last ``within``
+    seconds, and whose latest traits (from identify) have every ``traits`` value."""
+
+    event: str
+    within: float
+    at_least: int = 1
+    traits: tuple[tuple[str, TraitValue], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Audience:
+    """An audience over the stored events of ``source`` (``[[audiences]]``), evaluated every
+    ``every`` seconds; its members get the Heap user property ``key`` = true, and false once
+    they leave, through the source's Heap destinations."""
+
+    name: str
+    key: str
+    source: str
+    every: float
+    rule: AudienceRule
+
+
+DEFAULT_AUDIENCE_EVERY = 3600.0
+
+
 @dataclass(frozen=True, slots=True)
 class DeliverySettings:
     batch_size: int = 1000
@@ -229,6 +263,19 @@ class Config:
     admin_token: str | None = None
     #: ``None``: /metrics is open (as exporters are); else it needs ``Bearer`` this token.
     metrics_token: str | None = None
+    #: Audiences over the stored events (``[[audiences]]``).
+    audiences: tuple[Audience, ...] = ()
+
+    def history_windows(self) -> dict[str, float]:
+        """Per source that records its events for audiences: how long they are kept."""
+        return {s.name: s.history_window for s in self.sources if s.history_window > 0}
+
+    def audience(self, name: str) -> Audience | None:
+        """The audience called ``name`` (or whose key is ``name``)."""
+        for audience in self.audiences:
+            if name in (audience.name, audience.key):
+                return audience
+        return None
 
     def secrets(self) -> list[str]:
         """Every secret of this configuration (masked in logs)."""

@@ -30,9 +30,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar, cast, get_args, get_type_hints
 
+from heaprelay.audiences._key import AudienceKeyError, audience_key, check_key
 from heaprelay.config import (
+    DEFAULT_AUDIENCE_EVERY,
     DEFAULT_HEAP_SCRIPT_URL,
     DEFAULT_RETRY_WINDOW,
+    Audience,
+    AudienceRule,
     Config,
     Consent,
     DeliverySettings,
@@ -361,7 +365,7 @@ def _script_url(value: Any) -> str:
 
 # --- the schema ----------------------------------------------------------------------------
 
-_TOP = ("server", "delivery", "sources")
+_TOP = ("server", "delivery", "sources", "audiences")
 _SERVER = (
     "host",
     "port",
@@ -382,6 +386,7 @@ _SOURCE = (
     "cors_credentials",
     "dedupe_window",
     "partial_batches",
+    "history_window",
     "limits",
     "destinations",
 )
@@ -493,7 +498,12 @@ def _build(r: _Reader, data: dict[str, Any]) -> Config:
         s for i, v in enumerate(sources_value) if (s := _source(r, v, f"sources[{i}]")) is not None
     ]
     _unique(r, sources)
-    return Config(sources=tuple(sources), **config_kw)
+    audiences = _audiences(r, data.get("audiences", []), sources_value, sources)
+    return Config(
+        sources=tuple(_with_history(r, sources, sources_value, audiences)),
+        audiences=audiences,
+        **config_kw,
+    )
 
 
 #: Shorter tokens are refused: a dashboard token is a password.
@@ -636,6 +646,7 @@ def _source(r: _Reader, value: Any, path: str) -> Source | None:
             table, "dedupe_window", path, _duration, source_defaults.dedupe_window
         ),
         partial_batches=r.typed(table, "partial_batches", path, _boolean, False),
+        history_window=r.typed(table, "history_window", path, _positive_duration, 0.0),
     )
 
 
@@ -830,6 +841,142 @@ def _unique(r: _Reader, sources: list[Source]) -> None:
                     f'destination id {d.id!r} is also {ids[d.id]}; set a distinct id = "…"',
                 )
             ids.setdefault(d.id, where)
+
+
+# --- audiences -------------------------------------------------------------------------------
+
+_AUDIENCE = ("name", "key", "source", "every", "rule")
+_RULE = ("event", "at_least", "within", "traits")
+
+
+def _audiences(
+    r: _Reader, value: Any, sources_value: Any, sources: list[Source]
+) -> tuple[Audience, ...]:
+    if not isinstance(value, list):
+        r.problem("audiences", f"expected [[audiences]] tables, got {_kind(value)}")
+        return ()
+    known = {s.name for s in sources}
+    found: list[Audience] = []
+    names: dict[str, str] = {}
+    keys: dict[str, str] = {}
+    for i, item in enumerate(value):
+        path = f"audiences[{i}]"
+        audience = _audience(r, item, path, known)
+        if audience is None:
+            continue
+        if audience.name in names:
+            r.problem(_join(path, "name"), f"{audience.name!r} is also {names[audience.name]}")
+        elif audience.key in keys:
+            r.problem(
+                path,
+                f"key {audience.key!r} is also the key of {keys[audience.key]}; "
+                'set a distinct key = "…"',
+            )
+        else:
+            found.append(audience)
+        names.setdefault(audience.name, path)
+        keys.setdefault(audience.key, path)
+    return tuple(found)
+
+
+def _audience(r: _Reader, value: Any, path: str, sources: set[str]) -> Audience | None:
+    table = r.table(value, path)
+    if table is None:
+        return None
+    r.keys(table, path, _AUDIENCE)
+    problems = len(r.problems)
+    name = r.string(table, "name", path)
+    if name is None or not name.strip():
+        r.problem(path if name is None else _join(path, "name"), "name is required (non-empty)")
+        name = ""
+    key = r.string(table, "key", path)
+    try:
+        if key is not None:
+            key = check_key(key)
+        elif name:
+            key = audience_key(name)
+    except AudienceKeyError as exc:
+        where = "key" if "key" in table else "name"
+        hint = "" if where == "key" else ' (set key = "…")'
+        r.problem(_join(path, where), f"{exc}{hint}")
+    key = key or ""
+    source = r.string(table, "source", path)
+    if source is None:
+        if "source" not in table:
+            r.problem(path, "source is required: the name of the source whose events it uses")
+        source = ""
+    elif source not in sources:
+        close = difflib.get_close_matches(source, sorted(sources), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        r.problem(_join(path, "source"), f"no source named {source!r}{hint}")
+    every = r.typed(table, "every", path, _positive_duration, DEFAULT_AUDIENCE_EVERY)
+    rule = _rule(r, table.get("rule"), _join(path, "rule"), "rule" in table)
+    if rule is None or len(r.problems) > problems:
+        return None
+    return Audience(name=name, key=key, source=source, every=every, rule=rule)
+
+
+def _rule(r: _Reader, value: Any, path: str, given: bool) -> AudienceRule | None:
+    if not given:
+        r.problem(path.rpartition(".")[0], "[audiences.rule] is required (event, within)")
+        return None
+    table = r.table(value, path)
+    if table is None:
+        return None
+    r.keys(table, path, _RULE)
+    event = r.string(table, "event", path)
+    if event is None or not event.strip():
+        r.problem(
+            path if event is None else _join(path, "event"),
+            "event is required: the name of the track event counted",
+        )
+    if "within" not in table:
+        r.problem(path, 'within is required: the window events are counted in (e.g. "30d")')
+    within = r.typed(table, "within", path, _positive_duration, 0.0)
+    at_least = r.typed(table, "at_least", path, _positive_int, 1)
+    traits: list[tuple[str, Any]] = []
+    if "traits" in table:
+        wanted = r.table(table["traits"], _join(path, "traits"))
+        for k, v in (wanted or {}).items():
+            if isinstance(v, str | int | float | bool):
+                traits.append((k, v))
+            else:
+                r.problem(
+                    _join(_join(path, "traits"), k),
+                    f"expected a string, number or boolean, got {_kind(v)}",
+                )
+    if event is None or not within:
+        return None
+    return AudienceRule(event=event, within=within, at_least=at_least, traits=tuple(traits))
+
+
+def _with_history(
+    r: _Reader, sources: list[Source], sources_value: Any, audiences: tuple[Audience, ...]
+) -> list[Source]:
+    """The sources, each with how long its events are kept: ``history_window`` when set (at
+    least its audiences' longest window), else that longest window (0: none recorded)."""
+    out: list[Source] = []
+    tables = sources_value if isinstance(sources_value, list) else []
+    for source in sources:
+        # Its index in the file (a source with problems is not in ``sources``).
+        i = next(
+            (
+                n
+                for n, t in enumerate(tables)
+                if isinstance(t, dict) and t.get("name") == source.name
+            ),
+            0,
+        )
+        longest = max((a.rule.within for a in audiences if a.source == source.name), default=0.0)
+        if source.history_window and source.history_window < longest:
+            r.problem(
+                f"sources[{i}].history_window",
+                f"shorter than the longest window of this source's audiences ({longest:g} s): "
+                "their rules would count events no longer kept",
+            )
+        window = source.history_window or longest
+        out.append(dataclasses.replace(source, history_window=window))
+    return out
 
 
 # --- line numbers ----------------------------------------------------------------------------

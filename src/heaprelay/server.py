@@ -58,7 +58,8 @@ def default_services(config: Config) -> list[Service]:
 
     Roles ``all`` and ``worker`` run the delivery (router) workers, retention (deleting
     delivered and skipped jobs older than ``Config.retention``) and the search index of the
-    debugger. (:func:`build_app` adds the dashboard's monitor to them, in every role.)
+    debugger, and with ``[[audiences]]`` their schedule (:mod:`heaprelay.audiences.rules`).
+    (:func:`build_app` adds the dashboard's monitor to them, in every role.)
     """
     services: list[Service] = []
     if config.role in ("all", "worker"):
@@ -67,6 +68,10 @@ def default_services(config: Config) -> list[Service]:
         from heaprelay.router import delivery_service
 
         services += [delivery_service, retention_service, search_index_service]
+        if config.audiences:
+            from heaprelay.audiences.rules import audience_service
+
+            services.append(audience_service)
     return services
 
 

@@ -175,6 +175,8 @@ CASES: list[tuple[tuple[str, ...], int, tuple[str, ...]]] = [
     (("audiences", "list", "--data-dir", "nowhere"), 2, ("no queue at",)),
     (("audiences", "list", "--queue", DOWN_PG), 2, ("cannot open queue", "***")),
     (("audiences", "show", "Nope", "--data-dir", "queue"), 2, ("no audience 'Nope'",)),
+    (("audiences", "run", "--data-dir", "queue"), 2, ("audiences run needs --config",)),
+    (("audiences", "run", "--config", "bad.toml"), 1, ("bad.toml:2", "server.port")),
     (("no-such-command",), 2, ("No such command",)),
 ]
 

@@ -4,7 +4,9 @@
 ``user_id`` key; other columns / keys are traits sent along) is the complete member set of
 audience NAME; who entered gets ``KEY = true``, who left ``KEY = false``, through the queue to
 the source's Heap destinations (a running relay delivers them). ``list`` and ``show NAME``:
-what is stored, and how far the last sync's updates got."""
+what is stored, and how far the last sync's updates got. ``run [NAME]``: the configuration's
+``[[audiences]]`` rules evaluated over the stored events now (as ``serve`` does on their
+schedule), their changes enqueued the same way."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import click
 import orjson
 
 from heaprelay.cli._queue import queue_options, resolve_queue_url, with_queue
+from heaprelay.queue.base import Queue
 
 
 class AudienceCommandError(click.ClickException):
@@ -307,3 +310,77 @@ def show_command(
     if row["last_jobs_pruned"]:
         lines.append(f"  {row['last_jobs_pruned']:,} finished jobs pruned (retention)")
     click.echo("\n".join(lines))
+
+
+@command.command("run")
+@queue_options
+@click.argument("name", required=False)
+@click.option("--dry-run", is_flag=True, help="Print who would enter and leave; enqueue nothing.")
+@click.option(
+    "--now",
+    "at",
+    default=None,
+    help="Evaluate as of this time (ISO-8601, or seconds since the epoch) [default: now].",
+)
+def run(
+    queue_url: str | None,
+    data_dir: Path | None,
+    config_file: Path | None,
+    name: str | None,
+    dry_run: bool,
+    at: str | None,
+) -> None:
+    """Evaluate the [[audiences]] of the config file (or only NAME) over the stored events,
+    and enqueue the changes of their members for the source's Heap destinations."""
+    from heaprelay.audiences.rules import run_audience, summary
+    from heaprelay.cli.config import load_or_exit
+
+    if config_file is None:
+        raise AudienceCommandError(
+            "audiences run needs --config FILE: the audiences are defined there"
+        )
+    config = load_or_exit(config_file)
+    if not config.audiences:
+        raise AudienceCommandError(f"{config_file} defines no [[audiences]]")
+    chosen = list(config.audiences)
+    if name is not None:
+        found = config.audience(name)
+        if found is None:
+            known = ", ".join(repr(a.name) for a in config.audiences)
+            raise AudienceCommandError(
+                f"no audience named {name!r} in {config_file} (it has {known})"
+            )
+        chosen = [found]
+    now = _time(at)
+    url = resolve_queue_url(queue_url, data_dir, config_file, must_exist=False)
+
+    async def evaluate(queue: Queue) -> list[Any]:
+        from heaprelay.audiences import AudienceError
+
+        try:
+            return [
+                await run_audience(queue, config, audience, now=now, dry_run=dry_run)
+                for audience in chosen
+            ]
+        except AudienceError as exc:  # e.g. the audience was first synced with another key
+            raise AudienceCommandError(str(exc)) from None
+
+    for audience, result in zip(chosen, with_queue(url, evaluate), strict=True):
+        click.echo(f"{audience.name} ({audience.key}): {summary(result)}")
+
+
+def _time(at: str | None) -> float:
+    if at is None:
+        return time.time()
+    from heaprelay.messages.incoming import parse_time
+
+    try:
+        return float(at)
+    except ValueError:
+        pass
+    parsed = parse_time(at)
+    if parsed is None:
+        raise AudienceCommandError(
+            f"--now {at!r} is not a time: use ISO-8601 or seconds since the epoch"
+        )
+    return parsed

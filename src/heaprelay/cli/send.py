@@ -457,7 +457,7 @@ class QueueTarget:
             await self.queue.close()
 
     async def send(self, events: list[dict[str, Any]], sizes: list[int]) -> Outcome:
-        from heaprelay.ingest import fan_out
+        from heaprelay.ingest import append, fan_out
         from heaprelay.messages.incoming import Rejection, prepare
 
         now = time.time()
@@ -471,7 +471,7 @@ class QueueTarget:
         )
         if isinstance(prepared, Rejection):  # the whole batch (cannot happen: not empty)
             return Outcome([(i, prepared.code, prepared.message) for i in range(len(events))])
-        await self.queue.append(fan_out(self.source, prepared, now), now=now)
+        await append(self.queue, self.source, prepared, fan_out(self.source, prepared, now), now)
         refused = [(r.index or 0, r.code, r.message) for r in prepared.rejected]
         return Outcome(refused)
 

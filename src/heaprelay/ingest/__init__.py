@@ -5,7 +5,7 @@ and enriches the messages (:mod:`heaprelay.messages.incoming`), fans each one ou
 destinations and answers ``200 {"success": true}`` only after the queue committed them.
 """
 
-from heaprelay.ingest._app import IngestState, basic_user, fan_out, ingest_routes
+from heaprelay.ingest._app import IngestState, append, basic_user, fan_out, ingest_routes
 from heaprelay.ingest._observer import IngestObserver
 
-__all__ = ["IngestObserver", "IngestState", "basic_user", "fan_out", "ingest_routes"]
+__all__ = ["IngestObserver", "IngestState", "append", "basic_user", "fan_out", "ingest_routes"]

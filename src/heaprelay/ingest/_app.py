@@ -26,7 +26,7 @@ from heaprelay.messages.incoming import (
     parse_json,
     prepare,
 )
-from heaprelay.queue.base import NewJob, Queue
+from heaprelay.queue.base import HistoryEvent, NewJob, Queue, history_of
 
 #: Request headers the browser SDKs send cross-origin (analytics-next, RudderStack v3).
 ALLOWED_HEADERS: Final = (
@@ -158,7 +158,7 @@ def _ingest(state: IngestState, route_type: str | None) -> Callable[[Request], A
             return _error(state, origin, source, prepared)
         jobs = fan_out(source, prepared, now)
         try:
-            await state.queue.append(jobs, now=now)
+            await append(state.queue, source, prepared, jobs, now)
         except Exception as exc:
             return _error(
                 state,
@@ -220,6 +220,26 @@ def fan_out(source: Source, prepared: PreparedRequest, now: float) -> list[NewJo
         for m in prepared.messages
         for dest in destinations
     ]
+
+
+def history_for(source: Source, prepared: PreparedRequest) -> list[HistoryEvent]:
+    """What a request adds to its source's history for audiences (empty for a source that
+    keeps none: ``Source.history_window`` 0)."""
+    if source.history_window <= 0:
+        return []
+    name = source.name
+    return [h for m in prepared.messages if (h := history_of(name, m.payload)) is not None]
+
+
+async def append(
+    queue: Queue, source: Source, prepared: PreparedRequest, jobs: list[NewJob], now: float
+) -> None:
+    """Store a request's jobs and, in the same transaction, its history (acknowledge after)."""
+    history = history_for(source, prepared)
+    if history:
+        await queue.append(jobs, now=now, history=history)
+    else:
+        await queue.append(jobs, now=now)
 
 
 def basic_user(header: str | None) -> str | None:

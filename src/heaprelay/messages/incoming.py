@@ -413,6 +413,10 @@ def _remember_prefix(prefix: str) -> None:
         _PREFIX_SECONDS[prefix] = int(seconds)
 
 
+#: Seconds since the epoch of an ISO-8601 date-time string, as the relay reads ``timestamp``
+#: (``None`` if it is not one): for those who read stored messages (the audiences' history).
+parse_time: Final = _parse_time
+
 #: "YYYY-MM-DDTHH:MM:SS" -> seconds since the epoch (events of one batch share their seconds).
 _PREFIX_SECONDS: dict[str, int] = {}
 _PLAIN_SECONDS: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}")

@@ -75,12 +75,14 @@ Time is always passed in (``now``, seconds since the epoch): backends never read
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final, Literal, NamedTuple, Protocol, runtime_checkable
 
 import orjson
 
+from heaprelay.messages.incoming import parse_time
 from heaprelay.messages.reasons import Reason
 
 #: How far past the oldest unfinished job (in ids) a claim looks (module doc, "Claim window").
@@ -384,10 +386,148 @@ class DeadLetterRecord:
     dead_at: float
 
 
+# --- the event history that audiences are evaluated over --------------------------------
+
+
+class HistoryEvent(NamedTuple):
+    """One accepted message as audiences see it (:class:`AudienceHistory`): a track event
+    (``event`` its name, ``traits`` None) or an identify (``event`` "", ``traits`` its traits
+    as a JSON object). ``ts``: the message's ``timestamp`` as the relay computed it.
+    ``message_id``: events are counted once per messageId (an SDK's retry of a request the
+    relay had stored is the same event)."""
+
+    source: str
+    user_id: str
+    event: str
+    ts: float
+    traits: bytes | None = None
+    message_id: str = ""
+
+
+def message_key(message_id: str) -> int:
+    """What the stores keep of an event's messageId: a signed 64-bit hash (8 bytes instead of
+    a uuid's 36; two of one user's events in a window colliding has a chance of about
+    n² / 2⁶⁵, nothing at the counts audiences see). Stable across processes."""
+    digest = hashlib.blake2b(message_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+#: Longer user ids and event names are not recorded (no audience could name them usefully).
+MAX_HISTORY_TEXT: Final = 255
+
+
+def history_of(source: str, payload: bytes) -> HistoryEvent | None:
+    """What a stored message adds to its source's history: tracks and identifies with a
+    ``userId`` (the identity Heap's user properties are set for), an identify's traits from
+    ``traits``, else ``context.traits`` (RudderStack's SDKs); ``None`` for the rest. Pure."""
+    try:
+        message = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(message, dict):
+        return None
+    get = message.get
+    user = get("userId")
+    if type(user) is str:
+        user_id = user.strip()
+    elif isinstance(user, int | float) and not isinstance(user, bool):
+        user_id = str(user)
+    else:
+        return None
+    if not user_id or len(user_id) > MAX_HISTORY_TEXT:
+        return None
+    kind = get("type")
+    if kind == "track":
+        event = get("event")
+        ts = parse_time(get("timestamp"))
+        if type(event) is not str or not event or len(event) > MAX_HISTORY_TEXT or ts is None:
+            return None
+        return HistoryEvent(source, user_id, event, ts, None, str(get("messageId") or ""))
+    if kind == "identify":
+        # RudderStack's SDKs put identify traits in context.traits only (its Heap
+        # destination reads traits ?? context.traits).
+        traits = get("traits")
+        if not traits:
+            context = get("context")
+            traits = context.get("traits") if isinstance(context, dict) else None
+        ts = parse_time(get("timestamp"))
+        if not isinstance(traits, dict) or ts is None:
+            return None
+        # Rules compare scalar values; null removes a trait (merged_traits).
+        flat = {k: v for k, v in traits.items() if v is None or isinstance(v, _SCALARS)}
+        return HistoryEvent(source, user_id, "", ts, orjson.dumps(flat)) if flat else None
+    return None
+
+
+def merged_traits(events: Iterable[HistoryEvent]) -> dict[tuple[str, str], dict[str, object]]:
+    """Per (source, user): the traits of ``events``' identifies merged in order (a later
+    value of a key replaces an earlier one; a ``None`` is kept: it removes the key from the
+    stored traits): what one append changes in the latest traits."""
+    merged: dict[tuple[str, str], dict[str, object]] = {}
+    for e in events:
+        if e.traits is not None:
+            merged.setdefault((e.source, e.user_id), {}).update(orjson.loads(e.traits))
+    return merged
+
+
+TraitValue = str | int | float | bool
+_SCALARS: Final = (str, int, float, bool)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberQuery:
+    """Who is in an audience: users of ``source`` with at least ``at_least`` track events
+    (distinct messageIds) named ``event`` whose time is in ``[start, end]``, and whose latest
+    traits have every
+    ``traits`` key equal to its value (JSON equality: a string is never equal to a number,
+    ``2`` equals ``2.0``)."""
+
+    source: str
+    event: str
+    at_least: int
+    start: float
+    end: float
+    traits: tuple[tuple[str, TraitValue], ...] = ()
+
+
+def trait_matches(have: object, want: TraitValue) -> bool:
+    """JSON equality of a stored trait value and a wanted one (:class:`MemberQuery`)."""
+    if isinstance(want, bool) or isinstance(have, bool):
+        return isinstance(have, bool) and isinstance(want, bool) and have == want
+    if isinstance(want, int | float):
+        return isinstance(have, int | float) and have == want
+    return have == want
+
+
+@runtime_checkable
+class AudienceHistory(Protocol):
+    """The accepted events audiences are evaluated over (appended by :meth:`Queue.append`'s
+    ``history``), in the queue's store. Implemented by every backend."""
+
+    async def history_members(self, query: MemberQuery) -> set[str]:
+        """The user ids in the audience (:class:`MemberQuery`)."""
+        ...
+
+    async def prune_history(self, windows: Mapping[str, float], *, now: float) -> int:
+        """Delete each source's events older than ``now - windows[source]`` (a source not in
+        ``windows``: all of them); return how many. Latest traits are kept."""
+        ...
+
+    async def claim_audience_run(self, key: str, *, now: float, every: float) -> bool:
+        """Whether this process should evaluate audience ``key`` now: true at most once per
+        ``every`` seconds across every process sharing the store (a compare-and-set of the
+        audience's last run)."""
+        ...
+
+
 class Queue(Protocol):
-    async def append(self, jobs: Sequence[NewJob], *, now: float) -> AppendResult:
+    async def append(
+        self, jobs: Sequence[NewJob], *, now: float, history: Sequence[HistoryEvent] = ()
+    ) -> AppendResult:
         """Store jobs durably (all or nothing), all ``pending``; return only after the commit.
-        No dedupe work here: that is done by the first claim of each job (module doc)."""
+        No dedupe work here: that is done by the first claim of each job (module doc).
+        ``history``: what audiences evaluate later (:class:`AudienceHistory`), stored in the
+        same transaction as the jobs (an acknowledged event is in the history)."""
         ...
 
     async def claim(

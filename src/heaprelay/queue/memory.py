@@ -35,7 +35,11 @@ suite checks them on every backend):
   within one claim the first job handed out is remembered before the next is checked;
   pruning jobs does not forget entries;
 - ``prune`` deletes ``delivered``/``skipped`` jobs that finished strictly before the time, and
-  remembered messageIds that expired before it.
+  remembered messageIds that expired before it;
+- the audiences' history (``AudienceHistory``): track events in a list, each user's latest
+  traits merged in append order (a later value replaces, ``null`` removes the key); events
+  counted once per messageId;
+  ``prune_history`` deletes events strictly older than the cut-off.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from heaprelay.messages.reasons import Reason
@@ -60,8 +64,10 @@ from heaprelay.queue.base import (
     DeadLetterRecord,
     Delivered,
     ErrorRecord,
+    HistoryEvent,
     Job,
     JobRecord,
+    MemberQuery,
     NewJob,
     Outcome,
     QueueStats,
@@ -73,11 +79,13 @@ from heaprelay.queue.base import (
     check_audience_sync,
     error_groups,
     is_duplicate,
+    merged_traits,
     remembered,
     search_key,
     search_keys,
     stats_from_counts,
     synced_record,
+    trait_matches,
 )
 
 UNFINISHED: frozenset[State] = frozenset({"pending", "leased", "retry"})
@@ -181,6 +189,11 @@ class MemoryQueue:
         #: AudienceStore: name -> record, name -> members
         self._audiences: dict[str, AudienceRecord] = {}
         self._members: dict[str, set[str]] = {}
+        #: AudienceHistory: (source, event, ts, user_id) of track events; latest traits per
+        #: (source, user_id); audience key -> last scheduled run
+        self._history: list[tuple[str, str, float, str, str]] = []
+        self._traits: dict[tuple[str, str], dict[str, object]] = {}
+        self._runs: dict[str, float] = {}
 
     # --- the reference decisions ----------------------------------------------------------
 
@@ -225,7 +238,15 @@ class MemoryQueue:
 
     # --- the Queue interface ---------------------------------------------------------------
 
-    async def append(self, jobs: Sequence[NewJob], *, now: float) -> AppendResult:
+    async def append(
+        self, jobs: Sequence[NewJob], *, now: float, history: Sequence[HistoryEvent] = ()
+    ) -> AppendResult:
+        self._history += [
+            (e.source, e.event, e.ts, e.user_id, e.message_id) for e in history if e.traits is None
+        ]
+        for who, traits in merged_traits(history).items():
+            merged = {**self._traits.get(who, {}), **traits}
+            self._traits[who] = {k: v for k, v in merged.items() if v is not None}
         for new in jobs:
             row = _Row(id=self._next_id, new=new, appended_at=now)
             row.unchecked = new.dedupe_window > 0
@@ -449,6 +470,39 @@ class MemoryQueue:
             del self._rows[job_id]
         self._seen = {t: e for t, e in self._seen.items() if e[1] >= delivered_before}
         return len(doomed)
+
+    async def history_members(self, query: MemberQuery) -> set[str]:
+        events = {
+            (user, message)
+            for source, event, ts, user, message in self._history
+            if (source, event) == (query.source, query.event) and query.start <= ts <= query.end
+        }
+        counts: Counter[str] = Counter(user for user, _ in events)
+        return {
+            user
+            for user, n in counts.items()
+            if n >= query.at_least
+            and all(
+                key in (traits := self._traits.get((query.source, user), {}))
+                and trait_matches(traits[key], want)
+                for key, want in query.traits
+            )
+        }
+
+    async def prune_history(self, windows: Mapping[str, float], *, now: float) -> int:
+        kept = [
+            row for row in self._history if row[0] in windows and row[2] >= now - windows[row[0]]
+        ]
+        pruned = len(self._history) - len(kept)
+        self._history = kept
+        return pruned
+
+    async def claim_audience_run(self, key: str, *, now: float, every: float) -> bool:
+        last = self._runs.get(key)
+        if last is not None and last > now - every:
+            return False
+        self._runs[key] = now
+        return True
 
     async def heartbeat(self, worker: str, *, now: float, ttl: float) -> int:
         self._workers[worker] = max(now, self._workers.get(worker, now))

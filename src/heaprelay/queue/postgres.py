@@ -37,10 +37,11 @@ import contextlib
 import dataclasses
 import logging
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any, Final, TypeVar
 
+import orjson
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool
@@ -61,8 +62,10 @@ from heaprelay.queue.base import (
     DeadLetterRecord,
     Delivered,
     ErrorRecord,
+    HistoryEvent,
     Job,
     JobRecord,
+    MemberQuery,
     NewJob,
     Outcome,
     QueueStats,
@@ -73,6 +76,8 @@ from heaprelay.queue.base import (
     check_audience_sync,
     error_groups,
     is_duplicate,
+    merged_traits,
+    message_key,
     remembered,
     search_key,
     search_keys,
@@ -210,8 +215,10 @@ class PostgresQueue:
 
     # --- writes ---------------------------------------------------------------------------
 
-    async def append(self, jobs: Sequence[NewJob], *, now: float) -> AppendResult:
-        if not jobs:
+    async def append(
+        self, jobs: Sequence[NewJob], *, now: float, history: Sequence[HistoryEvent] = ()
+    ) -> AppendResult:
+        if not jobs and not history:
             return AppendResult(stored=0)
         # No dedupe work here: each job keeps its window, and its first claim checks it.
         windows = [j.dedupe_window for j in jobs]
@@ -232,6 +239,8 @@ class PostgresQueue:
                     "untils": [now + w if w > 0 else None for w in windows],
                 },
             )
+            if history:
+                await _insert_history(conn, history, now)
             await self._send_notify(conn)
 
         await self._transaction(run)
@@ -598,6 +607,43 @@ class PostgresQueue:
             for destination, state, n in await cur.fetchall():
                 found.setdefault(destination, {})[state] = n
         return found
+
+    # --- AudienceHistory ------------------------------------------------------------------
+
+    async def history_members(self, query: MemberQuery) -> set[str]:
+        params: dict[str, Any] = {
+            "source": query.source,
+            "event": query.event,
+            "start": query.start,
+            "end": query.end,
+            "at_least": query.at_least,
+        }
+        name = "history_members"
+        if query.traits:
+            name = "audience_members_with_traits"
+            params["want"] = orjson.dumps(dict(query.traits)).decode()
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(QUERIES[name], params)
+            return {row[0] for row in await cur.fetchall()}
+
+    async def prune_history(self, windows: Mapping[str, float], *, now: float) -> int:
+        async def run(conn: psycopg.AsyncConnection[Any]) -> int:
+            count = 0
+            cur = await conn.execute(QUERIES["history_names"])
+            for source, event in await cur.fetchall():
+                before = now - windows[source] if source in windows else float("inf")
+                params = {"source": source, "event": event, "before": before}
+                deleted = await conn.execute(QUERIES["prune_history"], params)
+                count += deleted.rowcount
+            return count
+
+        return await self._transaction(run)
+
+    async def claim_audience_run(self, key: str, *, now: float, every: float) -> bool:
+        async with self._pool.connection() as conn:
+            params = {"key": key, "now": now, "every": every}
+            cur = await conn.execute(QUERIES["claim_audience_run"], params)
+            return await cur.fetchone() is not None
 
     # --- WorkerRegistry -------------------------------------------------------------------
 
@@ -975,3 +1021,32 @@ def _entry_params(
         "froms": [entries[t][0] for t in ordered],
         "untils": [entries[t][1] for t in ordered],
     }
+
+
+async def _insert_history(
+    conn: psycopg.AsyncConnection[Any], history: Sequence[HistoryEvent], now: float
+) -> None:
+    """The audiences' history of one append (in its transaction): track events, then the
+    latest traits (rows in key order, so that concurrent appends do not deadlock)."""
+    tracks = [e for e in history if e.traits is None]
+    if tracks:
+        await conn.execute(
+            QUERIES["insert_history"],
+            {
+                "sources": [e.source for e in tracks],
+                "events": [e.event for e in tracks],
+                "ts": [e.ts for e in tracks],
+                "users": [e.user_id for e in tracks],
+                "message_keys": [message_key(e.message_id) for e in tracks],
+            },
+        )
+    traits = sorted(merged_traits(history).items())
+    if traits:
+        params = {
+            "sources": [s for (s, _), _ in traits],
+            "users": [u for (_, u), _ in traits],
+            "now": now,
+        }
+        await conn.execute(QUERIES["ensure_traits"], params)
+        patches = [orjson.dumps(t).decode() for _, t in traits]
+        await conn.execute(QUERIES["merge_traits"], params | {"patches": patches})

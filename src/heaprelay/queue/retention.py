@@ -1,5 +1,7 @@
 """Retention: delivered and skipped jobs are deleted once they are older than
-``Config.retention`` (dead letters stay until replayed or purged). A server background service
+``Config.retention`` (dead letters stay until replayed or purged); the audiences' history
+keeps each source's events for its ``Source.history_window`` (the events of a source that
+keeps none any more are deleted). A server background service
 (:data:`heaprelay.runtime.Service`); several processes running it against one queue is fine,
 each prune deletes what is due."""
 
@@ -9,6 +11,8 @@ import asyncio
 import contextlib
 import logging
 from typing import TYPE_CHECKING, Final
+
+from heaprelay.queue.base import AudienceHistory
 
 if TYPE_CHECKING:
     from heaprelay.runtime import Runtime
@@ -29,6 +33,12 @@ async def retention_service(runtime: Runtime, *, interval: float = PRUNE_INTERVA
             )
             if pruned:
                 log.info("retention: deleted %d finished jobs", pruned)
+            if isinstance(runtime.queue, AudienceHistory):
+                windows = runtime.config.history_windows()
+                now = runtime.clock.now()
+                old = await runtime.queue.prune_history(windows, now=now)
+                if old:
+                    log.info("retention: deleted %d events of the audiences' history", old)
         except Exception:  # a failed prune must not stop the server; the next one catches up
             log.exception("retention: prune failed")
         with contextlib.suppress(TimeoutError):

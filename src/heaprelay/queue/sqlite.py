@@ -21,11 +21,13 @@ import json
 import queue as thread_queue
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
+
+import orjson
 
 from heaprelay.messages.reasons import Reason
 from heaprelay.queue._payload import PayloadCodec, dictionary_ids, train
@@ -42,8 +44,10 @@ from heaprelay.queue.base import (
     DeadLetterRecord,
     Delivered,
     ErrorRecord,
+    HistoryEvent,
     Job,
     JobRecord,
+    MemberQuery,
     NewJob,
     Outcome,
     QueueStats,
@@ -54,6 +58,8 @@ from heaprelay.queue.base import (
     check_audience_sync,
     error_groups,
     is_duplicate,
+    merged_traits,
+    message_key,
     remembered,
     search_key,
     search_keys,
@@ -90,6 +96,7 @@ class _Append:
     now: float
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[AppendResult]
+    history: Sequence[HistoryEvent] = ()
 
 
 @dataclass(slots=True)
@@ -156,12 +163,14 @@ class SQLiteQueue:
 
     # --- writes ---------------------------------------------------------------------------
 
-    async def append(self, jobs: Sequence[NewJob], *, now: float) -> AppendResult:
-        if not jobs:
+    async def append(
+        self, jobs: Sequence[NewJob], *, now: float, history: Sequence[HistoryEvent] = ()
+    ) -> AppendResult:
+        if not jobs and not history:
             return AppendResult(stored=0)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[AppendResult] = loop.create_future()
-        self._submit(_Append(jobs, now, loop, future))
+        self._submit(_Append(jobs, now, loop, future, history))
         # A cancelled request cancels only its own future (the writer skips futures that are
         # done); the commit goes on. Waiting workers are woken once a commit (_commit_appends).
         return await future
@@ -304,6 +313,49 @@ class SQLiteQueue:
 
         return await self._call(run)
 
+    # --- AudienceHistory ------------------------------------------------------------------
+
+    async def history_members(self, query: MemberQuery) -> set[str]:
+        params: dict[str, Any] = {
+            "source": query.source,
+            "event": query.event,
+            "start": query.start,
+            "end": query.end,
+            "at_least": query.at_least,
+        }
+        name = "history_members"
+        if query.traits:
+            name = "audience_members_with_traits"
+            params |= {
+                "want": orjson.dumps(dict(query.traits)).decode(),
+                "wanted": len(query.traits),
+            }
+
+        def run(conn: sqlite3.Connection) -> set[str]:
+            return {row[0] for row in conn.execute(QUERIES[name], params)}
+
+        return await self._read_call(run)
+
+    async def prune_history(self, windows: Mapping[str, float], *, now: float) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            count = 0
+            for (source,) in conn.execute(QUERIES["history_sources"]).fetchall():
+                before = now - windows[source] if source in windows else float("inf")
+                params = {"source": source}
+                for (event,) in conn.execute(QUERIES["history_events"], params).fetchall():
+                    params = {"source": source, "event": event, "before": before}
+                    count += conn.execute(QUERIES["prune_history"], params).rowcount
+            return count
+
+        return await self._call(run)
+
+    async def claim_audience_run(self, key: str, *, now: float, every: float) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            params = {"key": key, "now": now, "every": every}
+            return conn.execute(QUERIES["claim_audience_run"], params).fetchone() is not None
+
+        return await self._call(run)
+
     # --- reads ----------------------------------------------------------------------------
 
     async def wait_for_work(self, timeout: float) -> None:
@@ -415,7 +467,7 @@ class SQLiteQueue:
                     )
             first = last = None
             if jobs:
-                _insert_group(conn, [(jobs, now)], self.codec)
+                _insert_group(conn, [(jobs, now, ())], self.codec)
                 # One writer, one transaction: the ids of this insert are contiguous.
                 last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
                 first = last - len(jobs) + 1
@@ -556,7 +608,9 @@ class SQLiteQueue:
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                outcomes = list(_insert_group(conn, [(a.jobs, a.now) for a in appends], self.codec))
+                outcomes = list(
+                    _insert_group(conn, [(a.jobs, a.now, a.history) for a in appends], self.codec)
+                )
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -606,7 +660,7 @@ class SQLiteQueue:
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                result = _insert_group(conn, [(append.jobs, append.now)], codec)[0]
+                result = _insert_group(conn, [(append.jobs, append.now, append.history)], codec)[0]
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -628,7 +682,7 @@ def _resolve(results: list[tuple[_Append, AppendResult | BaseException]]) -> Non
 
 def _insert_group(
     conn: sqlite3.Connection,
-    appends: Sequence[tuple[Sequence[NewJob], float]],
+    appends: Sequence[tuple[Sequence[NewJob], float, Sequence[HistoryEvent]]],
     codec: PayloadCodec,
 ) -> list[AppendResult]:
     """Insert the appends of one transaction, in order; each one's result.
@@ -638,7 +692,7 @@ def _insert_group(
     (claims do it, :func:`_claim`)."""
     rows: list[tuple[Any, ...]] = []
     encode = codec.encode
-    for jobs, now in appends:
+    for jobs, now, _ in appends:
         for job in jobs:
             # NewJob's first six fields are the first six columns of job_row.
             window = job.dedupe_window
@@ -650,7 +704,7 @@ def _insert_group(
     _insert_rows(conn, "insert_jobs", rows, QUERIES["job_row"])
     # The counters (queue/base.py, QueueStats), in the same transaction: one row a destination.
     per_destination: dict[str, int] = {}
-    for jobs, _ in appends:
+    for jobs, _, _ in appends:
         for job in jobs:
             per_destination[job.destination] = per_destination.get(job.destination, 0) + 1
     counts = [
@@ -659,7 +713,24 @@ def _insert_group(
         for kind, state in (("now", "pending"), ("total", "received"))
     ]
     _insert_rows(conn, "add_counts", counts, "(?, ?, ?, ?, ?)")
-    return [AppendResult(stored=len(jobs)) for jobs, _ in appends]
+    if any(history for _, _, history in appends):
+        _insert_history(conn, [(e, now) for _, now, history in appends for e in history])
+    return [AppendResult(stored=len(jobs)) for jobs, _, _ in appends]
+
+
+def _insert_history(conn: sqlite3.Connection, events: Sequence[tuple[HistoryEvent, float]]) -> None:
+    """The audiences' history of one group commit: track events, then the latest traits."""
+    tracks = [
+        (e.source, e.event, e.ts, e.user_id, message_key(e.message_id))
+        for e, _ in events
+        if e.traits is None
+    ]
+    _insert_rows(conn, "insert_history", tracks, "(?, ?, ?, ?, ?)")
+    now = max(at for _, at in events)
+    traits = merged_traits(e for e, _ in events)
+    rows = sorted((s, u, orjson.dumps(t).decode(), now) for (s, u), t in traits.items())
+    _insert_rows(conn, "ensure_traits", [(s, u, now) for s, u, _, _ in rows], "(?, ?, '{}', ?)")
+    _insert_rows(conn, "merge_traits", rows, "(?, ?, ?, ?)")
 
 
 def _claim(

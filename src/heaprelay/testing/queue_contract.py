@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, Protocol
 
@@ -39,12 +40,15 @@ from hypothesis.stateful import (
 from heaprelay.messages.reasons import Reason
 from heaprelay.queue.base import (
     MAX_ERRORS,
+    AudienceHistory,
     DeadLetter,
     DeadLetterRecord,
     Delivered,
     ErrorRecord,
+    HistoryEvent,
     Job,
     JobRecord,
+    MemberQuery,
     NewJob,
     Outcome,
     Queue,
@@ -53,6 +57,7 @@ from heaprelay.queue.base import (
     RetryAt,
     Skipped,
     WorkerRegistry,
+    trait_matches,
 )
 from heaprelay.queue.memory import MemoryQueue
 
@@ -1142,6 +1147,127 @@ class QueueContract:
             factory = staticmethod(queue_factory)
 
         run_state_machine_as_test(Bound, settings=self.model_settings)
+
+    # --- the audiences' history (AudienceHistory) ----------------------------------------
+
+    def test_history_is_appended_with_the_jobs(self, queue_factory: QueueFactory) -> None:
+        async def body(q: Queue) -> None:
+            assert isinstance(q, AudienceHistory)
+            history = [
+                HistoryEvent("s1", "u1", "Order", T0, None, "m1"),
+                HistoryEvent("s1", "u1", "Order", T0, None, "m2"),
+                # A retry of m2 (same messageId, the time the relay computed again): once.
+                HistoryEvent("s1", "u1", "Order", T0 - 0.003, None, "m2"),
+            ]
+            await q.append([job(1)], now=T0, history=history)
+            query = MemberQuery("s1", "Order", 2, T0 - DAY, T0)
+            assert await q.history_members(query) == {"u1"}
+            assert await q.history_members(dataclasses.replace(query, at_least=3)) == set()
+            assert await q.history_members(dataclasses.replace(query, source="s2")) == set()
+            assert ns(await claim(q, now=T0)) == [1]
+
+        run(queue_factory, body)
+
+    def test_history_members_match_a_brute_force_count(self, queue_factory: QueueFactory) -> None:
+        """Random events and trait changes over several appends: each query's members are
+        those a count in Python over the same events gives."""
+        rng = random.Random(15)
+        users = [f"u{i}" for i in range(40)]
+        plans: list[Any] = ["pro", "free", 2, 2.0, True, 1, None, "2"]
+        appends: list[list[HistoryEvent]] = []
+        sent: list[HistoryEvent] = []
+        for _ in range(12):
+            batch = []
+            for _ in range(rng.randrange(1, 40)):
+                user = rng.choice(users)
+                if rng.random() < 0.3:
+                    plan = rng.choice(plans)
+                    traits = {"plan": plan, "n": rng.randrange(3)}
+                    batch.append(HistoryEvent("s1", user, "", T0, json.dumps(traits).encode()))
+                elif rng.random() < 0.15 and sent:  # an SDK's retry: an event again
+                    again = rng.choice(sent)
+                    batch.append(again._replace(ts=again.ts + rng.choice([0.0, 0.002])))
+                else:
+                    event = rng.choice(["Order", "View"])
+                    ts = T0 + rng.choice([-DAY - 1, -DAY, -DAY + 0.5, -3600.0, 0.0, 1.0])
+                    source = rng.choice(["s1", "s1", "s2"])
+                    sent.append(HistoryEvent(source, user, event, ts, None, f"m{len(sent)}"))
+                    batch.append(sent[-1])
+            appends.append(batch)
+        wanted: list[dict[str, Any]] = [{}, {"plan": "pro"}, {"plan": 2}, {"plan": True}]
+        wanted += [{"plan": "2"}, {"plan": "pro", "n": 1}]
+
+        def expected(query: MemberQuery) -> set[str]:
+            counts: dict[str, set[str]] = {}
+            traits: dict[str, dict[str, Any]] = {}
+            for e in (e for batch in appends for e in batch):
+                if e.traits is not None and e.source == query.source:
+                    merged = traits.setdefault(e.user_id, {}) | json.loads(e.traits)
+                    traits[e.user_id] = {k: v for k, v in merged.items() if v is not None}
+                elif (e.source, e.event) == (query.source, query.event) and (
+                    query.start <= e.ts <= query.end
+                ):
+                    counts.setdefault(e.user_id, set()).add(e.message_id)
+            return {
+                u
+                for u, ids in counts.items()
+                if len(ids) >= query.at_least
+                and all(
+                    k in traits.get(u, {}) and trait_matches(traits[u][k], v)
+                    for k, v in query.traits
+                )
+            }
+
+        async def body(q: Queue) -> None:
+            assert isinstance(q, AudienceHistory)
+            for n, batch in enumerate(appends):
+                await q.append([job(n)], now=T0, history=batch)
+            checked = 0
+            for want in wanted:
+                for at_least in (1, 2, 3):
+                    query = MemberQuery("s1", "Order", at_least, T0 - DAY, T0, tuple(want.items()))
+                    members = await q.history_members(query)
+                    assert members == expected(query), (want, at_least)
+                    checked += bool(members)
+            assert checked >= 6  # the history is not so thin that every answer is empty
+
+        run(queue_factory, body)
+
+    def test_prune_history_keeps_each_sources_window(self, queue_factory: QueueFactory) -> None:
+        async def body(q: Queue) -> None:
+            assert isinstance(q, AudienceHistory)
+            history = [
+                HistoryEvent(source, "u1", event, T0 + offset, None, f"m{offset}")
+                for source in ("s1", "s2", "gone")
+                for event in ("A", "B")
+                for offset in (-2 * DAY, -DAY, 0.0)
+            ]
+            traits = HistoryEvent("s1", "u1", "", T0 - 9 * DAY, b'{"plan":"pro"}')
+            await q.append([job(1)], now=T0, history=[*history, traits])
+            pruned = await q.prune_history({"s1": DAY, "s2": 3 * DAY}, now=T0)
+            assert pruned == 2 + 6  # s1: the events before T0 - DAY; "gone": all of them
+            wide = MemberQuery("s1", "A", 1, 0.0, T0 * 2)
+            assert await q.history_members(dataclasses.replace(wide, at_least=2)) == {"u1"}
+            assert await q.history_members(dataclasses.replace(wide, at_least=3)) == set()
+            s2 = dataclasses.replace(wide, source="s2", at_least=3)
+            assert await q.history_members(s2) == {"u1"}
+            assert await q.history_members(dataclasses.replace(wide, source="gone")) == set()
+            # Latest traits are kept: they are not history but each user's state.
+            pro = dataclasses.replace(wide, traits=(("plan", "pro"),))
+            assert await q.history_members(pro) == {"u1"}
+
+        run(queue_factory, body)
+
+    def test_an_audience_run_is_claimed_once_a_period(self, queue_factory: QueueFactory) -> None:
+        async def body(q: Queue) -> None:
+            assert isinstance(q, AudienceHistory)
+            assert await q.claim_audience_run("a", now=T0, every=60.0)
+            assert not await q.claim_audience_run("a", now=T0 + 59, every=60.0)
+            assert await q.claim_audience_run("b", now=T0 + 59, every=60.0)
+            assert await q.claim_audience_run("a", now=T0 + 60, every=60.0)
+            assert not await q.claim_audience_run("a", now=T0 + 61, every=60.0)
+
+        run(queue_factory, body)
 
 
 # --- the state machine ----------------------------------------------------------------------

@@ -407,3 +407,59 @@ SELECT destination, state, count(*) FROM jobs
 WHERE id BETWEEN %(first)s AND %(last)s AND source = %(source)s
   AND starts_with(message_id, %(prefix)s)
 GROUP BY destination, state;
+-- name: insert_history
+INSERT INTO audience_events (source, event, ts, user_id, message_key)
+SELECT * FROM unnest(%(sources)s::text[], %(events)s::text[], %(ts)s::float8[],
+                     %(users)s::text[], %(message_keys)s::int8[]);
+
+-- name: ensure_traits
+-- Rows in key order (as merge_traits updates them): concurrent appends never deadlock.
+INSERT INTO audience_traits (source, user_id, traits, updated_at)
+SELECT s, u, '{}'::jsonb, %(now)s
+FROM unnest(%(sources)s::text[], %(users)s::text[]) AS t(s, u)
+ORDER BY s, u
+ON CONFLICT (source, user_id) DO NOTHING;
+
+-- name: merge_traits
+-- A later value of a key replaces the earlier one, null removes the key (stored traits are
+-- flat, so stripping nulls only removes those).
+UPDATE audience_traits AS a
+SET traits = jsonb_strip_nulls(a.traits || v.p), updated_at = %(now)s
+FROM unnest(%(sources)s::text[], %(users)s::text[], %(patches)s::jsonb[]) AS v(s, u, p)
+WHERE a.source = v.s AND a.user_id = v.u;
+
+-- name: history_members
+SELECT user_id FROM audience_events
+WHERE source = %(source)s AND event = %(event)s AND ts >= %(start)s AND ts <= %(end)s
+GROUP BY user_id HAVING count(DISTINCT message_key) >= %(at_least)s;
+
+-- name: audience_members_with_traits
+-- jsonb containment: every wanted key with an equal value (numbers by value).
+SELECT m.user_id
+FROM (SELECT user_id FROM audience_events
+      WHERE source = %(source)s AND event = %(event)s AND ts >= %(start)s AND ts <= %(end)s
+      GROUP BY user_id HAVING count(DISTINCT message_key) >= %(at_least)s) AS m
+JOIN audience_traits AS t ON t.source = %(source)s AND t.user_id = m.user_id
+WHERE t.traits @> %(want)s::jsonb;
+
+-- name: history_names
+-- The distinct (source, event) pairs of the history, one index seek each.
+WITH RECURSIVE names(source, event) AS (
+    (SELECT source, event FROM audience_events ORDER BY source, event LIMIT 1)
+    UNION ALL
+    SELECT n.source, n.event FROM names AS p, LATERAL (
+        SELECT source, event FROM audience_events
+        WHERE (source, event) > (p.source, p.event)
+        ORDER BY source, event LIMIT 1) AS n
+)
+SELECT source, event FROM names;
+
+-- name: prune_history
+DELETE FROM audience_events
+WHERE source = %(source)s AND event = %(event)s AND ts < %(before)s;
+
+-- name: claim_audience_run
+INSERT INTO audience_runs (key, ran_at) VALUES (%(key)s, %(now)s)
+ON CONFLICT (key) DO UPDATE SET ran_at = EXCLUDED.ran_at
+WHERE audience_runs.ran_at <= %(now)s - %(every)s
+RETURNING key;

@@ -79,6 +79,33 @@ CREATE TABLE IF NOT EXISTS audience_members (
     PRIMARY KEY (audience, user_id)
 ) WITHOUT ROWID;
 
+-- The history audiences are evaluated over (queue/base.py, AudienceHistory): the track events
+-- of the sources that have audiences, appended with their jobs, pruned by retention.
+-- Evaluation reads one range of the table, clustered on (source, event, ts) (WITHOUT ROWID:
+-- one b-tree to write, no separate index); an event is counted once per messageId (an SDK's
+-- retry is the same event), message_key being a 64-bit hash of it (queue/base.py).
+CREATE TABLE IF NOT EXISTS audience_events (
+    source TEXT NOT NULL,
+    event TEXT NOT NULL,
+    ts REAL NOT NULL,
+    user_id TEXT NOT NULL,
+    message_key INTEGER NOT NULL,
+    PRIMARY KEY (source, event, ts, user_id, message_key)
+) WITHOUT ROWID;
+-- Each user's latest traits (from identify; a flat JSON object of scalar values).
+CREATE TABLE IF NOT EXISTS audience_traits (
+    source TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    traits TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (source, user_id)
+) WITHOUT ROWID;
+-- When each audience was last evaluated by the schedule (claim_audience_run).
+CREATE TABLE IF NOT EXISTS audience_runs (
+    key TEXT PRIMARY KEY,
+    ran_at REAL NOT NULL
+) WITHOUT ROWID;
+
 -- name: counters
 -- Maintained counts (queue/base.py, QueueStats): kind 'now' = jobs per (destination, state,
 -- reason) now (reason '' but for skipped / dead / retry); kind 'total' = how many jobs were
@@ -437,3 +464,63 @@ SELECT destination, state, count(*) FROM jobs
 WHERE id BETWEEN :first AND :last AND source = :source
   AND substr(message_id, 1, length(:prefix)) = :prefix
 GROUP BY destination, state;
+-- name: insert_history
+-- The same event at the same time twice (a retry the relay timed alike) is one row.
+INSERT OR IGNORE INTO audience_events (source, event, ts, user_id, message_key) VALUES :rows;
+
+-- name: ensure_traits
+INSERT OR IGNORE INTO audience_traits (source, user_id, traits, updated_at) VALUES :rows;
+
+-- name: merge_traits
+-- json_patch: a later value of a key replaces the earlier one, null removes the key.
+UPDATE audience_traits
+SET traits = json_patch(audience_traits.traits, v.column3), updated_at = v.column4
+FROM (VALUES :rows) AS v
+WHERE audience_traits.source = v.column1 AND audience_traits.user_id = v.column2;
+
+-- name: history_members
+SELECT user_id FROM audience_events
+WHERE source = :source AND event = :event AND ts >= :start AND ts <= :end
+GROUP BY user_id HAVING count(DISTINCT message_key) >= :at_least;
+
+-- name: audience_members_with_traits
+-- :want is a JSON object of the wanted traits, :wanted how many keys it has; numbers are
+-- equal whether integer or real, other values only of the same JSON type.
+SELECT m.user_id
+FROM (SELECT user_id FROM audience_events
+      WHERE source = :source AND event = :event AND ts >= :start AND ts <= :end
+      GROUP BY user_id HAVING count(DISTINCT message_key) >= :at_least) AS m
+JOIN audience_traits AS t ON t.source = :source AND t.user_id = m.user_id
+WHERE (SELECT count(*) FROM json_each(:want) AS w JOIN json_each(t.traits) AS h
+       ON h.key = w.key AND h.atom = w.atom
+      AND (h.type = w.type OR (h.type IN ('integer', 'real') AND w.type IN ('integer', 'real'))))
+      = :wanted;
+
+-- name: history_sources
+-- The distinct sources of the history, one index seek each.
+WITH RECURSIVE names(source) AS (
+    SELECT min(source) FROM audience_events
+    UNION ALL
+    SELECT (SELECT min(source) FROM audience_events WHERE source > names.source)
+    FROM names WHERE names.source IS NOT NULL
+)
+SELECT source FROM names WHERE source IS NOT NULL;
+
+-- name: history_events
+-- The distinct event names of a source, one index seek each.
+WITH RECURSIVE names(event) AS (
+    SELECT min(event) FROM audience_events WHERE source = :source
+    UNION ALL
+    SELECT (SELECT min(event) FROM audience_events WHERE source = :source AND event > names.event)
+    FROM names WHERE names.event IS NOT NULL
+)
+SELECT event FROM names WHERE event IS NOT NULL;
+
+-- name: prune_history
+DELETE FROM audience_events WHERE source = :source AND event = :event AND ts < :before;
+
+-- name: claim_audience_run
+INSERT INTO audience_runs (key, ran_at) VALUES (:key, :now)
+ON CONFLICT (key) DO UPDATE SET ran_at = excluded.ran_at
+WHERE audience_runs.ran_at <= :now - :every
+RETURNING key;
