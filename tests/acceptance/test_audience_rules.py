@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from _python_sdks import CLIENT_SETUP
@@ -28,6 +27,7 @@ from heaprelay.config_file import load_config
 from heaprelay.heap.fake import FakeHeap, FakeHeapSettings
 from heaprelay.queue import open_queue
 from heaprelay.server import build_app
+from heaprelay.testing.postgres import own_database
 from heaprelay.testing.servers import serve_in_thread, wait_until
 
 KEY = "audience-write-key"
@@ -156,18 +156,10 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str,
     if request.param == "sqlite":
         yield f'data_dir = "{tmp_path}"', f"sqlite:///{tmp_path / 'heaprelay.db'}"
         return
-    import psycopg
 
     pg_url: str = request.getfixturevalue("pg_url")
-    name = f"heaprelay_aud_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = urlsplit(pg_url)._replace(path=f"/{name}").geturl()
-    try:
+    with own_database(pg_url, "heaprelay_aud") as url:
         yield f'queue_url = "{url}"\ndata_dir = "{tmp_path}"', url
-    finally:
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_rule_members_and_three_diffs_are_exact_at_heap(

@@ -5,7 +5,6 @@ nothing; retention prunes it to the source's window."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from heaprelay.queue.base import AudienceHistory, MemberQuery
 from heaprelay.queue.retention import retention_service
 from heaprelay.runtime import Runtime
 from heaprelay.server import build_app
+from heaprelay.testing.postgres import own_database
 from heaprelay.testing.servers import serve_in_thread
 from heaprelay.transform import DestinationSettings
 
@@ -56,19 +56,9 @@ def queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'heaprelay.db'}"
         return
-    import psycopg
-
     pg_url: str = request.getfixturevalue("pg_url")
-    name = f"heaprelay_hist_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    from urllib.parse import urlsplit
-
-    try:
-        yield urlsplit(pg_url)._replace(path=f"/{name}").geturl()
-    finally:
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with own_database(pg_url, "heaprelay_hist") as url:
+        yield url
 
 
 def test_acknowledged_events_are_in_the_history(tmp_path: Path, queue_url: str) -> None:

@@ -5,7 +5,6 @@ or of one SQLite file), with the diff enqueued; ``audiences run --dry-run`` enqu
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from heaprelay.config import Audience, AudienceRule, Config, Destination, Source
 from heaprelay.queue import open_queue
 from heaprelay.queue.base import AudienceStore, HistoryEvent, Queue
 from heaprelay.runtime import Runtime
+from heaprelay.testing.postgres import own_database
 from heaprelay.transform import DestinationSettings
 
 DAY = 86400.0
@@ -63,19 +63,9 @@ def queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'heaprelay.db'}"
         return
-    import psycopg
-
     pg_url: str = request.getfixturevalue("pg_url")
-    name = f"heaprelay_sched_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    from urllib.parse import urlsplit
-
-    try:
-        yield urlsplit(pg_url)._replace(path=f"/{name}").geturl()
-    finally:
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with own_database(pg_url, "heaprelay_sched") as url:
+        yield url
 
 
 def test_two_relays_evaluate_an_audience_once_a_period(tmp_path: Path, queue_url: str) -> None:

@@ -10,17 +10,15 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import orjson
-import psycopg
 import pytest
 
+from heaprelay.testing.postgres import own_database
 from heaprelay.testing.servers import free_port
 
 NAME = "Order Completed Last 30days"
@@ -39,14 +37,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[str]]
         yield ["--data-dir", str(tmp_path / "data")]
         return
     pg_url: str = request.getfixturevalue("pg_url")
-    name = f"heaprelay_aud_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield ["--queue", urlsplit(pg_url)._replace(path=f"/{name}").geturl()]
-    finally:
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with own_database(pg_url, "heaprelay_aud") as url:
+        yield ["--queue", url]
 
 
 def wait_until(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:

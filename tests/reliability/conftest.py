@@ -30,7 +30,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -39,6 +38,7 @@ from rudderstack.analytics.client import Client as RudderClient  # type: ignore[
 from segment.analytics.client import Client as SegmentClient
 
 from heaprelay.heap.fake import FakeHeap
+from heaprelay.testing.postgres import own_database
 from heaprelay.testing.servers import free_port
 
 APP = "777001"
@@ -349,14 +349,8 @@ def settle_and_record(
 @pytest.fixture
 def pg_database(pg_url: str) -> Iterator[str]:
     """A database of its own on the test server (dropped afterwards)."""
-    name = f"heaprelay_rel_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield urlsplit(pg_url)._replace(path=f"/{name}").geturl()
-    finally:
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with own_database(pg_url, "heaprelay_rel") as url:
+        yield url
 
 
 @dataclass
