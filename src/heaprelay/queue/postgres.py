@@ -215,29 +215,34 @@ class PostgresQueue:
 
     # --- writes ---------------------------------------------------------------------------
 
+    def _job_rows(self, jobs: Sequence[NewJob], now: float) -> dict[str, Any]:
+        """The parameters of ``insert_jobs`` / ``insert_jobs_range``: the jobs as columns,
+        payloads compressed. No dedupe work here: each job keeps its window, and its first
+        claim checks it."""
+        encode = self.codec.encode
+        windows = [j.dedupe_window for j in jobs]
+        return {
+            "sources": [j.source for j in jobs],
+            "destinations": [j.destination for j in jobs],
+            "message_ids": [j.message_id for j in jobs],
+            "keys": [j.order_key for j in jobs],
+            "payloads": [encode(j.payload) for j in jobs],
+            "received": [j.received_at for j in jobs],
+            "froms": [now if w > 0 else None for w in windows],
+            "untils": [now + w if w > 0 else None for w in windows],
+        }
+
     async def append(
         self, jobs: Sequence[NewJob], *, now: float, history: Sequence[HistoryEvent] = ()
     ) -> AppendResult:
         if not jobs and not history:
             return AppendResult(stored=0)
-        # No dedupe work here: each job keeps its window, and its first claim checks it.
-        windows = [j.dedupe_window for j in jobs]
-        encode = self.codec.encode
-        payloads = [encode(j.payload) for j in jobs]
+        params = self._job_rows(jobs, now)
 
         async def run(conn: psycopg.AsyncConnection[Any]) -> None:
             await conn.execute(
                 QUERIES["insert_jobs"],
-                {
-                    "sources": [j.source for j in jobs],
-                    "destinations": [j.destination for j in jobs],
-                    "message_ids": [j.message_id for j in jobs],
-                    "keys": [j.order_key for j in jobs],
-                    "payloads": payloads,
-                    "received": [j.received_at for j in jobs],
-                    "froms": [now if w > 0 else None for w in windows],
-                    "untils": [now + w if w > 0 else None for w in windows],
-                },
+                params,
             )
             if history:
                 await _insert_history(conn, history, now)
@@ -521,9 +526,7 @@ class PostgresQueue:
     async def commit_audience_sync(
         self, sync: AudienceSync, jobs: Sequence[NewJob], *, now: float
     ) -> AudienceRecord:
-        windows = [j.dedupe_window for j in jobs]
-        encode = self.codec.encode
-        payloads = [encode(j.payload) for j in jobs]
+        params = self._job_rows(jobs, now)
 
         async def run(conn: psycopg.AsyncConnection[Any]) -> AudienceRecord:
             cur = await conn.execute(QUERIES["lock_audience"], {"name": sync.name})
@@ -545,16 +548,7 @@ class PostgresQueue:
             if jobs:
                 cur = await conn.execute(
                     QUERIES["insert_jobs_range"],
-                    {
-                        "sources": [j.source for j in jobs],
-                        "destinations": [j.destination for j in jobs],
-                        "message_ids": [j.message_id for j in jobs],
-                        "keys": [j.order_key for j in jobs],
-                        "payloads": payloads,
-                        "received": [j.received_at for j in jobs],
-                        "froms": [now if w > 0 else None for w in windows],
-                        "untils": [now + w if w > 0 else None for w in windows],
-                    },
+                    params,
                 )
                 ids = await cur.fetchone()
                 first, last = (ids[0], ids[1]) if ids else (None, None)
