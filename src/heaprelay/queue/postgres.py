@@ -818,8 +818,11 @@ class PostgresQueue:
         """Start the wake-up listener unless it runs: one LISTEN connection per handle, however
         many loops wait at once (they share the lock). False when it cannot connect now."""
         async with self._listen_lock:
-            if self._listener is not None and not self._listener.done():
+            listener = self._listener
+            if listener is not None and not listener.done():
                 return True
+            if listener is not None and not listener.cancelled() and listener.exception():
+                log.warning("the queue's LISTEN connection failed: %s", listener.exception())
             if self._listen_conn is not None:
                 with contextlib.suppress(psycopg.Error):
                     await self._listen_conn.close()
