@@ -129,6 +129,9 @@ def configure(
         logger.handlers.clear()
         logger.propagate = True
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # One warning per reconnection attempt (many a second while PostgreSQL is down): the
+    # queue's users log the failures they meet once per class and interval instead.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     return handler
 
 
