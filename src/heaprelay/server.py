@@ -329,8 +329,9 @@ async def open_runtime_queue(runtime: Runtime) -> None:
         runtime.queue = await open_queue(url)
     except (ValueError, OSError, sqlite3.Error, psycopg.Error) as exc:
         reason = _reason(exc)
-        if url.startswith("sqlite:"):  # SQLite's own words ("unable to open") do not say why
-            problem = filesystem_problem(Path(url.removeprefix("sqlite://")))
+        if url.startswith("sqlite:") and not isinstance(exc, OSError):
+            # SQLite's own words ("unable to open database file") do not say why
+            problem = filesystem_problem(Path("/" + url.removeprefix("sqlite:").lstrip("/")))
             if problem is not None:
                 reason += f" ({problem.reason})"
         raise StartupError(f"cannot open queue {redact_url(url)}: {reason}") from None

@@ -104,7 +104,7 @@ def prepare_files(path: Path) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
     except FileExistsError:
         mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
+        if path.is_file() and mode & 0o077:
             log.warning(
                 "queue file %s has mode %04o (others may read queued events); "
                 "chmod 600 it (heaprelay creates it 0600 and leaves existing files alone)",
