@@ -20,6 +20,11 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_RETRY_WINDOW = 4 * 3600.0
 DEFAULT_DEDUPE_WINDOW = 24 * 3600.0
 DEFAULT_RETENTION = 7 * 24 * 3600.0
+DEFAULT_HEADER_TIMEOUT = 10.0
+#: A 4 MB RudderStack batch over a slow mobile link still makes it.
+DEFAULT_BODY_TIMEOUT = 60.0
+DEFAULT_KEEP_ALIVE_TIMEOUT = 5.0
+DEFAULT_MAX_CONNECTIONS = 1000
 #: Heap's own CDN script for an App ID (classic heap.js); ``{app_id}`` is replaced.
 DEFAULT_HEAP_SCRIPT_URL = "https://cdn.heapanalytics.com/js/heap-{app_id}.js"
 
@@ -263,6 +268,14 @@ class Config:
     admin_token: str | None = None
     #: ``None``: /metrics is open (as exporters are); else it needs ``Bearer`` this token.
     metrics_token: str | None = None
+    #: Slow clients (:mod:`heaprelay._http`): seconds a connection has to send a request's
+    #: headers, and a request its body (else 408 and the connection is closed).
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    #: Seconds an idle keep-alive connection is kept open.
+    keep_alive_timeout: float = DEFAULT_KEEP_ALIVE_TIMEOUT
+    #: Connections (and requests in progress) served at once; past it, requests get a 503.
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
     #: Audiences over the stored events (``[[audiences]]``).
     audiences: tuple[Audience, ...] = ()
 

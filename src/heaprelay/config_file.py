@@ -377,6 +377,10 @@ _SERVER = (
     "public_url",
     "admin_token",
     "metrics_token",
+    "header_timeout",
+    "body_timeout",
+    "keep_alive_timeout",
+    "max_connections",
 )
 _SOURCE = (
     "name",
@@ -484,6 +488,18 @@ def _build(r: _Reader, data: dict[str, Any]) -> Config:
         "delivery": _delivery(r, data.get("delivery", {})),
         "admin_token": _token(r, server, "admin_token"),
         "metrics_token": _token(r, server, "metrics_token"),
+        "header_timeout": r.typed(
+            server, "header_timeout", "server", _positive_duration, defaults.header_timeout
+        ),
+        "body_timeout": r.typed(
+            server, "body_timeout", "server", _positive_duration, defaults.body_timeout
+        ),
+        "keep_alive_timeout": r.typed(
+            server, "keep_alive_timeout", "server", _positive_duration, defaults.keep_alive_timeout
+        ),
+        "max_connections": r.typed(
+            server, "max_connections", "server", _positive_int, defaults.max_connections
+        ),
     }
     _check_queue_url(r, config_kw["queue_url"])
 

@@ -129,6 +129,9 @@ def configure(
         logger.handlers.clear()
         logger.propagate = True
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # One warning per reconnection attempt (many a second while PostgreSQL is down): the
+    # queue's users log the failures they meet once per class and interval instead.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     return handler
 
 
@@ -164,13 +167,15 @@ class FailureLog:
         self._monotonic = monotonic
         self._classes: dict[str, _Class] = {}
 
-    def failure(self, kind: str, detail: str) -> None:
-        """Record one failure of class ``kind`` (``detail``: one line, no secrets)."""
+    def failure(self, kind: str, detail: str, *, exc_info: BaseException | None = None) -> None:
+        """Record one failure of class ``kind`` (``detail``: one line, no secrets). With
+        ``exc_info``, the first line of the class carries its traceback (an unexpected error
+        is worth one), the counts after it do not."""
         now = self._monotonic()
         entry = self._classes.get(kind)
         if entry is None:
             self._classes[kind] = _Class(last_line=now)
-            self.logger.log(self.level, "%s: %s", kind, detail)
+            self.logger.log(self.level, "%s: %s", kind, detail, exc_info=exc_info)
             return
         entry.count += 1
         entry.detail = detail

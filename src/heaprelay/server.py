@@ -21,6 +21,7 @@ import hmac
 import logging
 import socket
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Final
 from urllib.parse import urlsplit
@@ -34,6 +35,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from heaprelay import __version__
+from heaprelay._http import BodyDeadline, Protocol, UvicornConfig
 from heaprelay.clock import Clock, SystemClock
 from heaprelay.config import Config, Source
 from heaprelay.dashboard import Access, Dashboard, History, LiveFeed, Monitor, dashboard_mount
@@ -43,6 +45,7 @@ from heaprelay.logs import FailureLog, LogFormat, configure
 from heaprelay.messages.incoming import Prepared
 from heaprelay.metrics import CONTENT_TYPE_LATEST, Metrics
 from heaprelay.queue import open_queue, queue_url_for, redact_url
+from heaprelay.queue.health import AppendFailure, AppendHealth, filesystem_problem
 from heaprelay.router.observer import DeliveryLog, Observers
 from heaprelay.runtime import Runtime, Service
 
@@ -120,12 +123,33 @@ def build_app(
     history = History()
     access = Access(config.admin_token, config.host)
     board = Dashboard(runtime, access, feed, history, metrics.budget_use)
-    monitor = Monitor(history, tick=delivery_log.flush)
+    append_log = FailureLog(
+        logging.getLogger("heaprelay.ingest"), monotonic=runtime.clock.monotonic
+    )
+
+    def probe() -> AppendFailure | None:
+        path = getattr(runtime.queue, "path", None)  # SQLite: its file
+        return filesystem_problem(path) if isinstance(path, Path) else None
+
+    health = AppendHealth(
+        append_log,
+        monotonic=runtime.clock.monotonic,
+        probe=probe if config.queue_url is None or config.queue_url.startswith("sqlite") else None,
+    )
+
+    def tick() -> None:
+        delivery_log.flush()
+        append_log.flush()
+
+    monitor = Monitor(history, tick=tick)
     chosen: list[Service] = (
         [*default_services(config), monitor] if services is None else list(services)
     )
     ingest = IngestState(
-        sources=config.sources, clock=runtime.clock, observer=_IngestObservers(metrics, feed)
+        sources=config.sources,
+        clock=runtime.clock,
+        observer=_IngestObservers(metrics, feed),
+        health=health,
     )
 
     @contextlib.asynccontextmanager
@@ -163,6 +187,13 @@ def build_app(
         return Response(b'{"status":"ok"}', media_type="application/json")
 
     async def readyz(request: Request) -> Response:
+        problem = health.problem() if runtime.ready else None
+        if problem is not None:  # the queue is open but cannot store (disk full, read-only)
+            return Response(
+                orjson.dumps({"code": "queue_unavailable", "message": problem.reason}),
+                status_code=503,
+                media_type="application/json",
+            )
         if runtime.ready:
             return Response(b'{"status":"ready"}', media_type="application/json")
         return Response(
@@ -297,7 +328,13 @@ async def open_runtime_queue(runtime: Runtime) -> None:
     try:
         runtime.queue = await open_queue(url)
     except (ValueError, OSError, sqlite3.Error, psycopg.Error) as exc:
-        raise StartupError(f"cannot open queue {redact_url(url)}: {_reason(exc)}") from None
+        reason = _reason(exc)
+        if url.startswith("sqlite:") and not isinstance(exc, OSError):
+            # SQLite's own words ("unable to open database file") do not say why
+            problem = filesystem_problem(Path("/" + url.removeprefix("sqlite:").lstrip("/")))
+            if problem is not None:
+                reason += f" ({problem.reason})"
+        raise StartupError(f"cannot open queue {redact_url(url)}: {reason}") from None
 
 
 def _reason(exc: BaseException) -> str:
@@ -389,8 +426,12 @@ def run(
     sock = bind(config.host, config.port)
     try:
         server = _Server(
-            uvicorn.Config(
-                app,
+            UvicornConfig(
+                BodyDeadline(app, config.body_timeout),
+                header_timeout=config.header_timeout,
+                http=Protocol,
+                timeout_keep_alive=max(1, round(config.keep_alive_timeout)),
+                limit_concurrency=config.max_connections,
                 host=config.host,
                 port=config.port,
                 lifespan="on",

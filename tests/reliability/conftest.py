@@ -204,7 +204,7 @@ settings = DestinationSettings(app_id=spec["app_id"], profile="heap", base_url=s
 source = Source("sdk", spec["write_key"], (Destination("heap", settings),))
 config = Config(
     sources=(source,), data_dir=Path(spec["data_dir"]), queue_url=spec["queue_url"],
-    port=spec["port"], delivery=DeliverySettings(**spec["delivery"]),
+    port=spec["port"], delivery=DeliverySettings(**spec["delivery"]), **spec["server"],
 )
 server.run(config, log_level="warning")
 """
@@ -215,8 +215,15 @@ class Relay:
     with delivery settings the flags do not expose."""
 
     def __init__(
-        self, tmp: Path, heap_url: str, *, queue_url: str | None = None, **delivery: Any
+        self,
+        tmp: Path,
+        heap_url: str,
+        *,
+        queue_url: str | None = None,
+        server: dict[str, Any] | None = None,
+        **delivery: Any,
     ) -> None:
+        """``server``: more :class:`~heaprelay.config.Config` fields (timeouts, the cap)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp / "relay.log"
@@ -229,6 +236,7 @@ class Relay:
             "queue_url": queue_url,
             "port": self.port,
             "delivery": delivery,
+            "server": server or {},
         }
         self.proc: subprocess.Popen[bytes] | None = None
 

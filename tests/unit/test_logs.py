@@ -135,3 +135,17 @@ def test_secrets_and_credentials_never_reach_the_log(restore_logging: None) -> N
     assert "Basic ***" in text
     assert "postgresql://relay:***@db:5432/heaprelay" in text
     assert Redactor(["abc"]).redact("abc") == "abc"  # too short to mask as plain text
+
+
+def test_the_first_line_of_a_class_carries_the_traceback_the_counts_do_not(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    failures = FailureLog(logging.getLogger("t"), interval=60, monotonic=lambda: now[0])
+    error = RuntimeError("database or disk is full")
+    for _ in range(20):
+        failures.failure("pass", str(error), exc_info=error)
+    now[0] = 61.0
+    failures.failure("pass", str(error), exc_info=error)
+    assert [r.exc_info is not None for r in caplog.records] == [True, False]
+    assert "20 more" in caplog.records[1].getMessage()

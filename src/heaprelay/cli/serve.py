@@ -11,7 +11,11 @@ from click.core import ParameterSource
 
 from heaprelay.cli.config import parse_options
 from heaprelay.config import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
     DEFAULT_HOST,
+    DEFAULT_KEEP_ALIVE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_PORT,
     Config,
     Destination,
@@ -67,7 +71,19 @@ PER_DESTINATION_FLAGS = (
     "device_mode",
 )
 #: Flags that, given explicitly (or by their ``HEAPRELAY_*`` variable), win over the file.
-SERVER_FLAGS = ("host", "port", "data_dir", "queue_url", "role", "admin_token", "metrics_token")
+SERVER_FLAGS = (
+    "host",
+    "port",
+    "data_dir",
+    "queue_url",
+    "role",
+    "admin_token",
+    "metrics_token",
+    "header_timeout",
+    "body_timeout",
+    "keep_alive_timeout",
+    "max_connections",
+)
 
 
 @click.command()
@@ -192,6 +208,38 @@ SERVER_FLAGS = ("host", "port", "data_dir", "queue_url", "role", "admin_token", 
     "variable HEAPRELAY_METRICS_TOKEN.",
 )
 @click.option(
+    "--header-timeout",
+    envvar="HEAPRELAY_HEADER_TIMEOUT",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help=f"Seconds a connection has to send a request's headers; then 408 and it is closed "
+    f"[default: {DEFAULT_HEADER_TIMEOUT:g}].",
+)
+@click.option(
+    "--body-timeout",
+    envvar="HEAPRELAY_BODY_TIMEOUT",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help=f"Seconds a request has to send its body; then 408, nothing of it stored "
+    f"[default: {DEFAULT_BODY_TIMEOUT:g}].",
+)
+@click.option(
+    "--keep-alive-timeout",
+    envvar="HEAPRELAY_KEEP_ALIVE_TIMEOUT",
+    type=click.FloatRange(min=1),
+    default=None,
+    help=f"Seconds an idle keep-alive connection stays open "
+    f"[default: {DEFAULT_KEEP_ALIVE_TIMEOUT:g}].",
+)
+@click.option(
+    "--max-connections",
+    envvar="HEAPRELAY_MAX_CONNECTIONS",
+    type=click.IntRange(min=1),
+    default=None,
+    help=f"Connections served at once; requests past it are answered 503 "
+    f"[default: {DEFAULT_MAX_CONNECTIONS}].",
+)
+@click.option(
     "--sandbox",
     envvar="HEAPRELAY_SANDBOX",
     is_flag=True,
@@ -217,6 +265,10 @@ def command(
     log_format: LogFormat,
     admin_token: str | None,
     metrics_token: str | None,
+    header_timeout: float | None,
+    body_timeout: float | None,
+    keep_alive_timeout: float | None,
+    max_connections: int | None,
     sandbox: bool,
 ) -> None:
     """Accept Segment/RudderStack events and relay them to Heap.
@@ -276,6 +328,16 @@ def command(
             admin_token=_token(admin_token, "--admin-token"),
             metrics_token=_token(metrics_token, "--metrics-token"),
         )
+        limits = {
+            "header_timeout": header_timeout,
+            "body_timeout": body_timeout,
+            "keep_alive_timeout": keep_alive_timeout,
+            "max_connections": max_connections,
+        }
+        config = dataclasses.replace(
+            config,
+            **{k: v for k, v in limits.items() if v is not None},  # type: ignore[arg-type]
+        )
         try:
             validate_settings(config.sources[0].destinations[0].settings)
         except SettingsError as e:
@@ -324,7 +386,9 @@ def _start(config: Config, *, log_level: str, log_format: LogFormat, banner: str
         )
     if config.queue_url is None:  # the SQLite file goes in the data dir
         try:
-            config.data_dir.mkdir(parents=True, exist_ok=True)
+            if not config.data_dir.exists():  # queued events are for the relay's user alone
+                config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                config.data_dir.chmod(0o700)
         except OSError as e:
             raise CannotStart(
                 f"cannot create the data dir {config.data_dir}: {e.strerror or e}"

@@ -8,7 +8,7 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import orjson
 from starlette.requests import Request
@@ -37,6 +37,16 @@ ALLOWED_HEADERS: Final = (
 _SUCCESS: Final = b'{"success":true}'
 
 
+class AppendTracker(Protocol):
+    """Told of every append's outcome (:class:`heaprelay.queue.health.AppendHealth`)."""
+
+    def failed(self, exc: BaseException) -> str:
+        """An append failed: the one-line reason to answer (disk full, read-only, ...)."""
+        ...
+
+    def succeeded(self) -> None: ...
+
+
 @dataclass(slots=True)
 class IngestState:
     """What the routes need. ``queue`` is set once the server has opened it."""
@@ -46,6 +56,8 @@ class IngestState:
     queue: Queue | None = None
     #: Told of every request's answer and of what it stored (metrics, the debugger).
     observer: IngestObserver | None = None
+    #: Told of every append's outcome (``/readyz``; one log line per failure class).
+    health: AppendTracker | None = None
     by_key: dict[str, Source] = field(init=False)
     #: Largest request any source accepts (what is read before the write key is known).
     max_request_bytes: int = field(init=False)
@@ -160,12 +172,15 @@ def _ingest(state: IngestState, route_type: str | None) -> Callable[[Request], A
         try:
             await append(state.queue, source, prepared, jobs, now)
         except Exception as exc:
-            return _error(
-                state,
-                origin,
-                source,
-                Rejection("queue_unavailable", f"could not store the messages: {exc}", 503),
+            reason = (
+                state.health.failed(exc)
+                if state.health is not None
+                else f"the queue cannot store messages ({exc})"
             )
+            message = f"{reason}; nothing of this request was stored, send it again later"
+            return _error(state, origin, source, Rejection("queue_unavailable", message, 503))
+        if state.health is not None:
+            state.health.succeeded()
         if state.observer is not None:
             state.observer.stored(source, request.scope["path"], prepared.messages, now)
         if prepared.rejected:

@@ -90,6 +90,8 @@ T = TypeVar("T")
 log = logging.getLogger("heaprelay.queue")
 #: Seconds the wake-up listener's connect may take (a waiter waits that long at most extra).
 LISTEN_CONNECT_TIMEOUT: Final = 10
+#: Seconds an append waits for a connection of the pool before it fails.
+APPEND_WAIT: Final = 5.0
 
 DEFAULT_SCHEMA: Final = "heaprelay"
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -248,7 +250,9 @@ class PostgresQueue:
                 await _insert_history(conn, history, now)
             await self._send_notify(conn)
 
-        await self._transaction(run)
+        # A request waits for its answer: with the database down, say so (503) well within
+        # an SDK's timeout rather than after the pool's 30 s.
+        await self._transaction(run, wait=APPEND_WAIT)
         self._wake_local()
         samples = self.codec.take_samples()
         if samples is not None and not self._closed:
@@ -770,11 +774,17 @@ class PostgresQueue:
 
     # --- internals ------------------------------------------------------------------------
 
-    async def _transaction(self, fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
-        """Run ``fn`` in a transaction; retried on deadlock or serialization failure."""
+    async def _transaction(
+        self,
+        fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]],
+        *,
+        wait: float | None = None,
+    ) -> T:
+        """Run ``fn`` in a transaction; retried on deadlock or serialization failure. ``wait``:
+        seconds to wait for a connection of the pool (default: the pool's 30)."""
         for attempt in range(_RETRIES):
             try:
-                async with self._pool.connection() as conn, conn.transaction():
+                async with self._pool.connection(wait) as conn, conn.transaction():
                     return await fn(conn)
             except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure):
                 if attempt == _RETRIES - 1:
@@ -812,8 +822,11 @@ class PostgresQueue:
         """Start the wake-up listener unless it runs: one LISTEN connection per handle, however
         many loops wait at once (they share the lock). False when it cannot connect now."""
         async with self._listen_lock:
-            if self._listener is not None and not self._listener.done():
+            listener = self._listener
+            if listener is not None and not listener.done():
                 return True
+            if listener is not None and not listener.cancelled() and listener.exception():
+                log.warning("the queue's LISTEN connection failed: %s", listener.exception())
             if self._listen_conn is not None:
                 with contextlib.suppress(psycopg.Error):
                     await self._listen_conn.close()

@@ -15,6 +15,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Final
 
+from heaprelay.logs import FailureLog
+
 if TYPE_CHECKING:
     from heaprelay.runtime import Runtime
 
@@ -31,12 +33,17 @@ SHARE: Final = 0.25
 async def search_index_service(runtime: Runtime, *, idle: float = IDLE) -> None:
     """Index new jobs until the server stops."""
     assert runtime.queue is not None, "the server opens the queue before starting services"
+    # A full disk or a database that is down fails every pass: one line per interval.
+    failures = FailureLog(log, level=logging.ERROR, monotonic=runtime.clock.monotonic)
     while not runtime.stopping.is_set():
         started = time.perf_counter()
         try:
             done = await runtime.queue.index(limit=BATCH)
-        except Exception:  # the next pass tries again
-            log.exception("search index: a pass failed")
+        except Exception as exc:  # the next pass tries again
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            failures.failure(
+                f"search index: a pass failed:{type(exc).__name__}", detail, exc_info=exc
+            )
             done = 0
         busy = time.perf_counter() - started
         pause = idle if done < BATCH else busy * (1 - SHARE) / SHARE

@@ -18,8 +18,11 @@ import contextlib
 import dataclasses
 import functools
 import json
+import logging
+import os
 import queue as thread_queue
 import sqlite3
+import stat
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
@@ -68,6 +71,7 @@ from heaprelay.queue.base import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger("heaprelay.queue")
 
 #: Appends committed in one transaction at most (bounds the latency of a huge burst).
 MAX_GROUP: Final = 512
@@ -80,6 +84,35 @@ WAL_CHECKPOINT_PAGES: Final = 10_000
 
 
 QUERIES: Final = package_queries("sqlite.sql")
+
+
+#: Modes of what the queue creates: the queued events are personal data, for the relay's
+#: user alone.
+DIR_MODE: Final = 0o700
+FILE_MODE: Final = 0o600
+
+
+def prepare_files(path: Path) -> None:
+    """Create the queue file's directory (0700) and the file itself (0600, empty: SQLite
+    takes an empty file for a new database) when they do not exist; SQLite gives the -wal
+    and -shm files the mode of the database file. Existing ones keep their modes: a file
+    that others may read is reported (one warning), not changed behind its owner's back."""
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        path.parent.chmod(DIR_MODE)  # mkdir's mode is masked by the umask
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+    except FileExistsError:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if path.is_file() and mode & 0o077:
+            log.warning(
+                "queue file %s has mode %04o (others may read queued events); "
+                "chmod 600 it (heaprelay creates it 0600 and leaves existing files alone)",
+                path,
+                mode,
+            )
+    else:
+        path.chmod(FILE_MODE)  # os.open's mode is masked by the umask too
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -136,7 +169,7 @@ class SQLiteQueue:
         """Open (creating it and its directory if needed) the queue file at ``path``."""
 
         def connect() -> SQLiteQueue:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            prepare_files(path)
             write = _connect(path)
             # Claims look up and insert messageIds at random places in "seen" (dedupe): keep
             # more of its pages in memory than the default cache of 2 MB.

@@ -68,6 +68,7 @@ from heaprelay.clock import Clock
 from heaprelay.config import DeliverySettings, Destination
 from heaprelay.heap.client import HeapAnswer, HeapClient
 from heaprelay.heap.models import HeapRequest
+from heaprelay.logs import FailureLog
 from heaprelay.messages.reasons import Reason
 from heaprelay.queue.base import (
     DeadLetter,
@@ -348,6 +349,7 @@ class Router:
         self._held = 0
         self._pruned_at = self.clock.monotonic()
         self._room = asyncio.Event()
+        self._failures = FailureLog(log, monotonic=self.clock.monotonic)
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -367,8 +369,12 @@ class Router:
         while not stopping.is_set():
             try:
                 handled = await self.run_once(worker=f"{self.name}-{n}")
-            except Exception:  # a bad pass must not stop delivery; leases bring jobs back
-                log.exception("delivery pass failed")
+            except Exception as exc:  # a bad pass must not stop delivery; leases bring jobs back
+                # One line per kind of failure per interval (a full disk or a database that is
+                # down fails every pass of every loop), the first with its traceback.
+                kind = f"delivery pass failed:{type(exc).__name__}"
+                detail = " ".join(str(exc).split()) or type(exc).__name__
+                self._failures.failure(kind, detail, exc_info=exc)
                 self.stats.error("delivery pass failed (see logs)")
                 handled = 0
             if handled == 0:
@@ -379,13 +385,23 @@ class Router:
 
     async def _idle(self, stopping: asyncio.Event, timeout: float) -> None:
         """Wait for new work, ``timeout`` or the stop signal, whichever comes first."""
-        waiters = {
-            asyncio.ensure_future(self.queue.wait_for_work(timeout)),
-            asyncio.ensure_future(stopping.wait()),
-        }
-        _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
+        work = asyncio.ensure_future(self.queue.wait_for_work(timeout))
+        stop = asyncio.ensure_future(stopping.wait())
+        try:
+            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            work.cancel()
+            stop.cancel()
+        failed = work.exception() if work.done() and not work.cancelled() else None
+        if failed is not None:
+            # The queue cannot be listened to (its database is down): the exception is
+            # retrieved (not left to asyncio's "never retrieved" at garbage collection),
+            # logged once per interval, and the loop waits out its timeout instead.
+            self._failures.failure(
+                f"waiting for work failed:{type(failed).__name__}",
+                " ".join(str(failed).split()) or type(failed).__name__,
+            )
+            await self._sleep_unless_stopping(timeout)
 
     def _claim_limit(self) -> int:
         """How many jobs the next claim may take.
@@ -481,8 +497,11 @@ class Router:
             await self._give_back(state)
             raise
         except BaseException:
-            if state.saving is not None:  # the leases bring back what it did not record
-                state.saving.cancel()
+            saving = state.saving
+            if saving is not None:  # the leases bring back what it did not record
+                saving.cancel()
+                if saving.done() and not saving.cancelled():
+                    saving.exception()  # retrieved: the pass's own failure is what is logged
             self._release_held(state, len(state.held()) + len(state.unsaved))
             raise
         if self._last_hold and all(isinstance(o, Release) for o in outcomes):
