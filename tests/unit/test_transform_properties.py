@@ -171,13 +171,21 @@ def test_profiles_never_raise_and_are_deterministic(message: dict[str, Any], pro
     before = copy.deepcopy(message)
     first = transform(message, s)
     assert message == before
-    assert transform(copy.deepcopy(message), s) == first
+    # Compared as what goes on the wire: bodies may hold orjson.Fragments (numbers written
+    # as the peer's bytes), which compare by identity.
+    assert wire(transform(copy.deepcopy(message), s)) == wire(first)
     if isinstance(first, Skip):
         assert isinstance(first.reason, Reason)
     else:
         assert first
         for request in first:
             assert isinstance(request.body, dict)
+
+
+def wire(result: Any) -> Any:
+    if isinstance(result, Skip):
+        return result
+    return [(r.base_url, r.endpoint, r.method, orjson.dumps(r.body)) for r in result]
 
 
 def nested(depth: int, kind: type) -> Any:

@@ -92,11 +92,12 @@ DIR_MODE: Final = 0o700
 FILE_MODE: Final = 0o600
 
 
-def prepare_files(path: Path) -> None:
+def prepare_files(path: Path) -> int | None:
     """Create the queue file's directory (0700) and the file itself (0600, empty: SQLite
     takes an empty file for a new database) when they do not exist; SQLite gives the -wal
-    and -shm files the mode of the database file. Existing ones keep their modes: a file
-    that others may read is reported (one warning), not changed behind its owner's back."""
+    and -shm files the mode of the database file. Existing ones keep their modes: returns
+    the mode of an existing file that others may read (reported once it proved to be a
+    queue, see :func:`warn_readable`), not changed behind its owner's back."""
     if not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
         path.parent.chmod(DIR_MODE)  # mkdir's mode is masked by the umask
@@ -104,15 +105,19 @@ def prepare_files(path: Path) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
     except FileExistsError:
         mode = stat.S_IMODE(path.stat().st_mode)
-        if path.is_file() and mode & 0o077:
-            log.warning(
-                "queue file %s has mode %04o (others may read queued events); "
-                "chmod 600 it (heaprelay creates it 0600 and leaves existing files alone)",
-                path,
-                mode,
-            )
-    else:
-        path.chmod(FILE_MODE)  # os.open's mode is masked by the umask too
+        return mode if path.is_file() and mode & 0o077 else None
+    path.chmod(FILE_MODE)  # os.open's mode is masked by the umask too
+    return None
+
+
+def warn_readable(path: Path, mode: int | None) -> None:
+    if mode is not None:
+        log.warning(
+            "queue file %s has mode %04o (others may read queued events); "
+            "chmod 600 it (heaprelay creates it 0600 and leaves existing files alone)",
+            path,
+            mode,
+        )
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -169,7 +174,7 @@ class SQLiteQueue:
         """Open (creating it and its directory if needed) the queue file at ``path``."""
 
         def connect() -> SQLiteQueue:
-            prepare_files(path)
+            readable = prepare_files(path)
             write = _connect(path)
             # Claims look up and insert messageIds at random places in "seen" (dedupe): keep
             # more of its pages in memory than the default cache of 2 MB.
@@ -190,6 +195,7 @@ class SQLiteQueue:
             if "seen_at" not in {row[1] for row in write.execute("PRAGMA table_info(seen)")}:
                 write.executescript(QUERIES["add_seen_at"])
             codec = PayloadCodec(dict(write.execute(QUERIES["dictionaries"]).fetchall()))
+            warn_readable(path, readable)  # a queue indeed: not for a file that is not one
             return cls(path, write, _connect(path), codec)
 
         return await asyncio.to_thread(connect)
