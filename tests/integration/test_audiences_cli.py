@@ -229,6 +229,18 @@ def test_bad_files_are_refused_with_their_line_and_nothing_is_enqueued(
         assert "nothing synced" in line, line
     shown = show(store)
     assert (shown["syncs"], shown["members"], shown["last_jobs"]) == (1, 2, 2)
+    # A file of no members (a truncated export?) would make everyone leave: refused unless
+    # asked for.
+    empty = tmp_path / "empty.csv"
+    empty.write_text("user_id\n\n")
+    done = audiences("sync", NAME, str(empty), *store)
+    assert done.returncode == 1, done.stderr
+    assert "lists no members" in done.stderr, done.stderr
+    assert "--allow-empty" in done.stderr, done.stderr
+    assert show(store)["syncs"] == 1
+    done = audiences("sync", NAME, str(empty), *store, "--allow-empty", "--json")
+    assert done.returncode == 0, done.stderr
+    assert sorted(orjson.loads(done.stdout)["left"]) == ["a", "b"]
 
 
 def test_the_key_is_fixed_at_the_first_sync(tmp_path: Path, store: list[str]) -> None:

@@ -91,6 +91,11 @@ def _store(queue: Any) -> Any:
     help="auto: by the extension (.csv, .ndjson/.jsonl/.json), else by the content.",
 )
 @click.option("--dry-run", is_flag=True, help="Print who would enter and leave; change nothing.")
+@click.option(
+    "--allow-empty",
+    is_flag=True,
+    help="Sync a file that lists no members (every member leaves); refused without it.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 def sync_command(
     name: str,
@@ -102,6 +107,7 @@ def sync_command(
     key: str | None,
     fmt: str,
     dry_run: bool,
+    allow_empty: bool,
     as_json: bool,
 ) -> None:
     """Sync audience NAME to the members listed in FILE: the first run sends KEY = true for
@@ -121,6 +127,12 @@ def sync_command(
         raise RefusedFile(f"{exc}; nothing synced") from None
     except OSError as exc:
         raise AudienceCommandError(f"{file}: {exc.strerror or exc}") from None
+    if not members and not allow_empty:
+        # A truncated export would otherwise make every member leave.
+        raise RefusedFile(
+            f"{file}: lists no members (every member would leave); nothing synced "
+            "(--allow-empty to empty the audience)"
+        )
     url = resolve_queue_url(queue_url, data_dir, config_file)
 
     async def run(queue: Any) -> SyncResult:
