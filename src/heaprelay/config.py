@@ -87,6 +87,10 @@ class Destination:
     #: A path (``/fake-heap/js/heap-{app_id}.js``, the sandbox's) is taken on the relay's
     #: own public URL.
     heap_script_url: str = DEFAULT_HEAP_SCRIPT_URL
+    #: More names by which an event's integrations object addresses this destination, next
+    #: to "Heap" and "Heap.io": e.g. the Segment destination that forwards to the relay
+    #: ("Webhooks"), whose name Engage's ``{"All": false, "<name>": true}`` carries.
+    integration_names: tuple[str, ...] = ()
 
     def heap_script(self) -> str:
         """``heap_script_url`` for this destination's App ID."""

@@ -411,6 +411,7 @@ _DESTINATION = (
     "device_mode",
     "device_mode_server_side",
     "heap_script_url",
+    "integration_names",
 )
 _EVENT_FILTER = ("mode", "events")
 _FILTER_MODES = {
@@ -723,6 +724,7 @@ def _destination(r: _Reader, value: Any, path: str, source: str) -> Destination 
         heap_script_url=r.typed(
             table, "heap_script_url", path, _script_url, DEFAULT_HEAP_SCRIPT_URL
         ),
+        integration_names=r.string_list(table, "integration_names", path),
     )
 
 

@@ -97,6 +97,17 @@ def test_rudderstack_filter_names_are_accepted(tmp_path: Path) -> None:
     assert config.sources[0].destinations[0].event_filter == EventFilter("allow", ("A",))
 
 
+def test_integration_names_are_a_list_of_strings(tmp_path: Path) -> None:
+    extra = '  integration_names = ["Webhooks", "Heap Cloud (Actions)"]\n'
+    config = load_config(write(tmp_path, MINIMAL + extra), {})
+    assert config.sources[0].destinations[0].integration_names == (
+        "Webhooks",
+        "Heap Cloud (Actions)",
+    )
+    with pytest.raises(ConfigError, match=r"integration_names.*expected a list of strings"):
+        load_config(write(tmp_path, MINIMAL + '  integration_names = "Webhooks"\n'), {})
+
+
 def test_missing_variable_is_reported_where_it_is_used(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL.replace('"123"', '"${PROD_APP_ID}"'))
     (problem,) = check_config(path, {})

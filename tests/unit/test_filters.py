@@ -74,6 +74,21 @@ def test_integrations_skip(integrations: dict[str, Any], detail: str) -> None:
     assert detail in skip.detail
 
 
+def test_integration_names_address_the_destination_too() -> None:
+    # Engage forwarding through another Segment destination (here: a webhook to the relay)
+    # names that destination only.
+    forwarded = track(integrations={"All": False, "Webhooks": True})
+    assert check(forwarded, dest()) is not None
+    named = dest(integration_names=("Webhooks",))
+    assert check(forwarded, named) is None
+    # an explicit opt-out by a platform name still wins over the extra name
+    skip = check(track(integrations={"Webhooks": True, "Heap": False}), named)
+    assert skip is not None
+    assert '"Heap": false' in skip.detail
+    # the destination's own id is still the most specific
+    assert check(track(integrations={"Webhooks": False, "web-prod": True}), named) is None
+
+
 def test_integrations_not_an_object_sends_nowhere() -> None:
     skip = check(track(integrations=["Heap"]), dest())
     assert skip is not None

@@ -12,8 +12,10 @@ this order; the first that refuses gives the reason:
    - its own ``id`` from the configuration (``{"All": false, "web-eu": true}`` sends to that
      destination only, whatever the platform keys say);
    - the platform names ``"Heap"`` (Segment) and ``"Heap.io"`` (RudderStack), shared by every
-     Heap destination of the source. If both are present and disagree, ``false`` wins: an
-     explicit opt-out is never overridden by the other platform's name.
+     Heap destination of the source, and the destination's own ``integration_names`` (the
+     name of a destination that forwards to the relay, e.g. ``"Webhooks"``). If several are
+     present and disagree, ``false`` wins: an explicit opt-out is never overridden by
+     another name.
 
    As in RudderStack, an integrations value that is not an object, or an ``All`` that is not a
    boolean, sends to no destination. ``"integrations": null`` is treated as absent.
@@ -64,8 +66,13 @@ def _switch(value: Any) -> bool | None:
     return None
 
 
-def integrations_skip(message: Mapping[str, Any], destination_id: str | None = None) -> Skip | None:
-    """The integrations object for one destination (see the module docstring)."""
+def integrations_skip(
+    message: Mapping[str, Any],
+    destination_id: str | None = None,
+    names: tuple[str, ...] = (),
+) -> Skip | None:
+    """The integrations object for one destination (see the module docstring); ``names``:
+    the destination's ``integration_names``."""
     integrations = message.get("integrations")
     if integrations is None:
         return None
@@ -77,7 +84,7 @@ def integrations_skip(message: Mapping[str, Any], destination_id: str | None = N
             Reason.FILTERED_INTEGRATIONS,
             f'integrations object has a non-boolean "All" ({all_value!r})',
         )
-    levels: list[tuple[str, ...]] = [INTEGRATION_NAMES]
+    levels: list[tuple[str, ...]] = [INTEGRATION_NAMES + names]
     if destination_id:
         levels.insert(0, (destination_id,))
     for names in levels:
@@ -213,7 +220,7 @@ def device_mode_skip(message: Mapping[str, Any], destination: Destination) -> Sk
 def check(message: Mapping[str, Any], destination: Destination) -> Skip | None:
     """All filters of ``destination``, in order; the first that refuses gives the Skip."""
     return (
-        integrations_skip(message, destination.id)
+        integrations_skip(message, destination.id, destination.integration_names)
         or consent_skip(message, destination.consent)
         or event_name_skip(message, destination.event_filter)
         or device_mode_skip(message, destination)
