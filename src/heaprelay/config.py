@@ -211,6 +211,9 @@ class AudienceRule:
     within: float
     at_least: int = 1
     traits: tuple[tuple[str, TraitValue], ...] = ()
+    #: A computed trait's rule (``[[computed_traits]]``): the value per user is the count of
+    #: ``event`` in the window (``at_least`` and ``traits`` are not used).
+    count: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +227,12 @@ class Audience:
     source: str
     every: float
     rule: AudienceRule
+
+    @property
+    def kind(self) -> str:
+        """``"audience"`` (``[[audiences]]``: key = true | false), or ``"trait"``
+        (``[[computed_traits]]``: key = the user's value, :attr:`AudienceRule.count`)."""
+        return "trait" if self.rule.count else "audience"
 
 
 DEFAULT_AUDIENCE_EVERY = 3600.0
@@ -280,7 +289,9 @@ class Config:
     keep_alive_timeout: float = DEFAULT_KEEP_ALIVE_TIMEOUT
     #: Connections (and requests in progress) served at once; past it, requests get a 503.
     max_connections: int = DEFAULT_MAX_CONNECTIONS
-    #: Audiences over the stored events (``[[audiences]]``).
+    #: Audiences over the stored events (``[[audiences]]``), then the computed traits
+    #: (``[[computed_traits]]``, :attr:`Audience.kind` ``"trait"``): both are evaluated,
+    #: scheduled, synced and listed alike.
     audiences: tuple[Audience, ...] = ()
 
     def history_windows(self) -> dict[str, float]:

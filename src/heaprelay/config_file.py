@@ -365,7 +365,7 @@ def _script_url(value: Any) -> str:
 
 # --- the schema ----------------------------------------------------------------------------
 
-_TOP = ("server", "delivery", "sources", "audiences")
+_TOP = ("server", "delivery", "sources", "audiences", "computed_traits")
 _SERVER = (
     "host",
     "port",
@@ -516,6 +516,9 @@ def _build(r: _Reader, data: dict[str, Any]) -> Config:
     ]
     _unique(r, sources)
     audiences = _audiences(r, data.get("audiences", []), sources_value, sources)
+    audiences += _audiences(
+        r, data.get("computed_traits", []), sources_value, sources, "computed_traits", audiences
+    )
     return Config(
         sources=tuple(_with_history(r, sources, sources_value, audiences)),
         audiences=audiences,
@@ -865,21 +868,29 @@ def _unique(r: _Reader, sources: list[Source]) -> None:
 
 _AUDIENCE = ("name", "key", "source", "every", "rule")
 _RULE = ("event", "at_least", "within", "traits")
+_TRAIT_RULE = ("event", "within", "count", "sum")
 
 
 def _audiences(
-    r: _Reader, value: Any, sources_value: Any, sources: list[Source]
+    r: _Reader,
+    value: Any,
+    sources_value: Any,
+    sources: list[Source],
+    table: str = "audiences",
+    before: tuple[Audience, ...] = (),
 ) -> tuple[Audience, ...]:
+    """The ``[[audiences]]`` (or, ``table`` "computed_traits", the computed traits: names
+    and keys distinct from ``before``'s too)."""
     if not isinstance(value, list):
-        r.problem("audiences", f"expected [[audiences]] tables, got {_kind(value)}")
+        r.problem(table, f"expected [[{table}]] tables, got {_kind(value)}")
         return ()
     known = {s.name for s in sources}
     found: list[Audience] = []
-    names: dict[str, str] = {}
-    keys: dict[str, str] = {}
+    names: dict[str, str] = {a.name: f"audience {a.name!r}" for a in before}
+    keys: dict[str, str] = {a.key: f"audience {a.name!r}" for a in before}
     for i, item in enumerate(value):
-        path = f"audiences[{i}]"
-        audience = _audience(r, item, path, known)
+        path = f"{table}[{i}]"
+        audience = _audience(r, item, path, known, table)
         if audience is None:
             continue
         if audience.name in names:
@@ -897,7 +908,9 @@ def _audiences(
     return tuple(found)
 
 
-def _audience(r: _Reader, value: Any, path: str, sources: set[str]) -> Audience | None:
+def _audience(
+    r: _Reader, value: Any, path: str, sources: set[str], kind: str = "audiences"
+) -> Audience | None:
     table = r.table(value, path)
     if table is None:
         return None
@@ -928,7 +941,10 @@ def _audience(r: _Reader, value: Any, path: str, sources: set[str]) -> Audience 
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         r.problem(_join(path, "source"), f"no source named {source!r}{hint}")
     every = r.typed(table, "every", path, _positive_duration, DEFAULT_AUDIENCE_EVERY)
-    rule = _rule(r, table.get("rule"), _join(path, "rule"), "rule" in table)
+    if kind == "audiences":
+        rule = _rule(r, table.get("rule"), _join(path, "rule"), "rule" in table)
+    else:
+        rule = _trait_rule(r, table.get("rule"), _join(path, "rule"), "rule" in table)
     if rule is None or len(r.problems) > problems:
         return None
     return Audience(name=name, key=key, source=source, every=every, rule=rule)
@@ -966,6 +982,41 @@ def _rule(r: _Reader, value: Any, path: str, given: bool) -> AudienceRule | None
     if event is None or not within:
         return None
     return AudienceRule(event=event, within=within, at_least=at_least, traits=tuple(traits))
+
+
+def _trait_rule(r: _Reader, value: Any, path: str, given: bool) -> AudienceRule | None:
+    if not given:
+        r.problem(
+            path.rpartition(".")[0], "[computed_traits.rule] is required (event, within, count)"
+        )
+        return None
+    table = r.table(value, path)
+    if table is None:
+        return None
+    r.keys(table, path, _TRAIT_RULE)
+    event = r.string(table, "event", path)
+    if event is None or not event.strip():
+        r.problem(
+            path if event is None else _join(path, "event"),
+            "event is required: the name of the track event counted",
+        )
+    if "within" not in table:
+        r.problem(path, 'within is required: the window events are counted in (e.g. "30d")')
+    within = r.typed(table, "within", path, _positive_duration, 0.0)
+    count = table.get("count")
+    if "sum" in table:
+        r.problem(
+            _join(path, "sum"),
+            "sum is not supported (yet): only count = true, the events counted per user",
+        )
+        return None
+    if count is not True:
+        where = path if count is None else _join(path, "count")
+        r.problem(where, 'exactly one of count = true or sum = "property" is required')
+        return None
+    if event is None or not within:
+        return None
+    return AudienceRule(event=event, within=within, count=True)
 
 
 def _with_history(

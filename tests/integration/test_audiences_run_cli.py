@@ -61,7 +61,7 @@ def test_audiences_run_without_audiences(tmp_path: Path) -> None:
     path = config(tmp_path, audiences="")
     result = CliRunner().invoke(main, ["audiences", "run", "--config", str(path)])
     assert result.exit_code == 2
-    assert "defines no [[audiences]]" in result.output
+    assert "defines no [[audiences]] or [[computed_traits]]" in result.output
 
 
 def test_audiences_run_on_a_bad_config_prints_its_problems(tmp_path: Path) -> None:

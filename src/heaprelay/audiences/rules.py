@@ -20,14 +20,21 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Final
 
-from heaprelay.audiences.sync import SyncResult, sync_members
+from heaprelay.audiences.sync import SyncResult, sync_members, sync_values
 from heaprelay.config import Audience, Config
-from heaprelay.queue.base import AudienceHistory, AudienceStore, MemberQuery, Queue
+from heaprelay.queue.base import AudienceHistory, AudienceStore, CountQuery, MemberQuery, Queue
 
 if TYPE_CHECKING:
     from heaprelay.runtime import Runtime
 
-__all__ = ["audience_service", "evaluate", "member_query", "run_audience", "summary"]
+__all__ = [
+    "audience_service",
+    "evaluate",
+    "evaluate_trait",
+    "member_query",
+    "run_audience",
+    "summary",
+]
 
 log = logging.getLogger("heaprelay.audiences")
 
@@ -55,12 +62,36 @@ async def evaluate(queue: Queue, audience: Audience, *, now: float) -> set[str]:
     return await queue.history_members(member_query(audience, now=now))
 
 
+async def evaluate_trait(queue: Queue, trait: Audience, *, now: float) -> dict[str, float]:
+    """A computed trait's value per user at ``now`` (users without one left out): the count
+    of its event (distinct messageIds) in ``[now - within, now]``."""
+    if not isinstance(queue, AudienceHistory):
+        raise TypeError(f"{type(queue).__name__} keeps no history for computed traits")
+    rule = trait.rule
+    query = CountQuery(trait.source, rule.event, start=now - rule.within, end=now)
+    return {user: float(n) for user, n in (await queue.history_counts(query)).items()}
+
+
 async def run_audience(
     queue: Queue, config: Config, audience: Audience, *, now: float, dry_run: bool = False
 ) -> SyncResult:
-    """Evaluate ``audience`` and sync its members (the diff is enqueued unless ``dry_run``)."""
+    """Evaluate ``audience`` and sync its members, or a computed trait's values (the diff
+    is enqueued unless ``dry_run``)."""
     if not isinstance(queue, AudienceStore):
         raise TypeError(f"{type(queue).__name__} keeps no audience snapshots")
+    if audience.kind == "trait":
+        values = await evaluate_trait(queue, audience, now=now)
+        return await sync_values(
+            queue,
+            queue,
+            config,
+            name=audience.name,
+            source=audience.source,
+            key=audience.key,
+            values=values,
+            now=now,
+            dry_run=dry_run,
+        )
     members = await evaluate(queue, audience, now=now)
     return await sync_members(
         queue,
@@ -79,6 +110,14 @@ def summary(result: SyncResult) -> str:
     """One line: what an evaluation's sync did (or would do, ``dry_run``)."""
     verb = "would send" if result.dry_run else "enqueued"
     first = "first sync, " if result.first else ""
+    if result.changed or result.kind == "trait":
+        updates = len(result.entered) + len(result.changed) + len(result.left)
+        return (
+            f"{result.members} users with a value ({first}{len(result.entered)} new, "
+            f"{len(result.changed)} changed, {len(result.left)} back to 0, "
+            f"{result.unchanged} unchanged); {verb} {updates} updates"
+            + ("" if result.dry_run else f" ({result.jobs} jobs)")
+        )
     return (
         f"{result.members} members ({first}{len(result.entered)} entered, "
         f"{len(result.left)} left, {result.unchanged} unchanged); {verb} "

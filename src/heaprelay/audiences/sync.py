@@ -43,7 +43,9 @@ class SyncResult:
     #: This sync's number (1: the first sync, which sends every member).
     sync: int
     first: bool
-    #: User ids that entered (sent ``key = true``) and left (``key = false``), sorted.
+    #: User ids that entered (sent ``key = true``) and left (``key = false``), sorted. A
+    #: computed trait's: who got a value for the first time, and who had one and has none
+    #: now (sent ``key = 0``).
     entered: tuple[str, ...]
     left: tuple[str, ...]
     #: Members before and after who were not sent anything.
@@ -54,6 +56,10 @@ class SyncResult:
     jobs: int
     destinations: tuple[str, ...]
     dry_run: bool
+    #: A computed trait's users whose value changed (sent the new value), sorted.
+    changed: tuple[str, ...] = ()
+    #: ``"audience"`` or ``"trait"`` (a computed trait's sync).
+    kind: str = "audience"
 
 
 def message_prefix(key: str, sync: int) -> str:
@@ -99,6 +105,46 @@ async def sync_members(
     :class:`AudienceError` (nothing written) for a sync that does not fit the stored
     audience, including one committed by another process meanwhile
     (:class:`~heaprelay.queue.base.AudienceConflict`)."""
+    return await _sync(
+        store, queue, config, name, source, key, members, None, now=now, dry_run=dry_run
+    )
+
+
+async def sync_values(
+    store: AudienceStore,
+    queue: Queue,
+    config: Config,
+    *,
+    name: str,
+    source: str,
+    key: str | None,
+    values: Mapping[str, float],
+    now: float,
+    dry_run: bool = False,
+) -> SyncResult:
+    """Sync computed trait ``name`` to ``values`` (user id -> value; a user left out has
+    none), as :func:`sync_members` syncs an audience: the first sync sends every user's
+    value, later ones only the values that changed, and ``key = 0`` to a user who had a
+    value and has none now."""
+    return await _sync(
+        store, queue, config, name, source, key, {}, values, now=now, dry_run=dry_run
+    )
+
+
+async def _sync(
+    store: AudienceStore,
+    queue: Queue,
+    config: Config,
+    name: str,
+    source: str,
+    key: str | None,
+    members: Mapping[str, Mapping[str, Any]],
+    values: Mapping[str, float] | None,
+    *,
+    now: float,
+    dry_run: bool,
+) -> SyncResult:
+    """An audience's sync (``values`` None: ``members`` are in) or a computed trait's."""
     from heaprelay.queue.base import AudienceConflict
 
     if store is not queue:  # type: ignore[comparison-overlap]
@@ -119,9 +165,17 @@ async def sync_members(
         key = stored.key
     else:
         key = audience_key(name) if key is None else check_key(key)
-    current = await store.audience_members(name) if stored is not None else set()
-    entered = sorted(u for u in members if u not in current)
-    left = sorted(u for u in current if u not in members)
+    changed: list[str] = []
+    if values is None:
+        current = await store.audience_members(name) if stored is not None else set()
+        entered = sorted(u for u in members if u not in current)
+        left = sorted(u for u in current if u not in members)
+    else:
+        had = await store.audience_values(name) if stored is not None else {}
+        current = set(had)
+        entered = sorted(u for u in values if u not in had)
+        changed = sorted(u for u in values if u in had and had[u] != values[u])
+        left = sorted(u for u in had if u not in values)
     number = (stored.syncs if stored is not None else 0) + 1
     destinations = tuple(d.id for d in relay_source.destinations if d.enabled)
     result = SyncResult(
@@ -132,16 +186,29 @@ async def sync_members(
         first=stored is None,
         entered=tuple(entered),
         left=tuple(left),
-        unchanged=len(current) - len(left),
+        unchanged=len(current) - len(left) - len(changed),
         members=len(current) - len(left) + len(entered),
         jobs=0,
         destinations=destinations,
         dry_run=dry_run,
+        changed=tuple(changed),
+        kind="audience" if values is None else "trait",
     )
     if dry_run:
         return result
-    jobs = update_jobs(relay_source, key, number, entered, left, members, now)
-    sync = AudienceSync(name, key, source, number, entered, left, message_prefix(key, number))
+    jobs = update_jobs(relay_source, key, number, entered, left, members, now, changed, values)
+    sync = AudienceSync(
+        name,
+        key,
+        source,
+        number,
+        entered,
+        left,
+        message_prefix(key, number),
+        changed=changed,
+        values=dict(values or {}),
+        kind="audience" if values is None else "trait",
+    )
     try:
         await store.commit_audience_sync(sync, jobs, now=now)
     except AudienceConflict as exc:
@@ -153,15 +220,34 @@ def _fields(result: SyncResult) -> dict[str, Any]:
     return {f: getattr(result, f) for f in SyncResult.__dataclass_fields__}
 
 
+def trait_value(value: float) -> int | float:
+    """A computed trait's value as sent: a whole number as an integer (a count, as stored
+    as a REAL by SQLite), else as it is."""
+    return int(value) if float(value).is_integer() else value
+
+
 def update_messages(
     key: str,
     sync: int,
     entered: list[str],
     left: list[str],
     members: Mapping[str, Mapping[str, Any]],
+    changed: list[str] | None = None,
+    values: Mapping[str, float] | None = None,
 ) -> list[dict[str, Any]]:
     """The identify messages of one sync (pure): ``true`` with the member's traits for each
-    user who entered, ``false`` for each who left."""
+    user who entered, ``false`` for each who left; a computed trait's (``values``): the
+    value for each user who entered or ``changed``, ``0`` for each who left."""
+    if values is not None:
+        return [
+            {
+                "type": "identify",
+                "userId": user,
+                "messageId": message_id(key, sync, user),
+                "traits": {key: trait_value(values[user]) if user in values else 0},
+            }
+            for user in [*entered, *(changed or ()), *left]
+        ]
     messages = [
         {
             "type": "identify",
@@ -191,10 +277,12 @@ def update_jobs(
     left: list[str],
     members: Mapping[str, Mapping[str, Any]],
     now: float,
+    changed: list[str] | None = None,
+    values: Mapping[str, float] | None = None,
 ) -> list[NewJob]:
     """The jobs of one sync's updates, checked and enriched as ingest does (``receivedAt``,
     ``timestamp``), one per update and enabled destination of ``source``."""
-    messages = update_messages(key, sync, entered, left, members)
+    messages = update_messages(key, sync, entered, left, members, changed, values)
     if not messages:
         return []
     prepared = prepare(

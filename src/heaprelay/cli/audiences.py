@@ -186,6 +186,8 @@ def _result_json(result: Any) -> dict[str, Any]:
         "jobs": result.jobs,
         "destinations": list(result.destinations),
         "dry_run": result.dry_run,
+        "kind": result.kind,
+        "changed": list(result.changed),
     }
 
 
@@ -210,6 +212,7 @@ def _record_json(record: Any, states: dict[str, dict[str, int]]) -> dict[str, An
     found = sum(sum(v.values()) for v in delivery.values())
     return {
         "name": record.name,
+        "kind": record.kind,
         "key": record.key,
         "source": record.source,
         "members": record.members,
@@ -261,7 +264,7 @@ def list_command(
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)
-    for column in ("name", "key", "source", "members", "last sync", "entered", "left"):
+    for column in ("name", "kind", "key", "source", "members", "last sync", "entered", "left"):
         table.add_column(
             column, justify="right" if column in ("members", "entered", "left") else "left"
         )
@@ -269,6 +272,7 @@ def list_command(
     for row in rows:
         table.add_row(
             row["name"],
+            row["kind"],
             row["key"],
             row["source"],
             f"{row['members']:,}",
@@ -305,14 +309,17 @@ def show_command(
     if as_json:
         click.echo(orjson.dumps(row).decode())
         return
+    trait = row["kind"] == "trait"
     lines = [
         f"audience     {row['name']}",
+        f"kind         {row['kind']}",
         f"key          {row['key']}",
         f"source       {row['source']}",
-        f"members      {row['members']:,}",
+        f"{'with value' if trait else 'members   '}   {row['members']:,}",
         f"syncs        {row['syncs']}",
-        f"last sync    {_when(row['last_sync_at'])}: {row['last_entered']:,} entered, "
-        f"{row['last_left']:,} left, {row['last_jobs']:,} jobs",
+        f"last sync    {_when(row['last_sync_at'])}: {row['last_entered']:,} "
+        f"{'sent a value' if trait else 'entered'}, {row['last_left']:,} "
+        f"{'sent 0' if trait else 'left'}, {row['last_jobs']:,} jobs",
     ]
     for destination, c in row["destinations"].items():
         lines.append(
@@ -342,8 +349,9 @@ def run(
     dry_run: bool,
     at: str | None,
 ) -> None:
-    """Evaluate the [[audiences]] of the config file (or only NAME) over the stored events,
-    and enqueue the changes of their members for the source's Heap destinations."""
+    """Evaluate the [[audiences]] and [[computed_traits]] of the config file (or only NAME)
+    over the stored events, and enqueue the changes of their members (or values) for the
+    source's Heap destinations."""
     from heaprelay.audiences.rules import run_audience, summary
     from heaprelay.cli.config import load_or_exit
 
@@ -353,7 +361,7 @@ def run(
         )
     config = load_or_exit(config_file)
     if not config.audiences:
-        raise AudienceCommandError(f"{config_file} defines no [[audiences]]")
+        raise AudienceCommandError(f"{config_file} defines no [[audiences]] or [[computed_traits]]")
     chosen = list(config.audiences)
     if name is not None:
         found = config.audience(name)

@@ -490,6 +490,17 @@ class MemberQuery:
     traits: tuple[tuple[str, TraitValue], ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class CountQuery:
+    """A computed trait's value per user (``count = true``): the track events of ``source``
+    (distinct messageIds) named ``event`` whose time is in ``[start, end]``."""
+
+    source: str
+    event: str
+    start: float
+    end: float
+
+
 def trait_matches(have: object, want: TraitValue) -> bool:
     """JSON equality of a stored trait value and a wanted one (:class:`MemberQuery`)."""
     if isinstance(want, bool) or isinstance(have, bool):
@@ -506,6 +517,11 @@ class AudienceHistory(Protocol):
 
     async def history_members(self, query: MemberQuery) -> set[str]:
         """The user ids in the audience (:class:`MemberQuery`)."""
+        ...
+
+    async def history_counts(self, query: CountQuery) -> dict[str, int]:
+        """Per user with at least one: its track events (distinct messageIds) named
+        ``query.event`` whose time is in ``[query.start, query.end]`` (:class:`CountQuery`)."""
         ...
 
     async def prune_history(self, windows: Mapping[str, float], *, now: float) -> int:
@@ -659,6 +675,9 @@ class AudienceRecord:
     first_job: int | None
     last_job: int | None
     message_prefix: str
+    #: ``"audience"`` (members, key = true | false) or ``"trait"`` (a computed trait: users
+    #: with their values), fixed at the first sync.
+    kind: str = "audience"
 
 
 @dataclass(frozen=True, slots=True)
@@ -674,6 +693,12 @@ class AudienceSync:
     left: Sequence[str]
     #: The messageId prefix of this sync's updates (see :attr:`AudienceRecord.message_prefix`).
     message_prefix: str
+    #: A computed trait's sync (:mod:`heaprelay.audiences.rules`): members already in the
+    #: snapshot whose value changed, and the value of each user in ``entered`` or
+    #: ``changed`` (an audience's sync: empty; its members have no value).
+    changed: Sequence[str] = ()
+    values: Mapping[str, float] = field(default_factory=dict)
+    kind: str = "audience"
 
 
 class AudienceConflict(Exception):
@@ -697,6 +722,11 @@ class AudienceStore(Protocol):
 
     async def audience_members(self, name: str) -> set[str]:
         """The user ids of the audience's snapshot (empty before its first sync)."""
+        ...
+
+    async def audience_values(self, name: str) -> dict[str, float]:
+        """A computed trait's snapshot: each user's last value sent (empty before its first
+        sync; for an audience, its members have no value and are left out)."""
         ...
 
     async def commit_audience_sync(
@@ -731,6 +761,12 @@ def check_audience_sync(sync: AudienceSync, stored: AudienceRecord | None) -> No
             f"audience {sync.name!r} goes to source {stored.source!r} (fixed at its first "
             f"sync), not {sync.source!r}"
         )
+    if stored.kind != sync.kind:
+        kinds = {"trait": "a computed trait", "audience": "an audience"}
+        raise AudienceConflict(
+            f"{sync.name!r} is {kinds.get(stored.kind, stored.kind)} since its first sync, "
+            f"not {kinds.get(sync.kind, sync.kind)}"
+        )
     if stored.syncs != sync.sync - 1:
         raise AudienceConflict(
             f"audience {sync.name!r} was synced meanwhile (sync {stored.syncs} is stored, "
@@ -757,10 +793,11 @@ def synced_record(
         last_sync_at=now,
         syncs=sync.sync,
         members=members,
-        last_entered=len(sync.entered),
+        last_entered=len(sync.entered) + len(sync.changed),
         last_left=len(sync.left),
         last_jobs=jobs,
         first_job=first_job,
         last_job=last_job,
         message_prefix=sync.message_prefix,
+        kind=sync.kind,
     )

@@ -60,6 +60,7 @@ from heaprelay.queue.base import (
     AudienceConflict,
     AudienceRecord,
     AudienceSync,
+    CountQuery,
     DeadLetter,
     DeadLetterRecord,
     Delivered,
@@ -189,6 +190,8 @@ class MemoryQueue:
         #: AudienceStore: name -> record, name -> members
         self._audiences: dict[str, AudienceRecord] = {}
         self._members: dict[str, set[str]] = {}
+        #: computed traits' snapshots: name -> user -> value
+        self._values: dict[str, dict[str, float]] = {}
         #: AudienceHistory: (source, event, ts, user_id) of track events; latest traits per
         #: (source, user_id); audience key -> last scheduled run
         self._history: list[tuple[str, str, float, str, str]] = []
@@ -489,6 +492,14 @@ class MemoryQueue:
             )
         }
 
+    async def history_counts(self, query: CountQuery) -> dict[str, int]:
+        events = {
+            (user, message)
+            for source, event, ts, user, message in self._history
+            if (source, event) == (query.source, query.event) and query.start <= ts <= query.end
+        }
+        return dict(Counter(user for user, _ in events))
+
     async def prune_history(self, windows: Mapping[str, float], *, now: float) -> int:
         kept = [
             row for row in self._history if row[0] in windows and row[2] >= now - windows[row[0]]
@@ -522,6 +533,9 @@ class MemoryQueue:
     async def audience_members(self, name: str) -> set[str]:
         return set(self._members.get(name, ()))
 
+    async def audience_values(self, name: str) -> dict[str, float]:
+        return dict(self._values.get(name, {}))
+
     async def commit_audience_sync(
         self, sync: AudienceSync, jobs: Sequence[NewJob], *, now: float
     ) -> AudienceRecord:
@@ -539,6 +553,12 @@ class MemoryQueue:
         members = self._members.setdefault(sync.name, set())
         members.update(sync.entered)
         members.difference_update(sync.left)
+        values = self._values.setdefault(sync.name, {})
+        values.update(
+            {u: sync.values[u] for u in (*sync.entered, *sync.changed) if u in sync.values}
+        )
+        for user in sync.left:
+            values.pop(user, None)
         record = synced_record(
             sync,
             stored,

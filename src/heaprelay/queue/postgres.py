@@ -58,6 +58,7 @@ from heaprelay.queue.base import (
     AudienceConflict,
     AudienceRecord,
     AudienceSync,
+    CountQuery,
     DeadLetter,
     DeadLetterRecord,
     Delivered,
@@ -527,6 +528,11 @@ class PostgresQueue:
             cur = await conn.execute(QUERIES["audience_members"], {"name": name})
             return {row[0] for row in await cur.fetchall()}
 
+    async def audience_values(self, name: str) -> dict[str, float]:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(QUERIES["audience_values"], {"name": name})
+            return {row[0]: row[1] for row in await cur.fetchall()}
+
     async def commit_audience_sync(
         self, sync: AudienceSync, jobs: Sequence[NewJob], *, now: float
     ) -> AudienceRecord:
@@ -559,8 +565,16 @@ class PostgresQueue:
                 await self._send_notify(conn)
             users = {"name": sync.name}
             if sync.entered:
+                values = [sync.values.get(u) for u in sync.entered]
                 await conn.execute(
-                    QUERIES["add_audience_members"], {**users, "users": list(sync.entered)}
+                    QUERIES["add_audience_members"],
+                    {**users, "users": list(sync.entered), "values": values},
+                )
+            if sync.changed:
+                values = [sync.values[u] for u in sync.changed]
+                await conn.execute(
+                    QUERIES["set_audience_values"],
+                    {**users, "users": list(sync.changed), "values": values},
                 )
             if sync.left:
                 await conn.execute(
@@ -623,6 +637,17 @@ class PostgresQueue:
         async with self._pool.connection() as conn:
             cur = await conn.execute(QUERIES[name], params)
             return {row[0] for row in await cur.fetchall()}
+
+    async def history_counts(self, query: CountQuery) -> dict[str, int]:
+        params = {
+            "source": query.source,
+            "event": query.event,
+            "start": query.start,
+            "end": query.end,
+        }
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(QUERIES["history_counts"], params)
+            return {row[0]: row[1] for row in await cur.fetchall()}
 
     async def prune_history(self, windows: Mapping[str, float], *, now: float) -> int:
         async def run(conn: psycopg.AsyncConnection[Any]) -> int:

@@ -43,6 +43,7 @@ from heaprelay.queue.base import (
     AudienceConflict,
     AudienceRecord,
     AudienceSync,
+    CountQuery,
     DeadLetter,
     DeadLetterRecord,
     Delivered,
@@ -194,6 +195,9 @@ class SQLiteQueue:
                 write.executescript(QUERIES["add_dedupe_window"])
             if "seen_at" not in {row[1] for row in write.execute("PRAGMA table_info(seen)")}:
                 write.executescript(QUERIES["add_seen_at"])
+            members = {row[1] for row in write.execute("PRAGMA table_info(audience_members)")}
+            if "value" not in members:  # a file from before computed traits
+                write.executescript(QUERIES["add_member_values"])
             codec = PayloadCodec(dict(write.execute(QUERIES["dictionaries"]).fetchall()))
             warn_readable(path, readable)  # a queue indeed: not for a file that is not one
             return cls(path, write, _connect(path), codec)
@@ -375,6 +379,19 @@ class SQLiteQueue:
 
         return await self._read_call(run)
 
+    async def history_counts(self, query: CountQuery) -> dict[str, int]:
+        params = {
+            "source": query.source,
+            "event": query.event,
+            "start": query.start,
+            "end": query.end,
+        }
+
+        def run(conn: sqlite3.Connection) -> dict[str, int]:
+            return dict(conn.execute(QUERIES["history_counts"], params).fetchall())
+
+        return await self._read_call(run)
+
     async def prune_history(self, windows: Mapping[str, float], *, now: float) -> int:
         def run(conn: sqlite3.Connection) -> int:
             count = 0
@@ -487,6 +504,12 @@ class SQLiteQueue:
 
         return await self._read_call(run)
 
+    async def audience_values(self, name: str) -> dict[str, float]:
+        def run(conn: sqlite3.Connection) -> dict[str, float]:
+            return dict(conn.execute(QUERIES["audience_values"], {"name": name}).fetchall())
+
+        return await self._read_call(run)
+
     async def commit_audience_sync(
         self, sync: AudienceSync, jobs: Sequence[NewJob], *, now: float
     ) -> AudienceRecord:
@@ -512,7 +535,14 @@ class SQLiteQueue:
                 first = last - len(jobs) + 1
             conn.executemany(
                 QUERIES["add_audience_members"],
-                [{"name": sync.name, "user_id": u} for u in sync.entered],
+                [
+                    {"name": sync.name, "user_id": u, "value": sync.values.get(u)}
+                    for u in sync.entered
+                ],
+            )
+            conn.executemany(
+                QUERIES["set_audience_values"],
+                [{"name": sync.name, "user_id": u, "value": sync.values[u]} for u in sync.changed],
             )
             conn.executemany(
                 QUERIES["remove_audience_members"],

@@ -362,17 +362,17 @@ SELECT min(id), max(id) FROM added;
 
 -- name: audience
 SELECT name, key, source, created_at, last_sync_at, syncs, members, last_entered, last_left,
-       last_jobs, first_job, last_job, message_prefix
+       last_jobs, first_job, last_job, message_prefix, kind
 FROM audiences WHERE name = %(name)s;
 
 -- name: lock_audience
 SELECT name, key, source, created_at, last_sync_at, syncs, members, last_entered, last_left,
-       last_jobs, first_job, last_job, message_prefix
+       last_jobs, first_job, last_job, message_prefix, kind
 FROM audiences WHERE name = %(name)s FOR UPDATE;
 
 -- name: audiences
 SELECT name, key, source, created_at, last_sync_at, syncs, members, last_entered, last_left,
-       last_jobs, first_job, last_job, message_prefix
+       last_jobs, first_job, last_job, message_prefix, kind
 FROM audiences ORDER BY name;
 
 -- name: audience_with_key
@@ -382,8 +382,16 @@ SELECT name FROM audiences WHERE source = %(source)s AND key = %(key)s AND name 
 SELECT user_id FROM audience_members WHERE audience = %(name)s;
 
 -- name: add_audience_members
-INSERT INTO audience_members (audience, user_id)
-SELECT %(name)s, u FROM unnest(%(users)s::text[]) AS t(u);
+INSERT INTO audience_members (audience, user_id, value)
+SELECT %(name)s, u, v FROM unnest(%(users)s::text[], %(values)s::float8[]) AS t(u, v);
+
+-- name: set_audience_values
+UPDATE audience_members AS m SET value = t.v
+FROM unnest(%(users)s::text[], %(values)s::float8[]) AS t(u, v)
+WHERE m.audience = %(name)s AND m.user_id = t.u;
+
+-- name: audience_values
+SELECT user_id, value FROM audience_members WHERE audience = %(name)s AND value IS NOT NULL;
 
 -- name: remove_audience_members
 DELETE FROM audience_members
@@ -391,10 +399,11 @@ WHERE audience = %(name)s AND user_id = ANY(%(users)s::text[]);
 
 -- name: save_audience
 INSERT INTO audiences (name, key, source, created_at, last_sync_at, syncs, members,
-                       last_entered, last_left, last_jobs, first_job, last_job, message_prefix)
+                       last_entered, last_left, last_jobs, first_job, last_job, message_prefix,
+                       kind)
 VALUES (%(name)s, %(key)s, %(source)s, %(created_at)s, %(last_sync_at)s, %(syncs)s,
         %(members)s, %(last_entered)s, %(last_left)s, %(last_jobs)s, %(first_job)s,
-        %(last_job)s, %(message_prefix)s)
+        %(last_job)s, %(message_prefix)s, %(kind)s)
 ON CONFLICT (name) DO UPDATE SET
     last_sync_at = excluded.last_sync_at, syncs = excluded.syncs, members = excluded.members,
     last_entered = excluded.last_entered, last_left = excluded.last_left,
@@ -441,6 +450,11 @@ FROM (SELECT user_id FROM audience_events
       GROUP BY user_id HAVING count(DISTINCT message_key) >= %(at_least)s) AS m
 JOIN audience_traits AS t ON t.source = %(source)s AND t.user_id = m.user_id
 WHERE t.traits @> %(want)s::jsonb;
+
+-- name: history_counts
+SELECT user_id, count(DISTINCT message_key) FROM audience_events
+WHERE source = %(source)s AND event = %(event)s AND ts >= %(start)s AND ts <= %(end)s
+GROUP BY user_id;
 
 -- name: history_names
 -- The distinct (source, event) pairs of the history, one index seek each.

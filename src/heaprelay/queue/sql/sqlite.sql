@@ -71,11 +71,15 @@ CREATE TABLE IF NOT EXISTS audiences (
     first_job INTEGER,
     last_job INTEGER,
     message_prefix TEXT NOT NULL,
+    -- 'audience', or 'trait' (a computed trait: its members' values in audience_members)
+    kind TEXT NOT NULL DEFAULT 'audience',
     UNIQUE (source, key)
 );
+-- value: a computed trait's last value sent to the user (NULL for an audience's members).
 CREATE TABLE IF NOT EXISTS audience_members (
     audience TEXT NOT NULL,
     user_id TEXT NOT NULL,
+    value REAL,
     PRIMARY KEY (audience, user_id)
 ) WITHOUT ROWID;
 
@@ -427,12 +431,12 @@ DELETE FROM seen WHERE expires_at < :before;
 
 -- name: audience
 SELECT name, key, source, created_at, last_sync_at, syncs, members, last_entered, last_left,
-       last_jobs, first_job, last_job, message_prefix
+       last_jobs, first_job, last_job, message_prefix, kind
 FROM audiences WHERE name = :name;
 
 -- name: audiences
 SELECT name, key, source, created_at, last_sync_at, syncs, members, last_entered, last_left,
-       last_jobs, first_job, last_job, message_prefix
+       last_jobs, first_job, last_job, message_prefix, kind
 FROM audiences ORDER BY name;
 
 -- name: audience_with_key
@@ -442,16 +446,30 @@ SELECT name FROM audiences WHERE source = :source AND key = :key AND name <> :na
 SELECT user_id FROM audience_members WHERE audience = :name;
 
 -- name: add_audience_members
-INSERT INTO audience_members (audience, user_id) VALUES (:name, :user_id);
+INSERT INTO audience_members (audience, user_id, value) VALUES (:name, :user_id, :value);
+
+-- name: set_audience_values
+UPDATE audience_members SET value = :value WHERE audience = :name AND user_id = :user_id;
+
+-- name: audience_values
+SELECT user_id, value FROM audience_members WHERE audience = :name AND value IS NOT NULL;
+
+-- name: add_member_values
+-- A file from before computed traits (audience_members had no value column).
+BEGIN IMMEDIATE;
+ALTER TABLE audience_members ADD COLUMN value REAL;
+ALTER TABLE audiences ADD COLUMN kind TEXT NOT NULL DEFAULT 'audience';
+COMMIT;
 
 -- name: remove_audience_members
 DELETE FROM audience_members WHERE audience = :name AND user_id = :user_id;
 
 -- name: save_audience
 INSERT INTO audiences (name, key, source, created_at, last_sync_at, syncs, members,
-                       last_entered, last_left, last_jobs, first_job, last_job, message_prefix)
+                       last_entered, last_left, last_jobs, first_job, last_job, message_prefix,
+                       kind)
 VALUES (:name, :key, :source, :created_at, :last_sync_at, :syncs, :members, :last_entered,
-        :last_left, :last_jobs, :first_job, :last_job, :message_prefix)
+        :last_left, :last_jobs, :first_job, :last_job, :message_prefix, :kind)
 ON CONFLICT (name) DO UPDATE SET
     last_sync_at = excluded.last_sync_at, syncs = excluded.syncs, members = excluded.members,
     last_entered = excluded.last_entered, last_left = excluded.last_left,
@@ -495,6 +513,11 @@ WHERE (SELECT count(*) FROM json_each(:want) AS w JOIN json_each(t.traits) AS h
        ON h.key = w.key AND h.atom = w.atom
       AND (h.type = w.type OR (h.type IN ('integer', 'real') AND w.type IN ('integer', 'real'))))
       = :wanted;
+
+-- name: history_counts
+SELECT user_id, count(DISTINCT message_key) FROM audience_events
+WHERE source = :source AND event = :event AND ts >= :start AND ts <= :end
+GROUP BY user_id;
 
 -- name: history_sources
 -- The distinct sources of the history, one index seek each.

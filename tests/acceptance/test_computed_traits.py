@@ -1,0 +1,221 @@
+"""Computed traits over stored events, end to end: a randomised history sent through the real
+SDK clients (segment-analytics-python, rudder-sdk-python) to a running relay (SQLite and
+PostgreSQL), evaluated three times with ``heaprelay audiences run`` (more events between),
+gives exactly the per-user counts a brute-force count in Python over the same calls gives,
+and the fake Heap receives exactly the values that changed (``0`` for a user whose count is
+gone), nothing for users whose value stayed."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import os
+import random
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _python_sdks import CLIENT_SETUP
+from click.testing import CliRunner
+
+from heaprelay.cli import main
+from heaprelay.config_file import load_config
+from heaprelay.heap.fake import FakeHeap, FakeHeapSettings
+from heaprelay.queue import open_queue
+from heaprelay.server import build_app
+from heaprelay.testing.postgres import own_database
+from heaprelay.testing.servers import serve_in_thread, wait_until
+
+KEY = "trait-write-key"
+APP = "4242"
+TRAIT = "Orders Last 30 Days"
+TRAIT_KEY = "orders_last_30_days"
+DAY = 86400.0
+WITHIN = 30 * DAY
+
+DRIVER = (
+    r"""
+import datetime, json, sys
+sdk, host, key = sys.argv[1:4]
+calls = json.loads(sys.stdin.read())
+"""
+    + CLIENT_SETUP
+    + r"""
+for c in calls:
+    when = datetime.datetime.fromtimestamp(c["ts"], datetime.timezone.utc)
+    if c["kind"] == "identify":
+        client.identify(user_id=c["user"], traits=c["traits"], timestamp=when,
+                        message_id=c["id"])
+    else:
+        client.track(user_id=c["user"], event=c["event"], properties={"n": 1},
+                     timestamp=when, message_id=c["id"])
+client.flush()
+client.shutdown() if hasattr(client, "shutdown") else client.join()
+print(json.dumps({"errors": errors}))
+"""
+)
+
+CONFIG = """
+[server]
+{server}
+
+[[sources]]
+name = "web"
+write_key = "{key}"
+
+  [[sources.destinations]]
+  id = "heap"
+  app_id = "{app}"
+  profile = "heap"
+  base_url = "{heap}"
+
+[[computed_traits]]
+name = "{trait}"
+source = "web"
+every = "1000d"
+  [computed_traits.rule]
+  event = "Order Completed"
+  within = "30d"
+  count = true
+"""
+
+
+def calls_for(rng: random.Random, users: list[str], at: float, n: int) -> list[dict[str, Any]]:
+    """``n`` calls around the evaluation time ``at``: orders and views at the window's edges
+    (a minute inside and outside), inside it, in the future; plan changes."""
+    offsets = [-WITHIN - 60, -WITHIN + 60, -WITHIN + 2 * DAY, -10 * DAY, -3600.0, 60.0]
+    out: list[dict[str, Any]] = []
+    for _ in range(n):
+        user = rng.choice(users)
+        call: dict[str, Any] = {"user": user, "id": str(uuid.uuid4())}
+        if rng.random() < 0.2:
+            plan = rng.choice(["pro", "pro", "free"])
+            call |= {"kind": "identify", "traits": {"plan": plan}, "ts": at - rng.random() * DAY}
+        else:
+            event = rng.choice(["Order Completed", "Order Completed", "Viewed"])
+            call |= {"kind": "track", "event": event, "ts": at + rng.choice(offsets)}
+        out.append(call)
+    return out
+
+
+def brute_force(calls: list[dict[str, Any]], at: float) -> dict[str, int]:
+    """Each user's value at ``at`` over ``calls``: their orders in the window (distinct
+    messageIds), counted in Python; users without one left out."""
+    orders: dict[str, set[str]] = {}
+    for c in calls:
+        if (
+            c["kind"] == "track"
+            and c["event"] == "Order Completed"
+            and at - WITHIN <= c["ts"] <= at
+        ):
+            orders.setdefault(c["user"], set()).add(c["id"])
+    return {u: len(ids) for u, ids in orders.items()}
+
+
+def send(url: str, calls: list[dict[str, Any]]) -> None:
+    """Each user's calls through one SDK, in order: even users Segment's, odd RudderStack's."""
+    for sdk, parity in (("segment", 0), ("rudder", 1)):
+        mine = [c for c in calls if int(c["user"].removeprefix("user-")) % 2 == parity]
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        done = subprocess.run(
+            [sys.executable, "-c", DRIVER, sdk, url, KEY],
+            input=json.dumps(mine),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout.strip().splitlines()[-1])["errors"] == []
+
+
+def settled(queue_url: str, received: int) -> bool:
+    """Every job appended so far (at least ``received``) is finished."""
+
+    async def read() -> bool:
+        queue = await open_queue(queue_url)
+        try:
+            stats = await queue.stats()
+        finally:
+            await queue.close()
+        total = sum(per.get("received", 0) for per in stats.totals.values())
+        unfinished = sum(stats.by_state.get(s, 0) for s in ("pending", "leased", "retry"))
+        return total >= received and unfinished == 0
+
+    return asyncio.run(read())
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """(the [server] lines, the queue URL) of a store of its own."""
+    if request.param == "sqlite":
+        yield f'data_dir = "{tmp_path}"', f"sqlite:///{tmp_path / 'heaprelay.db'}"
+        return
+
+    pg_url: str = request.getfixturevalue("pg_url")
+    with own_database(pg_url, "heaprelay_aud") as url:
+        yield f'queue_url = "{url}"\ndata_dir = "{tmp_path}"', url
+
+
+def test_counts_and_three_diffs_are_exact_at_heap(tmp_path: Path, store: tuple[str, str]) -> None:
+    server, queue_url = store
+    heap = FakeHeap(FakeHeapSettings(rate_limits=False, seed=5))
+    rng = random.Random(1516)
+    users = [f"user-{i}" for i in range(24)]
+    start = float(int(datetime.datetime.now(datetime.UTC).timestamp()))
+    # Far enough apart that the first round's events leave the window by the third.
+    evaluations = [start, start + 20 * DAY, start + 45 * DAY]
+    with serve_in_thread(heap.app) as heap_url:
+        path = tmp_path / "heaprelay.toml"
+        path.write_text(CONFIG.format(server=server, key=KEY, app=APP, heap=heap_url, trait=TRAIT))
+        config = load_config(path, {})
+        sent: list[dict[str, Any]] = []
+        ever: set[str] = set()
+        previous: dict[str, int] = {}
+        changes = 0
+        with serve_in_thread(build_app(config)) as relay_url:
+            for n, at in enumerate(evaluations):
+                # Fewer users each round: the others' counts fall, then go back to 0.
+                calls = calls_for(rng, users[: 24 - 8 * n], at, 120)
+                # The same event sent twice (one messageId) counts once.
+                calls += [c for c in calls[:10] if c["kind"] == "track"]
+                send(relay_url, calls)
+                sent += calls
+                jobs = len(sent)
+                wait_until(lambda j=jobs: settled(queue_url, j), "the SDKs' events delivered")
+                before = heap.report()["accepted_users"]
+                stamp = datetime.datetime.fromtimestamp(at, datetime.UTC).isoformat()
+                result = CliRunner().invoke(
+                    main, ["audiences", "run", TRAIT, "--config", str(path), "--now", stamp]
+                )
+                assert result.exit_code == 0, result.output
+                values = brute_force(sent, at)
+                changed = {u for u in values if previous.get(u) != values[u]}
+                changed |= {u for u in previous if u not in values}
+                changes += len(changed)
+                jobs = len(sent) + len(changed)
+                wait_until(lambda j=jobs: settled(queue_url, j), "the trait's updates")
+                # Exactly one user-property update a changed value, none for the others.
+                assert heap.report()["accepted_users"] - before == len(changed), n
+                ever |= set(values)
+                got = {
+                    identity: str(props[TRAIT_KEY])
+                    for identity, props in heap.users(APP).items()
+                    if TRAIT_KEY in props
+                }
+                assert got == {u: str(values.get(u, 0)) for u in ever}, n
+                previous = values
+        # Values changed and some went back to 0: the history was not so thin that nothing
+        # happened.
+        assert changes > len(ever)
+        assert set(previous) != ever
+        listed = CliRunner().invoke(main, ["audiences", "show", TRAIT, "--config", str(path)])
+        assert listed.exit_code == 0, listed.output
+        assert "kind         trait" in listed.output
+        assert f"with value   {len(previous)}" in listed.output
