@@ -886,8 +886,8 @@ def _audiences(
         return ()
     known = {s.name for s in sources}
     found: list[Audience] = []
-    names: dict[str, str] = {a.name: f"audience {a.name!r}" for a in before}
-    keys: dict[str, str] = {a.key: f"audience {a.name!r}" for a in before}
+    names: dict[str, str] = {a.name: f"[[audiences]] {a.name!r}" for a in before}
+    keys: dict[str, str] = {a.key: f"[[audiences]] {a.name!r}" for a in before}
     for i, item in enumerate(value):
         path = f"{table}[{i}]"
         audience = _audience(r, item, path, known, table)
