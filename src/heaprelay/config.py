@@ -126,6 +126,9 @@ class Source:
     #: How long the events this source accepted are kept for its audiences
     #: (:class:`Audience`); 0: none are recorded (a source without audiences).
     history_window: float = 0.0
+    #: The (track event, property) pairs whose numeric values the history keeps: those of
+    #: this source's computed traits with ``sum`` (none: no source pays for them).
+    history_sums: tuple[tuple[str, str], ...] = ()
 
     def allows_origin(self, origin: str) -> bool:
         """Whether a browser page on ``origin`` (its ``Origin`` header) may call the relay for
@@ -212,8 +215,10 @@ class AudienceRule:
     at_least: int = 1
     traits: tuple[tuple[str, TraitValue], ...] = ()
     #: A computed trait's rule (``[[computed_traits]]``): the value per user is the count of
-    #: ``event`` in the window (``at_least`` and ``traits`` are not used).
+    #: ``event`` in the window (``at_least`` and ``traits`` are not used) ...
     count: bool = False
+    #: ... or the sum of this numeric property of ``event`` (non-numbers ignored).
+    sum: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,8 +236,9 @@ class Audience:
     @property
     def kind(self) -> str:
         """``"audience"`` (``[[audiences]]``: key = true | false), or ``"trait"``
-        (``[[computed_traits]]``: key = the user's value, :attr:`AudienceRule.count`)."""
-        return "trait" if self.rule.count else "audience"
+        (``[[computed_traits]]``: key = the user's value, :attr:`AudienceRule.count` or
+        :attr:`AudienceRule.sum`)."""
+        return "trait" if self.rule.count or self.rule.sum is not None else "audience"
 
 
 DEFAULT_AUDIENCE_EVERY = 3600.0

@@ -1004,19 +1004,17 @@ def _trait_rule(r: _Reader, value: Any, path: str, given: bool) -> AudienceRule 
         r.problem(path, 'within is required: the window events are counted in (e.g. "30d")')
     within = r.typed(table, "within", path, _positive_duration, 0.0)
     count = table.get("count")
-    if "sum" in table:
-        r.problem(
-            _join(path, "sum"),
-            "sum is not supported (yet): only count = true, the events counted per user",
-        )
+    total = r.string(table, "sum", path)
+    if "sum" in table and (total is None or not total.strip()):
+        r.problem(_join(path, "sum"), "sum is the name of a numeric property of the event")
         return None
-    if count is not True:
-        where = path if count is None else _join(path, "count")
+    if (count is True) == (total is not None) or (count is not None and count is not True):
+        where = path if count is None or total is not None else _join(path, "count")
         r.problem(where, 'exactly one of count = true or sum = "property" is required')
         return None
     if event is None or not within:
         return None
-    return AudienceRule(event=event, within=within, count=True)
+    return AudienceRule(event=event, within=within, count=count is True, sum=total)
 
 
 def _with_history(
@@ -1044,7 +1042,14 @@ def _with_history(
                 "their rules would count events no longer kept",
             )
         window = source.history_window or longest
-        out.append(dataclasses.replace(source, history_window=window))
+        sums = sorted(
+            {
+                (a.rule.event, a.rule.sum)
+                for a in audiences
+                if a.source == source.name and a.rule.sum is not None
+            }
+        )
+        out.append(dataclasses.replace(source, history_window=window, history_sums=tuple(sums)))
     return out
 
 

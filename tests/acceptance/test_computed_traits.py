@@ -3,7 +3,7 @@ SDK clients (segment-analytics-python, rudder-sdk-python) to a running relay (SQ
 PostgreSQL), evaluated three times with ``heaprelay audiences run`` (more events between),
 gives exactly the per-user counts a brute-force count in Python over the same calls gives,
 and the fake Heap receives exactly the values that changed (``0`` for a user whose count is
-gone), nothing for users whose value stayed."""
+gone), nothing for users whose value stayed; for a count and for a sum of a property."""
 
 from __future__ import annotations
 
@@ -35,6 +35,8 @@ KEY = "trait-write-key"
 APP = "4242"
 TRAIT = "Orders Last 30 Days"
 TRAIT_KEY = "orders_last_30_days"
+REVENUE = "Revenue Last 30 Days"
+REVENUE_KEY = "revenue_last_30_days"
 DAY = 86400.0
 WITHIN = 30 * DAY
 
@@ -52,7 +54,7 @@ for c in calls:
         client.identify(user_id=c["user"], traits=c["traits"], timestamp=when,
                         message_id=c["id"])
     else:
-        client.track(user_id=c["user"], event=c["event"], properties={"n": 1},
+        client.track(user_id=c["user"], event=c["event"], properties=c["props"],
                      timestamp=when, message_id=c["id"])
 client.flush()
 client.shutdown() if hasattr(client, "shutdown") else client.join()
@@ -82,6 +84,15 @@ every = "1000d"
   event = "Order Completed"
   within = "30d"
   count = true
+
+[[computed_traits]]
+name = "{revenue}"
+source = "web"
+every = "1000d"
+  [computed_traits.rule]
+  event = "Order Completed"
+  within = "30d"
+  sum = "revenue"
 """
 
 
@@ -99,22 +110,31 @@ def calls_for(rng: random.Random, users: list[str], at: float, n: int) -> list[d
         else:
             event = rng.choice(["Order Completed", "Order Completed", "Viewed"])
             call |= {"kind": "track", "event": event, "ts": at + rng.choice(offsets)}
+            # Revenue: numbers (exact in binary, so that any order of addition gives the
+            # same sum), and values a sum ignores.
+            revenue = rng.choice([10, 2.5, 0, 99.75, "12", True, None, "missing"])
+            call["props"] = {"n": 1} if revenue == "missing" else {"n": 1, "revenue": revenue}
         out.append(call)
     return out
 
 
-def brute_force(calls: list[dict[str, Any]], at: float) -> dict[str, int]:
-    """Each user's value at ``at`` over ``calls``: their orders in the window (distinct
-    messageIds), counted in Python; users without one left out."""
-    orders: dict[str, set[str]] = {}
+def brute_force(calls: list[dict[str, Any]], at: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each user's values at ``at`` over ``calls``, computed in Python: their orders in the
+    window (distinct messageIds), and the sum of those orders' numeric revenues (booleans
+    and strings ignored); users without one left out."""
+    orders: dict[str, dict[str, Any]] = {}
     for c in calls:
-        if (
-            c["kind"] == "track"
-            and c["event"] == "Order Completed"
-            and at - WITHIN <= c["ts"] <= at
-        ):
-            orders.setdefault(c["user"], set()).add(c["id"])
-    return {u: len(ids) for u, ids in orders.items()}
+        if c["kind"] != "track" or c["event"] != "Order Completed":
+            continue
+        if at - WITHIN <= c["ts"] <= at:
+            orders.setdefault(c["user"], {})[c["id"]] = c["props"].get("revenue")
+    counts = {u: len(ids) for u, ids in orders.items()}
+    sums: dict[str, Any] = {}
+    for user, revenues in orders.items():
+        numbers = [v for v in revenues.values() if type(v) in (int, float)]
+        if numbers:
+            sums[user] = sum(numbers)
+    return counts, sums
 
 
 def send(url: str, calls: list[dict[str, Any]]) -> None:
@@ -163,7 +183,14 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str,
         yield f'queue_url = "{url}"\ndata_dir = "{tmp_path}"', url
 
 
-def test_counts_and_three_diffs_are_exact_at_heap(tmp_path: Path, store: tuple[str, str]) -> None:
+def shown(value: float) -> str:
+    """A value as the fake Heap keeps it: a whole number as an integer."""
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def test_counts_sums_and_three_diffs_are_exact_at_heap(
+    tmp_path: Path, store: tuple[str, str]
+) -> None:
     server, queue_url = store
     heap = FakeHeap(FakeHeapSettings(rate_limits=False, seed=5))
     rng = random.Random(1516)
@@ -171,17 +198,21 @@ def test_counts_and_three_diffs_are_exact_at_heap(tmp_path: Path, store: tuple[s
     start = float(int(datetime.datetime.now(datetime.UTC).timestamp()))
     # Far enough apart that the first round's events leave the window by the third.
     evaluations = [start, start + 20 * DAY, start + 45 * DAY]
+    traits = ((TRAIT, TRAIT_KEY), (REVENUE, REVENUE_KEY))
     with serve_in_thread(heap.app) as heap_url:
         path = tmp_path / "heaprelay.toml"
-        path.write_text(CONFIG.format(server=server, key=KEY, app=APP, heap=heap_url, trait=TRAIT))
+        text = CONFIG.format(
+            server=server, key=KEY, app=APP, heap=heap_url, trait=TRAIT, revenue=REVENUE
+        )
+        path.write_text(text)
         config = load_config(path, {})
         sent: list[dict[str, Any]] = []
-        ever: set[str] = set()
-        previous: dict[str, int] = {}
+        ever: dict[str, set[str]] = {TRAIT_KEY: set(), REVENUE_KEY: set()}
+        previous: dict[str, dict[str, Any]] = {TRAIT_KEY: {}, REVENUE_KEY: {}}
         changes = 0
         with serve_in_thread(build_app(config)) as relay_url:
             for n, at in enumerate(evaluations):
-                # Fewer users each round: the others' counts fall, then go back to 0.
+                # Fewer users each round: the others' values fall, then go back to 0.
                 calls = calls_for(rng, users[: 24 - 8 * n], at, 120)
                 # The same event sent twice (one messageId) counts once.
                 calls += [c for c in calls[:10] if c["kind"] == "track"]
@@ -189,33 +220,37 @@ def test_counts_and_three_diffs_are_exact_at_heap(tmp_path: Path, store: tuple[s
                 sent += calls
                 jobs = len(sent)
                 wait_until(lambda j=jobs: settled(queue_url, j), "the SDKs' events delivered")
-                before = heap.report()["accepted_users"]
                 stamp = datetime.datetime.fromtimestamp(at, datetime.UTC).isoformat()
-                result = CliRunner().invoke(
-                    main, ["audiences", "run", TRAIT, "--config", str(path), "--now", stamp]
-                )
-                assert result.exit_code == 0, result.output
-                values = brute_force(sent, at)
-                changed = {u for u in values if previous.get(u) != values[u]}
-                changed |= {u for u in previous if u not in values}
-                changes += len(changed)
-                jobs = len(sent) + len(changed)
-                wait_until(lambda j=jobs: settled(queue_url, j), "the trait's updates")
-                # Exactly one user-property update a changed value, none for the others.
-                assert heap.report()["accepted_users"] - before == len(changed), n
-                ever |= set(values)
-                got = {
-                    identity: str(props[TRAIT_KEY])
-                    for identity, props in heap.users(APP).items()
-                    if TRAIT_KEY in props
-                }
-                assert got == {u: str(values.get(u, 0)) for u in ever}, n
-                previous = values
+                counts, sums = brute_force(sent, at)
+                for (name, key), values in zip(traits, (counts, sums), strict=True):
+                    before = heap.report()["accepted_users"]
+                    result = CliRunner().invoke(
+                        main, ["audiences", "run", name, "--config", str(path), "--now", stamp]
+                    )
+                    assert result.exit_code == 0, result.output
+                    old = previous[key]
+                    changed = {u for u in values if old.get(u) != values[u]}
+                    changed |= {u for u in old if u not in values}
+                    changes += len(changed)
+                    jobs += len(changed)
+                    wait_until(lambda j=jobs: settled(queue_url, j), "the trait's updates")
+                    # Exactly one user-property update a changed value, none for the others.
+                    assert heap.report()["accepted_users"] - before == len(changed), (n, key)
+                    ever[key] |= set(values)
+                    got = {
+                        identity: str(props[key])
+                        for identity, props in heap.users(APP).items()
+                        if key in props
+                    }
+                    assert got == {u: shown(values.get(u, 0)) for u in ever[key]}, (n, key)
+                    previous[key] = values
         # Values changed and some went back to 0: the history was not so thin that nothing
         # happened.
-        assert changes > len(ever)
-        assert set(previous) != ever
+        for key in (TRAIT_KEY, REVENUE_KEY):
+            assert set(previous[key]) != ever[key], key
+        assert changes > len(ever[TRAIT_KEY]) + len(ever[REVENUE_KEY])
+        # A sum can be 0 (orders of revenue 0 only) and still be a value.
         listed = CliRunner().invoke(main, ["audiences", "show", TRAIT, "--config", str(path)])
         assert listed.exit_code == 0, listed.output
         assert "kind         trait" in listed.output
-        assert f"with value   {len(previous)}" in listed.output
+        assert f"with value   {len(previous[TRAIT_KEY])}" in listed.output

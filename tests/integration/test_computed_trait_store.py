@@ -17,7 +17,7 @@ from heaprelay.audiences import AudienceError, sync_members
 from heaprelay.audiences.sync import sync_values
 from heaprelay.config import Config, Destination, Source
 from heaprelay.queue import open_queue
-from heaprelay.queue.base import AudienceStore, Delivered
+from heaprelay.queue.base import AudienceStore, CountQuery, Delivered, HistoryEvent, sum_event
 from heaprelay.testing.postgres import own_database
 from heaprelay.transform import DestinationSettings
 
@@ -140,6 +140,7 @@ def test_a_sqlite_file_from_before_computed_traits_is_upgraded(tmp_path: Path) -
     with sqlite3.connect(tmp_path / "heaprelay.db") as conn:  # as an older relay left it
         conn.execute("ALTER TABLE audience_members DROP COLUMN value")
         conn.execute("ALTER TABLE audiences DROP COLUMN kind")
+        conn.execute("ALTER TABLE audience_events DROP COLUMN value")
 
     async def again() -> None:
         queue = await open_queue(url)
@@ -161,7 +162,45 @@ def test_a_sqlite_file_from_before_computed_traits_is_upgraded(tmp_path: Path) -
             )
             assert result.entered == ("u1",)
             assert await queue.audience_values("Orders") == {"u1": 2.0}
+            event = HistoryEvent("web", "u1", sum_event("Order", "revenue"), NOW, None, "m", 4.0)
+            await queue.append([], now=NOW, history=[event])
+            summed = CountQuery("web", "Order", NOW - 1, NOW, "revenue")
+            assert await queue.history_sums(summed) == {"u1": 4.0}
         finally:
             await queue.close()
 
     asyncio.run(again())
+
+
+def test_counts_and_sums_of_the_history(queue_url: str) -> None:
+    """One value per messageId (the same event timed twice counts once), the window's ends
+    included, other events and sources apart."""
+    order = sum_event("Order", "revenue")
+    rows = [
+        ("u1", "m1", NOW - 10, 10.0),
+        ("u1", "m1", NOW - 9, 10.0),  # the same messageId timed otherwise
+        ("u1", "m2", NOW - 100, 2.5),  # the window's start
+        ("u1", "m3", NOW - 101, 7.0),  # before it
+        ("u2", "m4", NOW, 0.0),  # the window's end; a sum of 0 is a value
+        ("u3", "m5", NOW - 5, None),  # an order without a numeric revenue
+    ]
+    history: list[HistoryEvent] = []
+    for user, message, ts, value in rows:
+        history.append(HistoryEvent("web", user, "Order", ts, None, message))
+        if value is not None:
+            history.append(HistoryEvent("web", user, order, ts, None, message, value))
+    history.append(HistoryEvent("other", "u1", order, NOW, None, "m9", 5.0))
+
+    async def run() -> None:
+        queue = await open_queue(queue_url)
+        try:
+            await queue.append([], now=NOW, history=history)
+            window = CountQuery("web", "Order", NOW - 100, NOW)
+            assert await queue.history_counts(window) == {"u1": 2, "u2": 1, "u3": 1}
+            summed = CountQuery("web", "Order", NOW - 100, NOW, "revenue")
+            assert await queue.history_sums(summed) == {"u1": 12.5, "u2": 0.0}
+            assert await queue.history_sums(CountQuery("web", "Order", 0, NOW, "n")) == {}
+        finally:
+            await queue.close()
+
+    asyncio.run(run())

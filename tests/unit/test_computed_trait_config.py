@@ -61,6 +61,21 @@ def test_a_computed_trait_loads_as_a_trait_with_its_key(tmp_path: Path) -> None:
     assert config.sources[0].history_window == 30 * 86400.0
 
 
+def test_a_sum_trait_records_its_property_for_its_source_only(tmp_path: Path) -> None:
+    text = GOOD.replace("  count = true\n", '  sum = "revenue"\n') + (
+        '\n[[sources]]\nname = "other"\nwrite_key = "k2"\n'
+        '  [[sources.destinations]]\n  app_id = "456"\n'
+    )
+    config = load_config(write(tmp_path, text), {})
+    trait = config.audiences[1]
+    assert (trait.kind, trait.rule.count, trait.rule.sum) == ("trait", False, "revenue")
+    web, other = config.sources
+    assert web.history_sums == (("Order Completed", "revenue"),)
+    assert (other.history_sums, other.history_window) == ((), 0.0)
+    # A count trait records no property.
+    assert load_config(write(tmp_path, GOOD), {}).sources[0].history_sums == ()
+
+
 def test_a_key_overrides_the_name(tmp_path: Path) -> None:
     text = GOOD.replace('name = "Orders Last 30 Days"\n', 'name = "Orders"\nkey = "n_orders"\n')
     assert load_config(write(tmp_path, text), {}).audiences[1].key == "n_orders"
@@ -73,9 +88,18 @@ BAD = [
     (
         "  count = true\n",
         '  count = true\n  sum = "revenue"\n',
-        24,
-        "computed_traits[0].rule.sum",
-        "not supported",
+        20,
+        "computed_traits[0].rule",
+        "exactly one of count",
+    ),
+    ("  count = true\n", '  sum = ""\n', 23, "computed_traits[0].rule.sum", "numeric property"),
+    ("  count = true\n", "  sum = [1]\n", 23, "computed_traits[0].rule.sum", "expected a string"),
+    (
+        "  count = true\n",
+        '  count = false\n  sum = "revenue"\n',
+        20,
+        "computed_traits[0].rule",
+        "exactly one of count",
     ),
     (
         "  count = true\n",

@@ -93,3 +93,19 @@ def test_traits_merge_in_order_and_keep_nulls_to_remove_keys() -> None:
 )
 def test_trait_values_compare_as_json(have: Any, want: Any, equal: bool) -> None:
     assert trait_matches(have, want) is equal
+
+
+def test_property_values_keep_numbers_only() -> None:
+    from heaprelay.queue.base import property_values, sum_event
+
+    track = HistoryEvent("web", "u1", "Order", 5.0, None, "m1")
+    payload = orjson.dumps(
+        {"properties": {"revenue": 12.5, "n": 3, "flag": True, "text": "7", "none": None}}
+    )
+    got = property_values(track, payload, ["revenue", "n", "flag", "text", "none", "missing"])
+    assert got == [
+        HistoryEvent("web", "u1", sum_event("Order", "revenue"), 5.0, None, "m1", 12.5),
+        HistoryEvent("web", "u1", sum_event("Order", "n"), 5.0, None, "m1", 3.0),
+    ]
+    assert property_values(track, orjson.dumps({"properties": [1]}), ["revenue"]) == []
+    assert property_values(track, b"{", ["revenue"]) == []

@@ -64,11 +64,14 @@ async def evaluate(queue: Queue, audience: Audience, *, now: float) -> set[str]:
 
 async def evaluate_trait(queue: Queue, trait: Audience, *, now: float) -> dict[str, float]:
     """A computed trait's value per user at ``now`` (users without one left out): the count
-    of its event (distinct messageIds) in ``[now - within, now]``."""
+    of its event (distinct messageIds) in ``[now - within, now]``, or the sum of its
+    property's numeric values (one a messageId)."""
     if not isinstance(queue, AudienceHistory):
         raise TypeError(f"{type(queue).__name__} keeps no history for computed traits")
     rule = trait.rule
-    query = CountQuery(trait.source, rule.event, start=now - rule.within, end=now)
+    query = CountQuery(trait.source, rule.event, now - rule.within, now, rule.sum)
+    if rule.sum is not None:
+        return await queue.history_sums(query)
     return {user: float(n) for user, n in (await queue.history_counts(query)).items()}
 
 

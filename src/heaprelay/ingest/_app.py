@@ -26,7 +26,7 @@ from heaprelay.messages.incoming import (
     parse_json,
     prepare,
 )
-from heaprelay.queue.base import HistoryEvent, NewJob, Queue, history_of
+from heaprelay.queue.base import HistoryEvent, NewJob, Queue, history_of, property_values
 
 #: Request headers the browser SDKs send cross-origin (analytics-next, RudderStack v3).
 ALLOWED_HEADERS: Final = (
@@ -243,7 +243,19 @@ def history_for(source: Source, prepared: PreparedRequest) -> list[HistoryEvent]
     if source.history_window <= 0:
         return []
     name = source.name
-    return [h for m in prepared.messages if (h := history_of(name, m.payload)) is not None]
+    if not source.history_sums:
+        return [h for m in prepared.messages if (h := history_of(name, m.payload)) is not None]
+    # Computed traits' sums: the values of their properties too, for their events only.
+    sums: dict[str, list[str]] = {}
+    for event, prop in source.history_sums:
+        sums.setdefault(event, []).append(prop)
+    found: list[HistoryEvent] = []
+    for m in prepared.messages:
+        if (h := history_of(name, m.payload)) is not None:
+            found.append(h)
+            if h.traits is None and h.event in sums:
+                found += property_values(h, m.payload, sums[h.event])
+    return found
 
 
 async def append(

@@ -76,6 +76,7 @@ Time is always passed in (``now``, seconds since the epoch): backends never read
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final, Literal, NamedTuple, Protocol, runtime_checkable
@@ -402,6 +403,9 @@ class HistoryEvent(NamedTuple):
     ts: float
     traits: bytes | None = None
     message_id: str = ""
+    #: A computed trait's numeric property (``sum = "…"``): ``event`` is then
+    #: :func:`sum_event` of the track's name and the property (:func:`property_values`).
+    value: float | None = None
 
 
 def message_key(message_id: str) -> int:
@@ -459,6 +463,37 @@ def history_of(source: str, payload: bytes) -> HistoryEvent | None:
     return None
 
 
+#: Between a track's name and a property's in the history's rows of property values: a
+#: control character (the unit separator), which event names do not hold.
+SUM_SEPARATOR: Final = "\x1f"
+
+
+def sum_event(event: str, prop: str) -> str:
+    """The history's event name of the values of property ``prop`` of track ``event``."""
+    return f"{event}{SUM_SEPARATOR}{prop}"
+
+
+def property_values(
+    track: HistoryEvent, payload: bytes, properties: Iterable[str]
+) -> list[HistoryEvent]:
+    """The rows a track adds for the computed traits that sum its ``properties``: one per
+    property whose value is a number (booleans and other values are ignored). Pure."""
+    try:
+        message = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return []
+    props = message.get("properties") if isinstance(message, dict) else None
+    if not isinstance(props, dict):
+        return []
+    return [
+        track._replace(event=sum_event(track.event, p), value=float(v))
+        for p in properties
+        if isinstance(v := props.get(p), int | float)
+        and not isinstance(v, bool)
+        and math.isfinite(v)
+    ]
+
+
 def merged_traits(events: Iterable[HistoryEvent]) -> dict[tuple[str, str], dict[str, object]]:
     """Per (source, user): the traits of ``events``' identifies merged in order (a later
     value of a key replaces an earlier one; a ``None`` is kept: it removes the key from the
@@ -499,6 +534,8 @@ class CountQuery:
     event: str
     start: float
     end: float
+    #: ``sum = "…"``: the property summed (:meth:`AudienceHistory.history_sums`).
+    property: str | None = None
 
 
 def trait_matches(have: object, want: TraitValue) -> bool:
@@ -522,6 +559,12 @@ class AudienceHistory(Protocol):
     async def history_counts(self, query: CountQuery) -> dict[str, int]:
         """Per user with at least one: its track events (distinct messageIds) named
         ``query.event`` whose time is in ``[query.start, query.end]`` (:class:`CountQuery`)."""
+        ...
+
+    async def history_sums(self, query: CountQuery) -> dict[str, float]:
+        """Per user with at least one number: the sum of property ``query.property`` of its
+        track events (one value per messageId) named ``query.event`` in the window. Only the
+        (source, event, property) of a configured ``sum`` trait are recorded."""
         ...
 
     async def prune_history(self, windows: Mapping[str, float], *, now: float) -> int:

@@ -85,6 +85,7 @@ from heaprelay.queue.base import (
     search_key,
     search_keys,
     stats_from_counts,
+    sum_event,
     synced_record,
     trait_matches,
 )
@@ -194,7 +195,7 @@ class MemoryQueue:
         self._values: dict[str, dict[str, float]] = {}
         #: AudienceHistory: (source, event, ts, user_id) of track events; latest traits per
         #: (source, user_id); audience key -> last scheduled run
-        self._history: list[tuple[str, str, float, str, str]] = []
+        self._history: list[tuple[str, str, float, str, str, float | None]] = []
         self._traits: dict[tuple[str, str], dict[str, object]] = {}
         self._runs: dict[str, float] = {}
 
@@ -245,7 +246,9 @@ class MemoryQueue:
         self, jobs: Sequence[NewJob], *, now: float, history: Sequence[HistoryEvent] = ()
     ) -> AppendResult:
         self._history += [
-            (e.source, e.event, e.ts, e.user_id, e.message_id) for e in history if e.traits is None
+            (e.source, e.event, e.ts, e.user_id, e.message_id, e.value)
+            for e in history
+            if e.traits is None
         ]
         for who, traits in merged_traits(history).items():
             merged = {**self._traits.get(who, {}), **traits}
@@ -477,7 +480,7 @@ class MemoryQueue:
     async def history_members(self, query: MemberQuery) -> set[str]:
         events = {
             (user, message)
-            for source, event, ts, user, message in self._history
+            for source, event, ts, user, message, _ in self._history
             if (source, event) == (query.source, query.event) and query.start <= ts <= query.end
         }
         counts: Counter[str] = Counter(user for user, _ in events)
@@ -495,10 +498,24 @@ class MemoryQueue:
     async def history_counts(self, query: CountQuery) -> dict[str, int]:
         events = {
             (user, message)
-            for source, event, ts, user, message in self._history
+            for source, event, ts, user, message, _ in self._history
             if (source, event) == (query.source, query.event) and query.start <= ts <= query.end
         }
         return dict(Counter(user for user, _ in events))
+
+    async def history_sums(self, query: CountQuery) -> dict[str, float]:
+        wanted = sum_event(query.event, query.property or "")
+        values = {
+            (user, message): value
+            for source, event, ts, user, message, value in self._history
+            if (source, event) == (query.source, wanted)
+            and query.start <= ts <= query.end
+            and value is not None
+        }
+        sums: dict[str, float] = {}
+        for (user, _), value in values.items():
+            sums[user] = sums.get(user, 0.0) + value
+        return sums
 
     async def prune_history(self, windows: Mapping[str, float], *, now: float) -> int:
         kept = [

@@ -83,6 +83,7 @@ from heaprelay.queue.base import (
     search_key,
     search_keys,
     stats_from_counts,
+    sum_event,
     synced_record,
 )
 
@@ -649,6 +650,17 @@ class PostgresQueue:
             cur = await conn.execute(QUERIES["history_counts"], params)
             return {row[0]: row[1] for row in await cur.fetchall()}
 
+    async def history_sums(self, query: CountQuery) -> dict[str, float]:
+        params = {
+            "source": query.source,
+            "event": sum_event(query.event, query.property or ""),
+            "start": query.start,
+            "end": query.end,
+        }
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(QUERIES["history_sums"], params)
+            return {row[0]: row[1] for row in await cur.fetchall()}
+
     async def prune_history(self, windows: Mapping[str, float], *, now: float) -> int:
         async def run(conn: psycopg.AsyncConnection[Any]) -> int:
             count = 0
@@ -1070,6 +1082,7 @@ async def _insert_history(
                 "ts": [e.ts for e in tracks],
                 "users": [e.user_id for e in tracks],
                 "message_keys": [message_key(e.message_id) for e in tracks],
+                "values": [e.value for e in tracks],
             },
         )
     traits = sorted(merged_traits(history).items())

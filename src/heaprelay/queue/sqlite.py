@@ -68,6 +68,7 @@ from heaprelay.queue.base import (
     search_key,
     search_keys,
     stats_from_counts,
+    sum_event,
     synced_record,
 )
 
@@ -198,6 +199,8 @@ class SQLiteQueue:
             members = {row[1] for row in write.execute("PRAGMA table_info(audience_members)")}
             if "value" not in members:  # a file from before computed traits
                 write.executescript(QUERIES["add_member_values"])
+            if "value" not in {r[1] for r in write.execute("PRAGMA table_info(audience_events)")}:
+                write.execute(QUERIES["add_event_values"])
             codec = PayloadCodec(dict(write.execute(QUERIES["dictionaries"]).fetchall()))
             warn_readable(path, readable)  # a queue indeed: not for a file that is not one
             return cls(path, write, _connect(path), codec)
@@ -389,6 +392,19 @@ class SQLiteQueue:
 
         def run(conn: sqlite3.Connection) -> dict[str, int]:
             return dict(conn.execute(QUERIES["history_counts"], params).fetchall())
+
+        return await self._read_call(run)
+
+    async def history_sums(self, query: CountQuery) -> dict[str, float]:
+        params = {
+            "source": query.source,
+            "event": sum_event(query.event, query.property or ""),
+            "start": query.start,
+            "end": query.end,
+        }
+
+        def run(conn: sqlite3.Connection) -> dict[str, float]:
+            return dict(conn.execute(QUERIES["history_sums"], params).fetchall())
 
         return await self._read_call(run)
 
@@ -790,11 +806,11 @@ def _insert_group(
 def _insert_history(conn: sqlite3.Connection, events: Sequence[tuple[HistoryEvent, float]]) -> None:
     """The audiences' history of one group commit: track events, then the latest traits."""
     tracks = [
-        (e.source, e.event, e.ts, e.user_id, message_key(e.message_id))
+        (e.source, e.event, e.ts, e.user_id, message_key(e.message_id), e.value)
         for e, _ in events
         if e.traits is None
     ]
-    _insert_rows(conn, "insert_history", tracks, "(?, ?, ?, ?, ?)")
+    _insert_rows(conn, "insert_history", tracks, "(?, ?, ?, ?, ?, ?)")
     now = max(at for _, at in events)
     traits = merged_traits(e for e, _ in events)
     rows = sorted((s, u, orjson.dumps(t).decode(), now) for (s, u), t in traits.items())

@@ -417,9 +417,9 @@ WHERE id BETWEEN %(first)s AND %(last)s AND source = %(source)s
   AND starts_with(message_id, %(prefix)s)
 GROUP BY destination, state;
 -- name: insert_history
-INSERT INTO audience_events (source, event, ts, user_id, message_key)
+INSERT INTO audience_events (source, event, ts, user_id, message_key, value)
 SELECT * FROM unnest(%(sources)s::text[], %(events)s::text[], %(ts)s::float8[],
-                     %(users)s::text[], %(message_keys)s::int8[]);
+                     %(users)s::text[], %(message_keys)s::int8[], %(values)s::float8[]);
 
 -- name: ensure_traits
 -- Rows in key order (as merge_traits updates them): concurrent appends never deadlock.
@@ -455,6 +455,15 @@ WHERE t.traits @> %(want)s::jsonb;
 SELECT user_id, count(DISTINCT message_key) FROM audience_events
 WHERE source = %(source)s AND event = %(event)s AND ts >= %(start)s AND ts <= %(end)s
 GROUP BY user_id;
+
+-- name: history_sums
+-- One value per messageId.
+SELECT user_id, sum(v) FROM (
+    SELECT user_id, max(value) AS v FROM audience_events
+    WHERE source = %(source)s AND event = %(event)s AND ts >= %(start)s AND ts <= %(end)s
+      AND value IS NOT NULL
+    GROUP BY user_id, message_key
+) AS per_message GROUP BY user_id;
 
 -- name: history_names
 -- The distinct (source, event) pairs of the history, one index seek each.

@@ -94,6 +94,9 @@ CREATE TABLE IF NOT EXISTS audience_events (
     ts REAL NOT NULL,
     user_id TEXT NOT NULL,
     message_key INTEGER NOT NULL,
+    -- a property's value, in the rows of a computed trait's sum (event: the track's name,
+    -- U+001F, the property's; queue/base.py, property_values); NULL in the others
+    value REAL,
     PRIMARY KEY (source, event, ts, user_id, message_key)
 ) WITHOUT ROWID;
 -- Each user's latest traits (from identify; a flat JSON object of scalar values).
@@ -461,6 +464,10 @@ ALTER TABLE audience_members ADD COLUMN value REAL;
 ALTER TABLE audiences ADD COLUMN kind TEXT NOT NULL DEFAULT 'audience';
 COMMIT;
 
+-- name: add_event_values
+-- Likewise: the history's property values of computed traits' sums.
+ALTER TABLE audience_events ADD COLUMN value REAL;
+
 -- name: remove_audience_members
 DELETE FROM audience_members WHERE audience = :name AND user_id = :user_id;
 
@@ -484,7 +491,8 @@ WHERE id BETWEEN :first AND :last AND source = :source
 GROUP BY destination, state;
 -- name: insert_history
 -- The same event at the same time twice (a retry the relay timed alike) is one row.
-INSERT OR IGNORE INTO audience_events (source, event, ts, user_id, message_key) VALUES :rows;
+INSERT OR IGNORE INTO audience_events (source, event, ts, user_id, message_key, value)
+VALUES :rows;
 
 -- name: ensure_traits
 INSERT OR IGNORE INTO audience_traits (source, user_id, traits, updated_at) VALUES :rows;
@@ -518,6 +526,15 @@ WHERE (SELECT count(*) FROM json_each(:want) AS w JOIN json_each(t.traits) AS h
 SELECT user_id, count(DISTINCT message_key) FROM audience_events
 WHERE source = :source AND event = :event AND ts >= :start AND ts <= :end
 GROUP BY user_id;
+
+-- name: history_sums
+-- One value per messageId (a retry timed alike is one row already; timed otherwise, two).
+SELECT user_id, sum(v) FROM (
+    SELECT user_id, max(value) AS v FROM audience_events
+    WHERE source = :source AND event = :event AND ts >= :start AND ts <= :end
+      AND value IS NOT NULL
+    GROUP BY user_id, message_key
+) GROUP BY user_id;
 
 -- name: history_sources
 -- The distinct sources of the history, one index seek each.
