@@ -167,3 +167,36 @@ source = "web"
     assert "enqueued 1 updates (1 jobs)" in real.output  # the dry run stored no snapshot
     again = CliRunner().invoke(main, run)
     assert "1 members (0 entered, 0 left, 1 unchanged); enqueued 0 updates" in again.output
+
+
+def test_the_schedule_evaluates_computed_traits_too(tmp_path: Path, queue_url: str) -> None:
+    cfg = config(queue_url, tmp_path)
+    rule = AudienceRule(event="Order Completed", within=30 * DAY, count=True)
+    trait = Audience("Orders", "orders", "web", EVERY, rule)
+    cfg = Config(sources=cfg.sources, data_dir=tmp_path, queue_url=queue_url, audiences=(trait,))
+    clock = ManualClock(T0)
+
+    async def main_() -> None:
+        store = await open_queue(queue_url)
+        assert isinstance(store, AudienceStore)
+        orders = [
+            HistoryEvent("web", "u1", "Order Completed", T0 - DAY, None, m) for m in ("a", "b")
+        ]
+        await store.append([], now=T0, history=orders)
+        runtime = Runtime(config=cfg, clock=clock, queue=store)
+        task = asyncio.create_task(audience_service(runtime, tick=0.02))
+        try:
+            for _ in range(3000):
+                if await store.audience("Orders") is not None:
+                    break
+                await asyncio.sleep(0.01)
+            record = await store.audience("Orders")
+            assert record is not None
+            assert (record.kind, record.members) == ("trait", 1)
+            assert await store.audience_values("Orders") == {"u1": 2.0}
+        finally:
+            runtime.stopping.set()
+            await task
+            await store.close()
+
+    asyncio.run(main_())
