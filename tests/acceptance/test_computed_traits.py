@@ -7,28 +7,21 @@ gone), nothing for users whose value stayed; for a count and for a sum of a prop
 
 from __future__ import annotations
 
-import asyncio
 import datetime
-import json
-import os
 import random
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _python_sdks import CLIENT_SETUP
+from _history_sdks import history_store, send, settled
 from click.testing import CliRunner
 
 from heaprelay.cli import main
 from heaprelay.config_file import load_config
 from heaprelay.heap.fake import FakeHeap, FakeHeapSettings
-from heaprelay.queue import open_queue
 from heaprelay.server import build_app
-from heaprelay.testing.postgres import own_database
 from heaprelay.testing.servers import serve_in_thread, wait_until
 
 KEY = "trait-write-key"
@@ -39,28 +32,6 @@ REVENUE = "Revenue Last 30 Days"
 REVENUE_KEY = "revenue_last_30_days"
 DAY = 86400.0
 WITHIN = 30 * DAY
-
-DRIVER = (
-    r"""
-import datetime, json, sys
-sdk, host, key = sys.argv[1:4]
-calls = json.loads(sys.stdin.read())
-"""
-    + CLIENT_SETUP
-    + r"""
-for c in calls:
-    when = datetime.datetime.fromtimestamp(c["ts"], datetime.timezone.utc)
-    if c["kind"] == "identify":
-        client.identify(user_id=c["user"], traits=c["traits"], timestamp=when,
-                        message_id=c["id"])
-    else:
-        client.track(user_id=c["user"], event=c["event"], properties=c["props"],
-                     timestamp=when, message_id=c["id"])
-client.flush()
-client.shutdown() if hasattr(client, "shutdown") else client.join()
-print(json.dumps({"errors": errors}))
-"""
-)
 
 CONFIG = """
 [server]
@@ -137,50 +108,9 @@ def brute_force(calls: list[dict[str, Any]], at: float) -> tuple[dict[str, Any],
     return counts, sums
 
 
-def send(url: str, calls: list[dict[str, Any]]) -> None:
-    """Each user's calls through one SDK, in order: even users Segment's, odd RudderStack's."""
-    for sdk, parity in (("segment", 0), ("rudder", 1)):
-        mine = [c for c in calls if int(c["user"].removeprefix("user-")) % 2 == parity]
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        done = subprocess.run(
-            [sys.executable, "-c", DRIVER, sdk, url, KEY],
-            input=json.dumps(mine),
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
-        assert json.loads(done.stdout.strip().splitlines()[-1])["errors"] == []
-
-
-def settled(queue_url: str, received: int) -> bool:
-    """Every job appended so far (at least ``received``) is finished."""
-
-    async def read() -> bool:
-        queue = await open_queue(queue_url)
-        try:
-            stats = await queue.stats()
-        finally:
-            await queue.close()
-        total = sum(per.get("received", 0) for per in stats.totals.values())
-        unfinished = sum(stats.by_state.get(s, 0) for s in ("pending", "leased", "retry"))
-        return total >= received and unfinished == 0
-
-    return asyncio.run(read())
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """(the [server] lines, the queue URL) of a store of its own."""
-    if request.param == "sqlite":
-        yield f'data_dir = "{tmp_path}"', f"sqlite:///{tmp_path / 'heaprelay.db'}"
-        return
-
-    pg_url: str = request.getfixturevalue("pg_url")
-    with own_database(pg_url, "heaprelay_aud") as url:
-        yield f'queue_url = "{url}"\ndata_dir = "{tmp_path}"', url
+    yield from history_store(request, tmp_path)
 
 
 def shown(value: float) -> str:
@@ -216,7 +146,7 @@ def test_counts_sums_and_three_diffs_are_exact_at_heap(
                 calls = calls_for(rng, users[: 24 - 8 * n], at, 120)
                 # The same event sent twice (one messageId) counts once.
                 calls += [c for c in calls[:10] if c["kind"] == "track"]
-                send(relay_url, calls)
+                send(relay_url, KEY, calls)
                 sent += calls
                 jobs = len(sent)
                 wait_until(lambda j=jobs: settled(queue_url, j), "the SDKs' events delivered")
