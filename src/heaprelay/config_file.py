@@ -950,14 +950,8 @@ def _audience(
     return Audience(name=name, key=key, source=source, every=every, rule=rule)
 
 
-def _rule(r: _Reader, value: Any, path: str, given: bool) -> AudienceRule | None:
-    if not given:
-        r.problem(path.rpartition(".")[0], "[audiences.rule] is required (event, within)")
-        return None
-    table = r.table(value, path)
-    if table is None:
-        return None
-    r.keys(table, path, _RULE)
+def _event_window(r: _Reader, table: Mapping[str, Any], path: str) -> tuple[str | None, float]:
+    """A rule's ``event`` and ``within`` (both required; problems reported at their keys)."""
     event = r.string(table, "event", path)
     if event is None or not event.strip():
         r.problem(
@@ -967,6 +961,18 @@ def _rule(r: _Reader, value: Any, path: str, given: bool) -> AudienceRule | None
     if "within" not in table:
         r.problem(path, 'within is required: the window events are counted in (e.g. "30d")')
     within = r.typed(table, "within", path, _positive_duration, 0.0)
+    return event, within
+
+
+def _rule(r: _Reader, value: Any, path: str, given: bool) -> AudienceRule | None:
+    if not given:
+        r.problem(path.rpartition(".")[0], "[audiences.rule] is required (event, within)")
+        return None
+    table = r.table(value, path)
+    if table is None:
+        return None
+    r.keys(table, path, _RULE)
+    event, within = _event_window(r, table, path)
     at_least = r.typed(table, "at_least", path, _positive_int, 1)
     traits: list[tuple[str, Any]] = []
     if "traits" in table:
@@ -994,15 +1000,7 @@ def _trait_rule(r: _Reader, value: Any, path: str, given: bool) -> AudienceRule 
     if table is None:
         return None
     r.keys(table, path, _TRAIT_RULE)
-    event = r.string(table, "event", path)
-    if event is None or not event.strip():
-        r.problem(
-            path if event is None else _join(path, "event"),
-            "event is required: the name of the track event counted",
-        )
-    if "within" not in table:
-        r.problem(path, 'within is required: the window events are counted in (e.g. "30d")')
-    within = r.typed(table, "within", path, _positive_duration, 0.0)
+    event, within = _event_window(r, table, path)
     count = table.get("count")
     total = r.string(table, "sum", path)
     if "sum" in table and (total is None or not total.strip()):
