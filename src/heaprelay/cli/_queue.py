@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from heaprelay.queue import redact_url
 from heaprelay.queue.base import Queue
+
+if TYPE_CHECKING:
+    from heaprelay.config import Config, Source
 
 T = TypeVar("T")
 
@@ -114,3 +117,41 @@ def with_queue(url: str, fn: Callable[[Queue], Awaitable[T]]) -> T:
             await queue.close()
 
     return asyncio.run(run())
+
+
+class NoSuchSource(click.ClickException):
+    """The source a queue-mode command writes for cannot be chosen: one line, exit 2."""
+
+    exit_code = 2
+
+
+def choose_source(
+    config_file: Path | None, source_name: str | None, write_key: str | None = None
+) -> tuple[Config, Source]:
+    """The configuration and the source whose Heap destinations a command that writes into
+    the queue (``send`` in queue mode, ``audiences``) enqueues for: by ``--source`` and/or
+    write key among the config file's, the only one when neither is given. Without a config
+    file: the one source ``serve --app-id … --write-key …`` runs, by its names (source
+    ``default``, destination ``heap``)."""
+    from heaprelay.config import Config, Destination, Source
+    from heaprelay.transform import DestinationSettings
+
+    if config_file is None:
+        source = Source("default", "", (Destination("heap", DestinationSettings(app_id="")),))
+        return Config(sources=(source,)), source
+    from heaprelay.cli.config import load_or_exit
+
+    config = load_or_exit(config_file)
+    chosen = [
+        s
+        for s in config.sources
+        if (source_name is None or s.name == source_name)
+        and (write_key is None or s.write_key == write_key)
+    ]
+    if len(chosen) == 1:
+        return config, chosen[0]
+    names = ", ".join(s.name for s in config.sources)
+    if not chosen:
+        what = f"source {source_name!r}" if source_name is not None else "such source"
+        raise NoSuchSource(f"no {what} in {config_file} (sources: {names})")
+    raise NoSuchSource(f"{config_file} has several sources ({names}): choose one with --source")

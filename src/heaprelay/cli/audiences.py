@@ -17,7 +17,7 @@ from typing import Any
 import click
 import orjson
 
-from heaprelay.cli._queue import queue_options, resolve_queue_url, with_queue
+from heaprelay.cli._queue import choose_source, queue_options, resolve_queue_url, with_queue
 from heaprelay.queue.base import Queue
 
 
@@ -40,32 +40,12 @@ def command() -> None:
 
 def _config_for(config_file: Path | None, source_name: str | None) -> tuple[Any, str]:
     """The configuration and the chosen source's name."""
-    from heaprelay.config import Config, Destination, Source
-    from heaprelay.transform import DestinationSettings
-
-    if config_file is None:
-        # The one source of `heaprelay serve --app-id … --write-key …` (its names).
-        source = Source("default", "", (Destination("heap", DestinationSettings(app_id="")),))
-        if source_name not in (None, source.name):
-            raise AudienceCommandError(
-                f"no source {source_name!r} without --config (the relay's source is 'default')"
-            )
-        return Config(sources=(source,)), source.name
-    from heaprelay.cli.config import load_or_exit
-
-    config = load_or_exit(config_file)
-    names = [s.name for s in config.sources]
-    if source_name is None:
-        if len(names) > 1:
-            raise AudienceCommandError(
-                f"{config_file} has several sources ({', '.join(names)}): choose one with --source"
-            )
-        return config, names[0]
-    if source_name not in names:
+    if config_file is None and source_name not in (None, "default"):
         raise AudienceCommandError(
-            f"no source {source_name!r} in {config_file} (sources: {', '.join(names)})"
+            f"no source {source_name!r} without --config (the relay's source is 'default')"
         )
-    return config, source_name
+    config, source = choose_source(config_file, source_name)
+    return config, source.name
 
 
 def _store(queue: Any) -> Any:

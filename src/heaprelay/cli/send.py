@@ -43,7 +43,7 @@ import orjson
 from click.core import ParameterSource
 
 from heaprelay.cli._events import InputError, Unreadable, loads, parse_events
-from heaprelay.cli._queue import queue_options, resolve_queue_url
+from heaprelay.cli._queue import choose_source, queue_options, resolve_queue_url
 
 #: Namespace of the messageIds given to events that have none (uuid5 of place and content).
 ID_NAMESPACE: Final = uuid.UUID("6f1d4c1e-8f0e-4b7a-9d3e-5c1b2a3d4e5f")
@@ -476,31 +476,6 @@ class QueueTarget:
         return Outcome(refused)
 
 
-def _source_for(config_file: Path | None, source_name: str | None, write_key: str | None) -> Any:
-    """The source whose destinations the events go to (queue mode)."""
-    from heaprelay.config import Destination, Source
-    from heaprelay.transform import DestinationSettings
-
-    if config_file is None:
-        # The one source of `heaprelay serve --app-id … --write-key …` (its names).
-        return Source("default", "", (Destination("heap", DestinationSettings(app_id="")),))
-    from heaprelay.cli.config import load_or_exit
-
-    config = load_or_exit(config_file)
-    chosen = [
-        s
-        for s in config.sources
-        if (source_name is None or s.name == source_name)
-        and (write_key is None or s.write_key == write_key)
-    ]
-    if len(chosen) == 1:
-        return chosen[0]
-    names = ", ".join(s.name for s in config.sources)
-    if not chosen:
-        raise SendError(f"no such source in {config_file} (sources: {names})")
-    raise SendError(f"{config_file} has several sources ({names}): choose one with --source")
-
-
 # --- the command ------------------------------------------------------------------------------
 
 
@@ -635,7 +610,7 @@ def command(
         target = HttpTarget(url, str(write_key), retry_for=retry_for, on_wait=on_wait)
     else:
         resolved = resolve_queue_url(queue_url, data_dir, config_file)
-        target = QueueTarget(resolved, _source_for(config_file, source_name, write_key))
+        target = QueueTarget(resolved, choose_source(config_file, source_name, write_key)[1])
     state_path = state_file or (path.with_name(path.name + ".send-state") if path else None)
     printed = fingerprint(path, data)
     state = None if restart or state_path is None else State.load(state_path, printed, "")
