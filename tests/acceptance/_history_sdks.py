@@ -1,8 +1,7 @@
 """What the acceptance tests of audiences and computed traits over stored events share
 (imported as ``_history_sdks``, next to ``_python_sdks``): a driver that sends a list of
 identify / track calls through the real Python SDKs, the sending, the wait for a settled
-queue, and the ``history_store`` fixture (a SQLite file or a PostgreSQL database of the test's
-own, see conftest.py)."""
+queue, and the ``[server]`` lines of a relay on the ``store_url`` fixture's store."""
 
 from __future__ import annotations
 
@@ -11,15 +10,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from _python_sdks import CLIENT_SETUP
 
 from heaprelay.queue import open_queue
-from heaprelay.testing.postgres import own_database
 
 #: Reads ``[{"kind": "identify"|"track", "user", "id", "ts", "traits"|"event", "props"?}]``
 #: on stdin and sends each call (track properties: ``props``, else ``{"n": 1}``).
@@ -80,12 +76,8 @@ def settled(queue_url: str, received: int) -> bool:
     return asyncio.run(read())
 
 
-def history_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """(the [server] lines, the queue URL) of a store of its own: ``request.param`` is
-    "sqlite" or "postgresql"."""
-    if request.param == "sqlite":
-        yield f'data_dir = "{tmp_path}"', f"sqlite:///{tmp_path / 'heaprelay.db'}"
-        return
-    pg_url: str = request.getfixturevalue("pg_url")
-    with own_database(pg_url, "heaprelay_aud") as url:
-        yield f'queue_url = "{url}"\ndata_dir = "{tmp_path}"', url
+def server_lines(store_url: str, tmp_path: Path) -> str:
+    """The ``[server]`` lines of a relay on the store at ``store_url`` (the ``store_url``
+    fixture's: SQLite in ``tmp_path``, or PostgreSQL)."""
+    lines = f'data_dir = "{tmp_path}"'
+    return lines if store_url.startswith("sqlite:") else f'queue_url = "{store_url}"\n{lines}'

@@ -9,12 +9,11 @@ from __future__ import annotations
 import datetime
 import random
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _history_sdks import history_store, send, settled
+from _history_sdks import send, server_lines, settled
 from click.testing import CliRunner
 
 from heaprelay.cli import main
@@ -87,9 +86,10 @@ def brute_force(calls: list[dict[str, Any]], at: float) -> set[str]:
     return {u for u, n in orders.items() if n >= AT_LEAST and plan.get(u) == "pro"}
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
-    yield from history_store(request, tmp_path)
+@pytest.fixture
+def store(store_url: str, tmp_path: Path) -> tuple[str, str]:
+    """(the [server] lines, the queue URL) of a store of the test's own."""
+    return server_lines(store_url, tmp_path), store_url
 
 
 def test_rule_members_and_three_diffs_are_exact_at_heap(

@@ -10,12 +10,11 @@ from __future__ import annotations
 import datetime
 import random
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _history_sdks import history_store, send, settled
+from _history_sdks import send, server_lines, settled
 from click.testing import CliRunner
 
 from heaprelay.cli import main
@@ -108,9 +107,10 @@ def brute_force(calls: list[dict[str, Any]], at: float) -> tuple[dict[str, Any],
     return counts, sums
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
-    yield from history_store(request, tmp_path)
+@pytest.fixture
+def store(store_url: str, tmp_path: Path) -> tuple[str, str]:
+    """(the [server] lines, the queue URL) of a store of the test's own."""
+    return server_lines(store_url, tmp_path), store_url
 
 
 def shown(value: float) -> str:

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from heaprelay.clock import ManualClock
 from heaprelay.config import Audience, AudienceRule, Config, Destination, Source
@@ -18,7 +17,6 @@ from heaprelay.queue.base import AudienceHistory, MemberQuery
 from heaprelay.queue.retention import retention_service
 from heaprelay.runtime import Runtime
 from heaprelay.server import build_app
-from heaprelay.testing.postgres import own_database
 from heaprelay.testing.servers import serve_in_thread
 from heaprelay.transform import DestinationSettings
 
@@ -51,25 +49,15 @@ def batch(user: str, when: str) -> dict[str, Any]:
     return {"batch": [track, dict(track), identify]}  # no sentAt: the time is kept as sent
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'heaprelay.db'}"
-        return
-    pg_url: str = request.getfixturevalue("pg_url")
-    with own_database(pg_url, "heaprelay_hist") as url:
-        yield url
-
-
-def test_acknowledged_events_are_in_the_history(tmp_path: Path, queue_url: str) -> None:
-    cfg = config(tmp_path, queue_url)
+def test_acknowledged_events_are_in_the_history(tmp_path: Path, store_url: str) -> None:
+    cfg = config(tmp_path, store_url)
     with serve_in_thread(build_app(cfg, services=[])) as url:
         for key, user in (("web-key", "u1"), ("backend-key", "u2")):
             answer = httpx.post(f"{url}/v1/batch", json=batch(user, ISO_NOW), auth=(key, ""))
             assert answer.status_code == 200, answer.text
 
     async def check() -> None:
-        queue = await open_queue(queue_url)
+        queue = await open_queue(store_url)
         try:
             assert isinstance(queue, AudienceHistory)
             query = MemberQuery(

@@ -5,11 +5,9 @@ or of one SQLite file), with the diff enqueued; ``audiences run --dry-run`` enqu
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from click.testing import CliRunner
 
 from heaprelay.audiences.rules import audience_service
@@ -19,7 +17,6 @@ from heaprelay.config import Audience, AudienceRule, Config, Destination, Source
 from heaprelay.queue import open_queue
 from heaprelay.queue.base import AudienceStore, HistoryEvent, Queue
 from heaprelay.runtime import Runtime
-from heaprelay.testing.postgres import own_database
 from heaprelay.transform import DestinationSettings
 
 DAY = 86400.0
@@ -58,22 +55,12 @@ def config(queue_url: str, tmp_path: Path) -> Config:
     return Config(sources=(web,), data_dir=tmp_path, queue_url=queue_url, audiences=(audience,))
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'heaprelay.db'}"
-        return
-    pg_url: str = request.getfixturevalue("pg_url")
-    with own_database(pg_url, "heaprelay_sched") as url:
-        yield url
-
-
-def test_two_relays_evaluate_an_audience_once_a_period(tmp_path: Path, queue_url: str) -> None:
-    cfg = config(queue_url, tmp_path)
+def test_two_relays_evaluate_an_audience_once_a_period(tmp_path: Path, store_url: str) -> None:
+    cfg = config(store_url, tmp_path)
     clock = ManualClock(T0)
 
     async def main_() -> None:
-        handles = [Counting(await open_queue(queue_url)) for _ in range(2)]
+        handles = [Counting(await open_queue(store_url)) for _ in range(2)]
         store = handles[0].queue
         assert isinstance(store, AudienceStore)
         orders = [
@@ -121,8 +108,8 @@ def test_two_relays_evaluate_an_audience_once_a_period(tmp_path: Path, queue_url
     asyncio.run(main_())
 
 
-def test_dry_run_enqueues_nothing(tmp_path: Path, queue_url: str) -> None:
-    server = f'queue_url = "{queue_url}"' if queue_url.startswith("postgres") else ""
+def test_dry_run_enqueues_nothing(tmp_path: Path, store_url: str) -> None:
+    server = f'queue_url = "{store_url}"' if store_url.startswith("postgres") else ""
     path = tmp_path / "heaprelay.toml"
     path.write_text(
         f"""
@@ -147,7 +134,7 @@ source = "web"
     )
 
     async def seed() -> None:
-        queue = await open_queue(queue_url)
+        queue = await open_queue(store_url)
         try:
             await queue.append(
                 [], now=T0, history=[HistoryEvent("web", "u1", "Order Completed", T0 - DAY)]
@@ -169,15 +156,15 @@ source = "web"
     assert "1 members (0 entered, 0 left, 1 unchanged); enqueued 0 updates" in again.output
 
 
-def test_the_schedule_evaluates_computed_traits_too(tmp_path: Path, queue_url: str) -> None:
-    cfg = config(queue_url, tmp_path)
+def test_the_schedule_evaluates_computed_traits_too(tmp_path: Path, store_url: str) -> None:
+    cfg = config(store_url, tmp_path)
     rule = AudienceRule(event="Order Completed", within=30 * DAY, count=True)
     trait = Audience("Orders", "orders", "web", EVERY, rule)
-    cfg = Config(sources=cfg.sources, data_dir=tmp_path, queue_url=queue_url, audiences=(trait,))
+    cfg = Config(sources=cfg.sources, data_dir=tmp_path, queue_url=store_url, audiences=(trait,))
     clock = ManualClock(T0)
 
     async def main_() -> None:
-        store = await open_queue(queue_url)
+        store = await open_queue(store_url)
         assert isinstance(store, AudienceStore)
         orders = [
             HistoryEvent("web", "u1", "Order Completed", T0 - DAY, None, m) for m in ("a", "b")
