@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from _config_files import assert_reported, write
 from click.testing import CliRunner
 
 from heaprelay.audiences import audience_key
@@ -52,12 +53,6 @@ source = "web"
   within = "45d"
 """
 )
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "heaprelay.toml"
-    path.write_text(text)
-    return path
 
 
 def test_audiences_load_with_their_keys_and_rules(tmp_path: Path) -> None:
@@ -139,12 +134,7 @@ BAD = [
 def test_bad_audiences_are_reported_with_line_and_path(
     tmp_path: Path, old: str, new: str, line: int, path: str, needle: str
 ) -> None:
-    assert old in GOOD
-    text = GOOD.replace(old, new, 1)
-    problems = check_config(write(tmp_path, text), {})
-    found = [p for p in problems if p.path == path and needle in p.message]
-    assert found, problems
-    assert found[0].line == line, (found[0], text.splitlines()[(found[0].line or 1) - 1])
+    assert_reported(tmp_path, GOOD, old, new, line, path, needle)
 
 
 def test_a_history_window_shorter_than_an_audience_is_refused(tmp_path: Path) -> None:

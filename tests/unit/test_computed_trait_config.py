@@ -7,11 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from _config_files import assert_reported, write
 from click.testing import CliRunner
 
 from heaprelay.cli import main
 from heaprelay.config import AudienceRule
-from heaprelay.config_file import check_config, load_config
+from heaprelay.config_file import load_config
 
 GOOD = """
 [[sources]]
@@ -37,12 +38,6 @@ every = "1h"
   within = "30d"
   count = true
 """
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "heaprelay.toml"
-    path.write_text(text)
-    return path
 
 
 def test_a_computed_trait_loads_as_a_trait_with_its_key(tmp_path: Path) -> None:
@@ -139,12 +134,7 @@ BAD = [
 def test_bad_computed_traits_are_reported_with_line_and_path(
     tmp_path: Path, old: str, new: str, line: int, path: str, needle: str
 ) -> None:
-    assert old in GOOD
-    text = GOOD.replace(old, new, 1)
-    problems = check_config(write(tmp_path, text), {})
-    found = [p for p in problems if p.path == path and needle in p.message]
-    assert found, problems
-    assert found[0].line == line, (found[0], text.splitlines()[(found[0].line or 1) - 1])
+    assert_reported(tmp_path, GOOD, old, new, line, path, needle)
 
 
 def test_config_check_prints_the_line_of_a_trait_without_count(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _config_files import write
 from click.testing import CliRunner
 
 from heaprelay.cli import main
@@ -25,12 +26,6 @@ from heaprelay.heap.models import EU_BASE_URL
 CONFIGS = Path(__file__).parent.parent / "data" / "configs"
 EXAMPLE = Path(__file__).parent.parent.parent / "examples" / "heaprelay.toml"
 ENV = {"WEB_WRITE_KEY": "web-key-123456", "EU_APP_ID": "2222222222"}
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "heaprelay.toml"
-    path.write_text(text)
-    return path
 
 
 MINIMAL = """
