@@ -390,6 +390,14 @@ class PrivateCluster:
         # -l again: without it the new server would write to (and hold open) our pipe.
         self.ctl("-l", str(self.data / "server.log"), "-m", mode, "-w", "-t", "60", "restart")
 
+    def new_database(self, prefix: str) -> str:
+        """The URL of a new database of this cluster (the cluster goes at the session's end,
+        its databases with it)."""
+        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url.rsplit("/", 1)[0] + f"/{name}"
+
 
 @pytest.fixture(scope="session")
 def private_pg() -> Iterator[PrivateCluster]:

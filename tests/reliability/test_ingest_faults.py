@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 
 from heaprelay.heap.fake import FakeHeap, FakeHeapSettings
@@ -318,10 +317,7 @@ def test_postgresql_outage_ingest_503_and_no_unretrieved_task_exception(
     figures: Callable[[Figures], None],
 ) -> None:
     fake, heap_url = heap
-    name = f"outage_{int(time.time() * 1000)}"
-    with psycopg.connect(private_pg.url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    queue_url = private_pg.url.rsplit("/", 1)[0] + f"/{name}"
+    queue_url = private_pg.new_database("outage")
     with Relay(tmp_path, heap_url, queue_url=queue_url, **DELIVERY) as relay:
         relay.start()
         senders = Senders(relay.url, per_client=1_000_000).start()

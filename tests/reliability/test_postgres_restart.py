@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from heaprelay.heap.fake import FakeHeap, FakeHeapSettings
@@ -34,10 +33,7 @@ def test_postgresql_restarts_mid_claim_lose_nothing(
     figures: Callable[[Figures], None],
 ) -> None:
     fake, heap_url = heap
-    name = f"restart_{int(time.time() * 1000)}"
-    with psycopg.connect(private_pg.url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    queue_url = private_pg.url.rsplit("/", 1)[0] + f"/{name}"
+    queue_url = private_pg.new_database("restart")
     with Relay(
         tmp_path,
         heap_url,
