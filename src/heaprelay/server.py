@@ -44,7 +44,7 @@ from heaprelay.ingest import IngestObserver, IngestState, ingest_routes
 from heaprelay.logs import FailureLog, LogFormat, configure
 from heaprelay.messages.incoming import Prepared
 from heaprelay.metrics import CONTENT_TYPE_LATEST, Metrics
-from heaprelay.queue import open_queue, queue_url_for, redact_url
+from heaprelay.queue import open_queue, queue_url_for, redact_url, sqlite_path
 from heaprelay.queue.health import AppendFailure, AppendHealth, filesystem_problem
 from heaprelay.router.observer import DeliveryLog, Observers
 from heaprelay.runtime import Runtime, Service
@@ -331,7 +331,7 @@ async def open_runtime_queue(runtime: Runtime) -> None:
         reason = _reason(exc)
         if url.startswith("sqlite:") and not isinstance(exc, OSError):
             # SQLite's own words ("unable to open database file") do not say why
-            problem = filesystem_problem(Path("/" + url.removeprefix("sqlite:").lstrip("/")))
+            problem = filesystem_problem(sqlite_path(url))
             if problem is not None:
                 reason += f" ({problem.reason})"
         raise StartupError(f"cannot open queue {redact_url(url)}: {reason}") from None

@@ -4,7 +4,7 @@ One interface (:class:`Queue`), several backends: an in-memory reference model (
 SQLite (the embedded default) and PostgreSQL (scale-out). ``open_queue(url)`` picks one.
 """
 
-from heaprelay.queue._open import open_queue, queue_url_for, redact_url
+from heaprelay.queue._open import open_queue, queue_url_for, redact_url, sqlite_path
 from heaprelay.queue.base import (
     AppendResult,
     DeadLetter,
@@ -40,4 +40,5 @@ __all__ = [
     "open_queue",
     "queue_url_for",
     "redact_url",
+    "sqlite_path",
 ]

@@ -21,6 +21,11 @@ def queue_url_for(url: str | None, data_dir: Path) -> str:
     return url or f"sqlite:///{(data_dir / 'heaprelay.db').resolve()}"
 
 
+def sqlite_path(url: str) -> Path:
+    """The file of an ``sqlite:///path/to/file.db`` queue URL."""
+    return Path(url.removeprefix("sqlite://"))
+
+
 async def open_queue(url: str) -> Queue:
     """``memory://`` (tests), ``sqlite:///path/to/file.db`` or ``postgresql://…``.
 
@@ -33,8 +38,7 @@ async def open_queue(url: str) -> Queue:
     if url.startswith("sqlite:"):
         from heaprelay.queue.sqlite import SQLiteQueue
 
-        path = url.removeprefix("sqlite://")
-        return await SQLiteQueue.open(Path(path))
+        return await SQLiteQueue.open(sqlite_path(url))
     if url.startswith(("postgresql:", "postgres:")):
         from heaprelay.queue.postgres import PostgresQueue
 
