@@ -12,6 +12,8 @@ connections (and, with a cap, keep everyone else out). So:
   headers to its body's last byte; past that it answers ``408`` (JSON) with
   ``Connection: close`` and the route's work is abandoned (nothing of the request is stored:
   ingest stores only a body read whole).
+
+It also answers what HTTP/1.1 refuses (:meth:`Protocol.send_400_response`) in JSON.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Final
 
+import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -70,6 +73,23 @@ class Protocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        """A request HTTP/1.1 itself refuses (a negative or doubled Content-Length, one with
+        chunked, a malformed request line): 400 as JSON, as every other refusal, then close
+        (uvicorn answers it in plain text)."""
+        body = orjson.dumps(
+            {
+                "code": "invalid_http",
+                "message": f"{msg.rstrip('.')}: the request is not valid HTTP/1.1 "
+                "(Content-Length, Transfer-Encoding or the request line)",
+            }
+        )
+        self.transport.write(
+            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+            b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        self.transport.close()
 
     def _arm(self) -> None:
         self._header_timer = self.loop.call_later(self.header_timeout, self._headers_late)

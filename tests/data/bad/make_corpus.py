@@ -258,14 +258,14 @@ case("origin_null", TRACK, 403, "origin_not_allowed", "a sandboxed frame (Origin
 case("origin_lookalike", TRACK, 403, "origin_not_allowed", "shop.example.evil.example",
      key="web-key", headers={"origin": "https://shop.example.evil.example"})  # fmt: skip
 
-# --- HTTP framing HTTP/1.1 refuses (answered by the HTTP server, before the relay) --------
-case("length_negative", raw_request(["Content-Length: -5"], b"{}"), 400, None,
+# --- HTTP framing HTTP/1.1 refuses (answered by the HTTP layer, before the routes) --------
+case("length_negative", raw_request(["Content-Length: -5"], b"{}"), 400, "invalid_http",
      "negative Content-Length", raw=True)  # fmt: skip
 case("length_twice", raw_request(["Content-Length: 2", "Content-Length: 3"], b"{}"), 400,
-     None, "two different Content-Lengths", raw=True)  # fmt: skip
+     "invalid_http", "two different Content-Lengths", raw=True)  # fmt: skip
 case("length_and_chunked", raw_request(["Content-Length: 5", "Transfer-Encoding: chunked"],
-     b"0\r\n\r\n"), 400, None, "Content-Length with chunked", raw=True)  # fmt: skip
-case("length_not_a_number", raw_request(["Content-Length: 2x"], b"{}"), 400, None,
+     b"0\r\n\r\n"), 400, "invalid_http", "Content-Length with chunked", raw=True)  # fmt: skip
+case("length_not_a_number", raw_request(["Content-Length: 2x"], b"{}"), 400, "invalid_http",
      "Content-Length: 2x", raw=True)  # fmt: skip
 
 
